@@ -1,0 +1,423 @@
+"""LSTM forward and backpropagation-through-time kernels.
+
+Layout. Every workspace is batch-major, like the input x (B, T, I): the gate
+buffer is (B, T, 4H), the saved states (B, T, H). The rows a time step touches,
+``gates[:, t, :]``, are a matrix with leading dimension T*4H, which BLAS takes
+as it is, so neither x nor the outputs are ever transposed. Buffers are indexed
+by input time t; with ``go_backwards`` processing step s reads input time
+t = T-1-s and writes ``outputs[:, s]``.
+
+Forward, per thread (a contiguous block of batch rows):
+  1. gates[rows] = x[rows] @ kernel                      one GEMM for all steps
+  2. for each step, in processing order:
+       gates[rows, t] += h_{t-1}[rows] @ recurrent_kernel   one GEMM
+       one fused pass over the rows: add bias, activate, update c and h, apply
+       the mask, keep the activated gates (training) for the backward pass.
+Backward, per thread, in reverse processing order:
+  3. one fused pass turns dh, dc and the kept gates into the pre-activation
+     gradients dZ_t, written over the gates, and dc_{t-1};
+     then one GEMM: dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T
+  4. dx[rows] = dZ[rows] @ kernel.T
+and, once every thread is done, each thread takes a block of the 4H columns:
+  5. dkernel = x.T @ dZ, drecurrent_kernel = h_prev.T @ dZ, dbias = sum of dZ.
+
+Threads. The recurrence of one sequence never reads another's, so the batch is
+split across OpenMP threads for the whole time loop: no synchronisation per
+step. BLAS is called single-threaded inside (the caller makes sure), so BLAS
+threads and OpenMP threads never compete for cores. All buffers are allocated
+by the caller; nothing is allocated inside the kernels.
+
+Precision. float64 uses libm's exp and tanh. float32 uses the exp below,
+written so that the fused loops vectorise; its error is below 2 ulp and tested.
+"""
+from cython cimport floating
+from cython.parallel cimport parallel, prange
+cimport openmp
+from libc.math cimport exp, tanh
+from libc.string cimport memcpy, memmove, memset
+
+from ._blas cimport gemm, NoTrans, Trans
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #define FL_OPENMP 1
+    #else
+    #define FL_OPENMP 0
+    #endif
+    #include <stdint.h>
+    #include <string.h>
+
+    /* e^x for float32 in arithmetic the compiler vectorises: x = n ln2 + r with
+       |r| <= ln2/2, e^r by its Taylor series to r^6 (truncation < 1.2e-7
+       relative), 2^n put straight into the exponent bits. x is clamped to
+       [-87, 88] so 2^n stays a normal number; a NaN passes the clamps (its
+       comparisons are false) and comes out NaN. */
+    static inline float fl_expf(float x) {
+        const float shift = 12582912.0f;             /* 1.5 * 2^23 */
+        x = x < -87.0f ? -87.0f : x;
+        x = x > 88.0f ? 88.0f : x;
+        float k = x * 1.44269504088896341f + shift;  /* round(x / ln2) in low bits */
+        int32_t kbits;
+        memcpy(&kbits, &k, sizeof kbits);
+        float n = k - shift;
+        float r = x - n * 0.693145751953125f;        /* ln2, high part (exact in n*) */
+        r = r - n * 1.42860682030941723e-6f;         /* ln2, low part */
+        float p = 1.0f / 720.0f;
+        p = p * r + 1.0f / 120.0f;
+        p = p * r + 1.0f / 24.0f;
+        p = p * r + 1.0f / 6.0f;
+        p = p * r + 0.5f;
+        p = p * r + 1.0f;
+        p = p * r + 1.0f;
+        int32_t sbits = (kbits - 0x4B400000 + 127) << 23;
+        float scale;
+        memcpy(&scale, &sbits, sizeof scale);
+        return p * scale;
+    }
+    static inline float fl_sigmoidf(float x) { return 1.0f / (1.0f + fl_expf(-x)); }
+    /* tanh x = 1 - 2 / (1 + e^{2x}): absolute error below 1.2e-7 everywhere,
+       which is what the LSTM sees (gates and states are used additively). */
+    static inline float fl_tanhf(float x) { return 1.0f - 2.0f / (1.0f + fl_expf(2.0f * x)); }
+    """
+    const int FL_OPENMP
+    float fl_expf(float x) noexcept nogil
+    float fl_sigmoidf(float x) noexcept nogil
+    float fl_tanhf(float x) noexcept nogil
+
+
+cdef inline floating _sigmoid(floating x) noexcept nogil:
+    if floating is float:
+        return fl_sigmoidf(x)
+    else:
+        return 1.0 / (1.0 + exp(-x))
+
+
+cdef inline floating _tanh(floating x) noexcept nogil:
+    if floating is float:
+        return fl_tanhf(x)
+    else:
+        return tanh(x)
+
+
+def openmp_enabled():
+    """Whether the kernels were compiled with OpenMP."""
+    return bool(FL_OPENMP)
+
+
+def max_threads():
+    """OpenMP's default number of threads (1 without OpenMP)."""
+    if FL_OPENMP:
+        return openmp.omp_get_max_threads()
+    return 1
+
+
+def _activations(floating[::1] x, floating[::1] sigmoid_out, floating[::1] tanh_out):
+    """Test hook: the kernels' sigmoid and tanh applied to x."""
+    cdef Py_ssize_t j
+    for j in range(x.shape[0]):
+        sigmoid_out[j] = _sigmoid(x[j])
+        tanh_out[j] = _tanh(x[j])
+
+
+cdef inline Py_ssize_t _time(Py_ssize_t step, Py_ssize_t timesteps, bint go_backwards) noexcept nogil:
+    """Input time read at processing step ``step``."""
+    return timesteps - 1 - step if go_backwards else step
+
+
+cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_t n) noexcept nogil:
+    return (k * n) // nchunks
+
+
+cdef inline Py_ssize_t _column_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_t n) noexcept nogil:
+    # Column blocks in multiples of 16 keep each thread's slice vector-aligned.
+    cdef Py_ssize_t blocks = (n + 15) // 16
+    return min(((k * blocks) // nchunks) * 16, n)
+
+
+cdef void _forward_rows(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
+    const floating* x, const floating* kernel, const floating* recurrent_kernel,
+    const floating* bias, const unsigned char* mask, const floating* dropout,
+    bint go_backwards, bint training,
+    floating* outputs, floating* h, floating* c,
+    floating* gates, floating* h_prev, floating* c_prev, floating* h_last,
+) noexcept nogil:
+    """Forward pass over batch rows [b0, b1). See the module docstring.
+
+    h and c hold the running states (in: initial, out: final). h_prev holds
+    the dropped-out hidden state each recurrent GEMM reads and c_prev the cell
+    state before each step: (B, T, H) when training, indexed by input time;
+    a single (B, 1, H) slot each when not. h_last takes the dropped-out state
+    after the last step, which no GEMM reads. dropout is all ones when there
+    is no recurrent dropout, so the fused loop has no branches.
+    """
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t rows = b1 - b0
+    cdef Py_ssize_t slots = T if training else 1
+    cdef Py_ssize_t s, t, t_next, b, j
+    cdef floating gi, gf, gg, go, cell, hidden, cell_prev
+    cdef floating* z
+    cdef floating* hb
+    cdef floating* cb
+    cdef floating* out
+    cdef floating* h_read
+    cdef floating* h_next
+    cdef floating* keep_c
+    cdef const floating* drop
+    if rows <= 0:
+        return
+
+    # Z[rows] = X[rows] @ kernel     (rows*T, 4H) = (rows*T, I)(I, 4H)
+    gemm(NoTrans, NoTrans, <int>(rows * T), <int>G, <int>I, <floating>1.0,
+         x + b0 * T * I, <int>I, kernel, <int>G, <floating>0.0,
+         gates + b0 * T * G, <int>G)
+
+    # The state the first recurrent GEMM reads: h0, dropped out.
+    t = _time(0, T, go_backwards)
+    for b in range(b0, b1):
+        h_next = h_prev + (b * slots + (t if training else 0)) * H
+        hb = h + b * H
+        drop = dropout + b * H
+        for j in range(H):
+            h_next[j] = hb[j] * drop[j]
+
+    for s in range(T):
+        t = _time(s, T, go_backwards)
+        t_next = _time(s + 1, T, go_backwards)
+        # Z_t[rows] += h_{t-1}[rows] @ recurrent_kernel   (rows, 4H) += (rows, H)(H, 4H)
+        gemm(NoTrans, NoTrans, <int>rows, <int>G, <int>H, <floating>1.0,
+             h_prev + (b0 * slots + (t if training else 0)) * H, <int>(slots * H),
+             recurrent_kernel, <int>G, <floating>1.0,
+             gates + (b0 * T + t) * G, <int>(T * G))
+        for b in range(b0, b1):
+            z = gates + (b * T + t) * G
+            hb = h + b * H
+            cb = c + b * H
+            out = outputs + (b * T + s) * H
+            h_read = h_prev + (b * slots + (t if training else 0)) * H
+            if s + 1 < T:
+                h_next = h_prev + (b * slots + (t_next if training else 0)) * H
+            else:
+                h_next = h_last + b * H
+            keep_c = c_prev + (b * slots + (t if training else 0)) * H
+            drop = dropout + b * H
+            if mask == NULL or mask[b * T + t]:
+                # The fused step: z holds x_t @ kernel + h_{t-1} @ recurrent_kernel;
+                # it is replaced by the activated gates the backward pass reads.
+                for j in range(H):
+                    gi = _sigmoid(z[j] + bias[j])
+                    gf = _sigmoid(z[H + j] + bias[H + j])
+                    gg = _tanh(z[2 * H + j] + bias[2 * H + j])
+                    go = _sigmoid(z[3 * H + j] + bias[3 * H + j])
+                    cell_prev = cb[j]
+                    cell = gf * cell_prev + gi * gg
+                    hidden = go * _tanh(cell)
+                    z[j] = gi
+                    z[H + j] = gf
+                    z[2 * H + j] = gg
+                    z[3 * H + j] = go
+                    keep_c[j] = cell_prev
+                    cb[j] = cell
+                    hb[j] = hidden
+                    out[j] = hidden
+                    h_next[j] = hidden * drop[j]
+            else:
+                # Masked step: the states carry over; the output repeats the
+                # previous output (zeros before the first processed step).
+                if s > 0:
+                    memcpy(out, out - H, H * sizeof(floating))
+                else:
+                    memset(out, 0, H * sizeof(floating))
+                memcpy(keep_c, cb, H * sizeof(floating))
+                memmove(h_next, h_read, H * sizeof(floating))
+
+
+cdef void _backward_rows(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
+    const floating* kernel, const floating* recurrent_kernel,
+    const unsigned char* mask, const floating* dropout, bint go_backwards,
+    const floating* grad_outputs,
+    floating* gates, const floating* c_prev,
+    floating* dh_rec, floating* dh_pass, floating* dc, floating* carry,
+    floating* dx,
+) noexcept nogil:
+    """Backward pass through time over batch rows [b0, b1), and dx for them.
+
+    On entry dh_pass and dc hold the gradients of the final states, dh_rec and
+    carry zeros. dh_rec receives each step's recurrent GEMM (the gradient of
+    the dropped-out h_{t-1}); dh_pass the part of dh that skips the GEMM (state
+    carried through masked steps); carry the gradient of an output repeated by
+    later masked steps. On exit dh_rec * dropout + dh_pass is dh0, dc is dc0.
+    The gate gradients dZ replace the gates in ``gates``.
+    """
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t rows = b1 - b0
+    cdef Py_ssize_t s, t, b, j
+    cdef floating gi, gf, gg, go, cell_prev, cell, tanh_cell, grad_h, grad_cell
+    cdef floating* z
+    cdef floating* dhr
+    cdef floating* dhp
+    cdef floating* dcb
+    cdef floating* cry
+    cdef const floating* cp
+    cdef const floating* dy
+    cdef const floating* drop
+    if rows <= 0:
+        return
+    for s in range(T - 1, -1, -1):
+        t = _time(s, T, go_backwards)
+        for b in range(b0, b1):
+            z = gates + (b * T + t) * G
+            cp = c_prev + (b * T + t) * H
+            dhr = dh_rec + b * H
+            dhp = dh_pass + b * H
+            dcb = dc + b * H
+            cry = carry + b * H
+            dy = grad_outputs + (b * T + s) * H
+            drop = dropout + b * H
+            if mask == NULL or mask[b * T + t]:
+                for j in range(H):
+                    grad_h = dhr[j] * drop[j] + dhp[j] + cry[j] + dy[j]
+                    gi = z[j]
+                    gf = z[H + j]
+                    gg = z[2 * H + j]
+                    go = z[3 * H + j]
+                    cell_prev = cp[j]
+                    cell = gf * cell_prev + gi * gg
+                    tanh_cell = _tanh(cell)
+                    grad_cell = dcb[j] + grad_h * go * (1 - tanh_cell * tanh_cell)
+                    # dZ = dL/d(pre-activation) of each gate
+                    z[j] = grad_cell * gg * gi * (1 - gi)
+                    z[H + j] = grad_cell * cell_prev * gf * (1 - gf)
+                    z[2 * H + j] = grad_cell * gi * (1 - gg * gg)
+                    z[3 * H + j] = grad_h * tanh_cell * go * (1 - go)
+                    dcb[j] = grad_cell * gf
+                    dhp[j] = 0
+                    cry[j] = 0
+            else:
+                # Masked step: h and c passed through unchanged, so their
+                # gradients do too; the output was a copy of the previous one.
+                for j in range(H):
+                    dhp[j] = dhr[j] * drop[j] + dhp[j]
+                    cry[j] = cry[j] + dy[j]
+                memset(z, 0, G * sizeof(floating))
+        # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
+        gemm(NoTrans, Trans, <int>rows, <int>H, <int>G, <floating>1.0,
+             gates + (b0 * T + t) * G, <int>(T * G), recurrent_kernel, <int>G,
+             <floating>0.0, dh_rec + b0 * H, <int>H)
+
+    # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I)
+    gemm(NoTrans, Trans, <int>(rows * T), <int>I, <int>G, <floating>1.0,
+         gates + b0 * T * G, <int>G, kernel, <int>G, <floating>0.0,
+         dx + b0 * T * I, <int>I)
+
+
+cdef void _weight_grads_columns(
+    Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t B, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
+    const floating* x, const floating* h_prev, const floating* gates,
+    floating* dkernel, floating* drecurrent_kernel, floating* dbias,
+) noexcept nogil:
+    """Weight gradients for gate columns [c0, c1), summed over all steps."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t n = c1 - c0
+    cdef Py_ssize_t r, j
+    cdef const floating* row
+    if n <= 0:
+        return
+    # dkernel[:, cols] = X.T @ dZ[:, cols]   (I, n) = (I, B*T)(B*T, n)
+    gemm(Trans, NoTrans, <int>I, <int>n, <int>(B * T), <floating>1.0,
+         x, <int>I, gates + c0, <int>G, <floating>0.0, dkernel + c0, <int>G)
+    # drecurrent_kernel[:, cols] = H_prev.T @ dZ[:, cols]   (H, n) = (H, B*T)(B*T, n)
+    gemm(Trans, NoTrans, <int>H, <int>n, <int>(B * T), <floating>1.0,
+         h_prev, <int>H, gates + c0, <int>G, <floating>0.0, drecurrent_kernel + c0, <int>G)
+    # dbias[cols] = dZ[:, cols].sum(0)
+    for j in range(c0, c1):
+        dbias[j] = 0
+    for r in range(B * T):
+        row = gates + r * G
+        for j in range(c0, c1):
+            dbias[j] += row[j]
+
+
+def forward(const floating[:, :, ::1] x,
+            const floating[:, ::1] kernel,
+            const floating[:, ::1] recurrent_kernel,
+            const floating[::1] bias,
+            const unsigned char[:, ::1] mask,
+            const floating[:, ::1] dropout,
+            bint go_backwards,
+            floating[:, :, ::1] outputs,
+            floating[:, ::1] h,
+            floating[:, ::1] c,
+            floating[:, :, ::1] gates,
+            floating[:, :, ::1] h_prev,
+            floating[:, :, ::1] c_prev,
+            floating[:, ::1] h_last,
+            bint training,
+            int num_threads):
+    """Run the forward kernel into caller-allocated buffers.
+
+    x (B, T, I); kernel (I, 4H); recurrent_kernel (H, 4H); bias (4H,);
+    mask (B, T) as uint8 or None; dropout (B, H), ones for no dropout;
+    outputs (B, T, H); h, c (B, H): initial states in, final states out;
+    gates (B, T, 4H); h_prev and c_prev (B, T, H) when training, (B, 1, H)
+    when not; h_last (B, H) scratch.
+    The caller has checked every shape and made BLAS single-threaded.
+    """
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
+    cdef const unsigned char* mask_ptr = &mask[0, 0] if mask is not None else NULL
+    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
+    with nogil, parallel(num_threads=nchunks):
+        for k in prange(nchunks, schedule="static"):
+            _forward_rows(
+                _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
+                &x[0, 0, 0], &kernel[0, 0], &recurrent_kernel[0, 0], &bias[0],
+                mask_ptr, &dropout[0, 0], go_backwards, training,
+                &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
+                &gates[0, 0, 0], &h_prev[0, 0, 0], &c_prev[0, 0, 0], &h_last[0, 0])
+
+
+def backward(const floating[:, :, ::1] x,
+             const floating[:, ::1] kernel,
+             const floating[:, ::1] recurrent_kernel,
+             const unsigned char[:, ::1] mask,
+             const floating[:, ::1] dropout,
+             bint go_backwards,
+             const floating[:, :, ::1] grad_outputs,
+             floating[:, :, ::1] gates,
+             const floating[:, :, ::1] h_prev,
+             const floating[:, :, ::1] c_prev,
+             floating[:, ::1] dh_rec,
+             floating[:, ::1] dh_pass,
+             floating[:, ::1] dc,
+             floating[:, ::1] carry,
+             floating[:, :, ::1] dx,
+             floating[:, ::1] dkernel,
+             floating[:, ::1] drecurrent_kernel,
+             floating[::1] dbias,
+             int num_threads):
+    """Run the backward kernel into caller-allocated buffers.
+
+    gates, h_prev and c_prev are the training buffers of ``forward``; the
+    gate gradients overwrite ``gates``. dh_pass and dc come in holding the
+    gradients of the final states; dh_rec and carry come in as zeros.
+    dropout is all ones for no dropout.
+    """
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = dc.shape[1]
+    cdef Py_ssize_t G = 4 * H
+    cdef const unsigned char* mask_ptr = &mask[0, 0] if mask is not None else NULL
+    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
+    cdef Py_ssize_t ncolumns = max(1, min(num_threads, (G + 15) // 16))
+    with nogil, parallel(num_threads=max(nchunks, ncolumns)):
+        for k in prange(nchunks, schedule="static"):
+            _backward_rows(
+                _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
+                &kernel[0, 0], &recurrent_kernel[0, 0], mask_ptr, &dropout[0, 0],
+                go_backwards, &grad_outputs[0, 0, 0], &gates[0, 0, 0], &c_prev[0, 0, 0],
+                &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], &dx[0, 0, 0])
+        for k in prange(ncolumns, schedule="static"):
+            _weight_grads_columns(
+                _column_start(k, ncolumns, G), _column_start(k + 1, ncolumns, G),
+                B, T, I, H, &x[0, 0, 0], &h_prev[0, 0, 0], &gates[0, 0, 0],
+                &dkernel[0, 0], &drecurrent_kernel[0, 0], &dbias[0])

@@ -1,0 +1,375 @@
+"""The functional LSTM: check the arguments once, lay them out, dispatch.
+
+:func:`lstm_forward` and :func:`lstm_backward` are the one door to the
+kernels. They validate and cast every argument, so the backends (the
+Cython kernels in ``_lstm`` and the NumPy oracle in :mod:`fastlstm.reference`)
+receive C-contiguous arrays of one float dtype with agreeing shapes, and
+never see a Python object they must check again.
+"""
+from collections import namedtuple
+import operator
+
+import numpy as np
+
+from . import _config, reference
+
+__all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "LSTMCache", "workspace_nbytes"]
+
+LSTMGradients = namedtuple(
+    "LSTMGradients", ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0"]
+)
+LSTMGradients.__doc__ = """Gradients of a loss with respect to the arguments of :func:`lstm_forward`.
+
+``bias`` is None when the forward ran without a bias. ``h0`` and ``c0`` are
+the gradients of the initial states (zeros when none were given)."""
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# BLAS takes 32-bit sizes and leading dimensions.
+_INT_MAX = 2**31 - 1
+
+
+class LSTMCache:
+    """What a forward pass keeps for its backward pass.
+
+    Opaque: pass it to :func:`lstm_backward`, once. The fast backend writes
+    the gate gradients over the stored gates, so a second backward through
+    the same cache raises ``RuntimeError``; run the forward pass again.
+    """
+
+    __slots__ = ("backend", "dtype", "batch", "timesteps", "input_dim", "units",
+                 "has_bias", "state", "used")
+
+    def __init__(self, backend, dtype, shape, has_bias, state):
+        self.backend = backend
+        self.dtype = dtype
+        self.batch, self.timesteps, self.input_dim, self.units = shape
+        self.has_bias = has_bias
+        self.state = state
+        self.used = False
+
+    def __repr__(self):
+        return (f"<LSTMCache backend={self.backend!r} dtype={self.dtype.name} "
+                f"batch={self.batch} timesteps={self.timesteps} "
+                f"input_dim={self.input_dim} units={self.units}"
+                f"{' (used)' if self.used else ''}>")
+
+
+def _describe(value):
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def _as_real_array(value, name, dtype=None):
+    """``value`` as an ndarray of real numbers (cast to ``dtype`` if given).
+
+    Never returns ``value`` itself when a cast or copy is needed; never
+    writes to it.
+    """
+    if value is None:
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        array = np.asarray(value)
+    except Exception as error:  # ragged lists and other non-arrays
+        raise TypeError(f"{name} must be an array of real numbers, got "
+                        f"{_describe(value)} ({error})") from None
+    kind = array.dtype.kind
+    if kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers (float, int or bool), got "
+                        f"dtype {array.dtype}")
+    if dtype is not None and array.dtype != dtype:
+        array = array.astype(dtype)
+    return array
+
+
+def _check_shape(array, name, expected, meaning):
+    if array.shape != expected:
+        raise ValueError(f"{name} must have shape {expected} {meaning}, got {array.shape}")
+
+
+def _check_weights(kernel, recurrent_kernel, bias):
+    kernel = _as_real_array(kernel, "kernel")
+    if kernel.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"kernel must be float32 or float64 (the weights set the compute "
+                        f"dtype), got dtype {kernel.dtype}")
+    dtype = kernel.dtype
+    if kernel.ndim != 2 or kernel.shape[1] % 4 or kernel.shape[1] == 0 or kernel.shape[0] == 0:
+        raise ValueError(f"kernel must have shape (input_dim, 4 * units) with input_dim >= 1 "
+                         f"and units >= 1, got {kernel.shape}")
+    units = kernel.shape[1] // 4
+    weights = [kernel]
+    for name, value, shape, meaning in (
+        ("recurrent_kernel", recurrent_kernel, (units, 4 * units), "(units, 4 * units)"),
+        ("bias", bias, (4 * units,), "(4 * units,)"),
+    ):
+        if value is None and name == "bias":
+            weights.append(None)
+            continue
+        array = _as_real_array(value, name)
+        if array.dtype != dtype:
+            raise TypeError(f"{name} must have the dtype of kernel ({dtype}), got {array.dtype}")
+        _check_shape(array, name, shape, f"{meaning} for units={units}")
+        weights.append(array)
+    return dtype, units, weights
+
+
+def _check_flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
+    return bool(value)
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
+                 go_backwards=False, return_cache=True, backend="fast",
+                 recurrent_dropout_mask=None):
+    """Run an LSTM over a batch of sequences.
+
+    Parameters
+    ----------
+    x : array_like, shape (batch, timesteps, input_dim)
+        The input sequences; real numbers, cast to the weights' dtype.
+    kernel : ndarray, shape (input_dim, 4 * units)
+        Input weights, gates in the order i, f, c, o (as Keras). Its dtype,
+        float32 or float64, is the dtype of the computation.
+    recurrent_kernel : ndarray, shape (units, 4 * units)
+        Recurrent weights, same gate order and dtype.
+    bias : ndarray, shape (4 * units,), or None
+        Gate biases; None for an LSTM without bias.
+    initial_state : [h0, c0] or None
+        Initial hidden and cell states, each (batch, units); zeros if None.
+    mask : array_like of bool, shape (batch, timesteps), or None
+        False marks a step to skip: the states are carried over unchanged and
+        the output repeats the previous output (zeros before the first kept
+        step), as in Keras.
+    go_backwards : bool
+        Process the sequences in reverse time order; the outputs are returned
+        in processing order, as in Keras.
+    return_cache : bool
+        Keep what the backward pass needs. False is the inference path: no
+        per-step workspace is kept and the cache returned is None.
+    backend : {"fast", "reference"}
+        "fast" runs the Cython kernels; "reference" the NumPy oracle.
+    recurrent_dropout_mask : array_like, shape (batch, units), or None
+        Multipliers applied to the previous hidden state before the recurrent
+        product, one mask per sequence (Keras' recurrent dropout).
+
+    Returns
+    -------
+    outputs : ndarray, shape (batch, timesteps, units)
+    h : ndarray, shape (batch, units)
+        Hidden state after the last processed step.
+    c : ndarray, shape (batch, units)
+        Cell state after the last processed step.
+    cache : LSTMCache or None
+        For :func:`lstm_backward`; None when ``return_cache`` is False.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 5, 3))
+    >>> kernel, recurrent_kernel = rng.standard_normal((3, 16)), rng.standard_normal((4, 16))
+    >>> outputs, h, c, cache = fl.lstm_forward(x, kernel, recurrent_kernel, np.zeros(16))
+    >>> outputs.shape, h.shape
+    ((2, 5, 4), (2, 4))
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(kernel, recurrent_kernel, bias)
+    x = _as_real_array(x, "x", dtype)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (batch, timesteps, input_dim), got an array "
+                         f"with {x.ndim} dimension(s), shape {x.shape}")
+    batch, timesteps, input_dim = x.shape
+    if batch == 0 or timesteps == 0:
+        raise ValueError(f"x must have at least one sequence and one timestep, got shape {x.shape}")
+    if input_dim != kernel.shape[0]:
+        raise ValueError(f"x has input_dim {input_dim} (last axis), but kernel has "
+                         f"{kernel.shape[0]} rows; they must match")
+    _check_sizes(batch, timesteps, input_dim, units)
+    go_backwards = _check_flag(go_backwards, "go_backwards")
+    return_cache = _check_flag(return_cache, "return_cache")
+
+    if initial_state is None:
+        h0 = c0 = None
+    else:
+        if isinstance(initial_state, np.ndarray) or len(initial_state) != 2:
+            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays, got "
+                             f"{_describe(initial_state)}")
+        h0, c0 = (_as_real_array(s, name, dtype) for s, name in
+                  zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")))
+        for state, name in ((h0, "initial_state[0] (h0)"), (c0, "initial_state[1] (c0)")):
+            _check_shape(state, name, (batch, units), "(batch, units)")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
+        _check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
+    if recurrent_dropout_mask is not None:
+        recurrent_dropout_mask = _as_real_array(recurrent_dropout_mask,
+                                                "recurrent_dropout_mask", dtype)
+        _check_shape(recurrent_dropout_mask, "recurrent_dropout_mask", (batch, units),
+                     "(batch, units)")
+
+    run = _BACKENDS[backend]
+    outputs, h, c, state = run.lstm_forward(
+        x, kernel, recurrent_kernel, bias,
+        initial_state=None if h0 is None else [h0, c0], mask=mask,
+        go_backwards=go_backwards, return_cache=return_cache,
+        recurrent_dropout_mask=recurrent_dropout_mask,
+    )
+    cache = None
+    if return_cache:
+        cache = LSTMCache(backend, dtype, (batch, timesteps, input_dim, units),
+                          bias is not None, state)
+    return outputs, h, c, cache
+
+
+def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
+    """Backpropagate through time.
+
+    Parameters
+    ----------
+    cache : LSTMCache
+        From ``lstm_forward(..., return_cache=True)``; usable once.
+    grad_outputs : array_like, shape (batch, timesteps, units), or None
+        Gradient of the loss with respect to the outputs (None: zero).
+    grad_h, grad_c : array_like, shape (batch, units), or None
+        Gradients with respect to the final states (None: zero).
+
+    Returns
+    -------
+    LSTMGradients
+        Named tuple ``(x, kernel, recurrent_kernel, bias, h0, c0)``.
+    """
+    if cache is None:
+        raise RuntimeError("lstm_backward needs the cache of a forward pass run with "
+                           "return_cache=True; got None (an inference-only result)")
+    if not isinstance(cache, LSTMCache):
+        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got "
+                        f"{_describe(cache)}")
+    if cache.used:
+        raise RuntimeError("this cache was already used by a backward pass (the gate "
+                           "gradients overwrite it); run lstm_forward again")
+    expected = {
+        "grad_outputs": ((cache.batch, cache.timesteps, cache.units), "(batch, timesteps, units)"),
+        "grad_h": ((cache.batch, cache.units), "(batch, units)"),
+        "grad_c": ((cache.batch, cache.units), "(batch, units)"),
+    }
+    grads = {}
+    for name, value in (("grad_outputs", grad_outputs), ("grad_h", grad_h), ("grad_c", grad_c)):
+        if value is not None:
+            value = _as_real_array(value, name, cache.dtype)
+            shape, meaning = expected[name]
+            _check_shape(value, name, shape, f"{meaning} of the forward pass")
+        grads[name] = value
+    cache.used = True
+    result = _BACKENDS[cache.backend].lstm_backward(
+        cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"])
+    return LSTMGradients(*result)
+
+
+def _check_sizes(batch, timesteps, input_dim, units):
+    """Refuse sizes whose workspace indices would not fit BLAS's 32-bit ints."""
+    rows = batch * timesteps
+    widest = max(input_dim, 4 * units)
+    for what, value in (("batch * timesteps", rows),
+                        ("timesteps * 4 * units", timesteps * 4 * units),
+                        ("4 * units", widest)):
+        if value > _INT_MAX:
+            raise ValueError(f"{what} = {value} is too large: BLAS indexes with 32-bit "
+                             f"integers (at most {_INT_MAX}); got x of shape "
+                             f"{(batch, timesteps, input_dim)} and units={units}")
+
+
+def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", training=True):
+    """Bytes the fast kernels allocate for one call, besides the inputs.
+
+    Training keeps the activated gates (4 * units per step) and the hidden
+    and cell states before each step (units each) for the backward pass;
+    the outputs and final states are counted too. The backward pass adds the
+    gradients of the inputs and weights, and a few (batch, units) buffers.
+    """
+    sizes = [operator.index(v) for v in (batch, timesteps, input_dim, units)]
+    batch, timesteps, input_dim, units = sizes
+    itemsize = np.dtype(dtype).itemsize
+    steps = batch * timesteps
+    elements = steps * 4 * units + steps * units + 2 * batch * units
+    if training:
+        elements += 2 * steps * units
+    return elements * itemsize
+
+
+class _FastBackend:
+    """The Cython kernels behind the reference's signatures: allocate the
+    outputs and workspace, then run the kernel with BLAS single-threaded."""
+
+    @staticmethod
+    def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
+                     go_backwards=False, return_cache=True, recurrent_dropout_mask=None):
+        dtype = kernel.dtype
+        batch, timesteps, input_dim = x.shape
+        units = recurrent_kernel.shape[0]
+        x = np.ascontiguousarray(x)
+        kernel = np.ascontiguousarray(kernel)
+        recurrent_kernel = np.ascontiguousarray(recurrent_kernel)
+        has_bias = bias is not None
+        bias = np.ascontiguousarray(bias) if has_bias else np.zeros(4 * units, dtype)
+        if initial_state is None:
+            h = np.zeros((batch, units), dtype)
+            c = np.zeros((batch, units), dtype)
+        else:
+            h = np.array(initial_state[0], dtype=dtype, order="C")
+            c = np.array(initial_state[1], dtype=dtype, order="C")
+        mask_bytes = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
+        has_dropout = recurrent_dropout_mask is not None
+        dropout = (np.ascontiguousarray(recurrent_dropout_mask) if has_dropout
+                   else np.ones((batch, units), dtype))
+        slots = timesteps if return_cache else 1
+        outputs = np.empty((batch, timesteps, units), dtype)
+        gates = np.empty((batch, timesteps, 4 * units), dtype)
+        h_prev = np.empty((batch, slots, units), dtype)
+        c_prev = np.empty((batch, slots, units), dtype)
+        h_last = np.empty((batch, units), dtype)
+        threads, single_blas = _config.kernel_threads()
+        with _config.single_threaded_blas(single_blas):
+            _config.kernels().forward(x, kernel, recurrent_kernel, bias, mask_bytes, dropout,
+                                      go_backwards, outputs, h, c, gates, h_prev, c_prev,
+                                      h_last, return_cache, threads)
+        cache = None
+        if return_cache:
+            cache = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask_bytes,
+                         dropout=dropout, has_dropout=has_dropout, go_backwards=go_backwards,
+                         gates=gates, h_prev=h_prev, c_prev=c_prev, has_bias=has_bias)
+        return outputs, h, c, cache
+
+    @staticmethod
+    def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
+        x, recurrent_kernel, dropout = cache["x"], cache["recurrent_kernel"], cache["dropout"]
+        dtype = x.dtype
+        batch, timesteps, input_dim = x.shape
+        units = recurrent_kernel.shape[0]
+        state_shape = (batch, units)
+        dh_pass = np.zeros(state_shape, dtype) if grad_h is None else np.array(grad_h, dtype, order="C")
+        dc = np.zeros(state_shape, dtype) if grad_c is None else np.array(grad_c, dtype, order="C")
+        dh_rec = np.zeros(state_shape, dtype)
+        carry = np.zeros(state_shape, dtype)
+        dx = np.empty_like(x)
+        dkernel = np.empty_like(cache["kernel"])
+        drecurrent_kernel = np.empty_like(recurrent_kernel)
+        dbias = np.empty(4 * units, dtype)
+        grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
+                        else np.ascontiguousarray(grad_outputs))
+        threads, single_blas = _config.kernel_threads()
+        with _config.single_threaded_blas(single_blas):
+            _config.kernels().backward(x, cache["kernel"], recurrent_kernel, cache["mask"], dropout,
+                           cache["go_backwards"], grad_outputs, cache["gates"],
+                           cache["h_prev"], cache["c_prev"], dh_rec, dh_pass, dc, carry,
+                           dx, dkernel, drecurrent_kernel, dbias, threads)
+        if cache["has_dropout"]:
+            dh_rec *= dropout
+        dh0 = dh_rec + dh_pass
+        return dx, dkernel, drecurrent_kernel, dbias if cache["has_bias"] else None, dh0, dc
+
+
+_BACKENDS = {"fast": _FastBackend, "reference": reference}
