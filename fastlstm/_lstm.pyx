@@ -135,6 +135,31 @@ cdef inline Py_ssize_t _column_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_
     return min(((k * blocks) // nchunks) * 16, n)
 
 
+# Products with at most this many multiply-adds go through OpenBLAS's
+# small-matrix kernels, which skip the packing of both operands. A step's
+# recurrent product packs all of recurrent_kernel on every call; cut into
+# column blocks under this size it is up to 1.4x faster where H is modest
+# (measured for B/threads = 16..32 rows and H = 64..256).
+cdef Py_ssize_t SMALL_GEMM = 1000000
+cdef Py_ssize_t SMALL_GEMM_MAX_DEPTH = 256
+
+
+cdef inline void _recurrent_gemm(Py_ssize_t rows, Py_ssize_t H, const floating* h, Py_ssize_t ldh,
+                                 const floating* recurrent_kernel, floating* z,
+                                 Py_ssize_t ldz) noexcept nogil:
+    """z[rows, :4H] += h[rows, :H] @ recurrent_kernel, in column blocks when that is faster."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t block = G
+    cdef Py_ssize_t j = 0
+    if H <= SMALL_GEMM_MAX_DEPTH and rows * G * H > SMALL_GEMM:
+        block = max(32, (SMALL_GEMM // (rows * H)) // 16 * 16)
+    while j < G:
+        # z[:, j:j+n] += h @ recurrent_kernel[:, j:j+n]   (rows, n) += (rows, H)(H, n)
+        gemm(NoTrans, NoTrans, <int>rows, <int>min(block, G - j), <int>H, <floating>1.0,
+             h, <int>ldh, recurrent_kernel + j, <int>G, <floating>1.0, z + j, <int>ldz)
+        j += block
+
+
 cdef void _forward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
     const floating* x, const floating* kernel, const floating* recurrent_kernel,
@@ -186,10 +211,8 @@ cdef void _forward_rows(
         t = _time(s, T, go_backwards)
         t_next = _time(s + 1, T, go_backwards)
         # Z_t[rows] += h_{t-1}[rows] @ recurrent_kernel   (rows, 4H) += (rows, H)(H, 4H)
-        gemm(NoTrans, NoTrans, <int>rows, <int>G, <int>H, <floating>1.0,
-             h_prev + (b0 * slots + (t if training else 0)) * H, <int>(slots * H),
-             recurrent_kernel, <int>G, <floating>1.0,
-             gates + (b0 * T + t) * G, <int>(T * G))
+        _recurrent_gemm(rows, H, h_prev + (b0 * slots + (t if training else 0)) * H,
+                        slots * H, recurrent_kernel, gates + (b0 * T + t) * G, T * G)
         for b in range(b0, b1):
             z = gates + (b * T + t) * G
             hb = h + b * H
@@ -235,7 +258,7 @@ cdef void _forward_rows(
 
 cdef void _backward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
-    const floating* kernel, const floating* recurrent_kernel,
+    const floating* kernel, const floating* recurrent_kernel_t,
     const unsigned char* mask, const floating* dropout, bint go_backwards,
     const floating* grad_outputs,
     floating* gates, const floating* c_prev,
@@ -249,7 +272,9 @@ cdef void _backward_rows(
     the dropped-out h_{t-1}); dh_pass the part of dh that skips the GEMM (state
     carried through masked steps); carry the gradient of an output repeated by
     later masked steps. On exit dh_rec * dropout + dh_pass is dh0, dc is dc0.
-    The gate gradients dZ replace the gates in ``gates``.
+    The gate gradients dZ replace the gates in ``gates``. recurrent_kernel_t
+    is recurrent_kernel transposed, (4H, H) C-contiguous: OpenBLAS multiplies
+    by it about 1.5x faster than by the transposed view of the original.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t rows = b1 - b0
@@ -303,8 +328,8 @@ cdef void _backward_rows(
                     cry[j] = cry[j] + dy[j]
                 memset(z, 0, G * sizeof(floating))
         # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
-        gemm(NoTrans, Trans, <int>rows, <int>H, <int>G, <floating>1.0,
-             gates + (b0 * T + t) * G, <int>(T * G), recurrent_kernel, <int>G,
+        gemm(NoTrans, NoTrans, <int>rows, <int>H, <int>G, <floating>1.0,
+             gates + (b0 * T + t) * G, <int>(T * G), recurrent_kernel_t, <int>H,
              <floating>0.0, dh_rec + b0 * H, <int>H)
 
     # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I)
@@ -380,7 +405,7 @@ def forward(const floating[:, :, ::1] x,
 
 def backward(const floating[:, :, ::1] x,
              const floating[:, ::1] kernel,
-             const floating[:, ::1] recurrent_kernel,
+             const floating[:, ::1] recurrent_kernel_t,
              const unsigned char[:, ::1] mask,
              const floating[:, ::1] dropout,
              bint go_backwards,
@@ -400,7 +425,8 @@ def backward(const floating[:, :, ::1] x,
     """Run the backward kernel into caller-allocated buffers.
 
     gates, h_prev and c_prev are the training buffers of ``forward``; the
-    gate gradients overwrite ``gates``. dh_pass and dc come in holding the
+    gate gradients overwrite ``gates``. recurrent_kernel_t is the recurrent
+    kernel transposed, (4H, H). dh_pass and dc come in holding the
     gradients of the final states; dh_rec and carry come in as zeros.
     dropout is all ones for no dropout.
     """
@@ -413,7 +439,7 @@ def backward(const floating[:, :, ::1] x,
         for k in prange(nchunks, schedule="static"):
             _backward_rows(
                 _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
-                &kernel[0, 0], &recurrent_kernel[0, 0], mask_ptr, &dropout[0, 0],
+                &kernel[0, 0], &recurrent_kernel_t[0, 0], mask_ptr, &dropout[0, 0],
                 go_backwards, &grad_outputs[0, 0, 0], &gates[0, 0, 0], &c_prev[0, 0, 0],
                 &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], &dx[0, 0, 0])
         for k in prange(ncolumns, schedule="static"):

@@ -358,11 +358,12 @@ class _FastBackend:
         dkernel = np.empty_like(cache["kernel"])
         drecurrent_kernel = np.empty_like(recurrent_kernel)
         dbias = np.empty(4 * units, dtype)
+        recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
         grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
                         else np.ascontiguousarray(grad_outputs))
         threads, single_blas = _config.kernel_threads()
         with _config.single_threaded_blas(single_blas):
-            _config.kernels().backward(x, cache["kernel"], recurrent_kernel, cache["mask"], dropout,
+            _config.kernels().backward(x, cache["kernel"], recurrent_kernel_t, cache["mask"], dropout,
                            cache["go_backwards"], grad_outputs, cache["gates"],
                            cache["h_prev"], cache["c_prev"], dh_rec, dh_pass, dc, carry,
                            dx, dkernel, drecurrent_kernel, dbias, threads)
