@@ -100,6 +100,33 @@ cdef inline floating _tanh(floating x) noexcept nogil:
         return tanh(x)
 
 
+cdef enum Activation:
+    # The codes functional.py passes for "tanh", "sigmoid" and "hard_sigmoid".
+    TANH = 0
+    SIGMOID = 1
+    HARD_SIGMOID = 2
+
+
+cdef inline floating _activate(floating x, int kind) noexcept nogil:
+    cdef floating y
+    if kind == TANH:
+        return _tanh(x)
+    if kind == SIGMOID:
+        return _sigmoid(x)
+    # Keras 3's hard_sigmoid, clip(x / 6 + 1/2, 0, 1); NaN fails both tests and stays NaN.
+    y = x / 6 + <floating>0.5
+    return 0 if y < 0 else (1 if y > 1 else y)
+
+
+cdef inline floating _activate_grad(floating y, int kind) noexcept nogil:
+    """Derivative of activation ``kind`` where its value is ``y``."""
+    if kind == TANH:
+        return 1 - y * y
+    if kind == SIGMOID:
+        return y * (1 - y)
+    return <floating>(1.0 / 6.0) if 0 < y < 1 else 0
+
+
 def openmp_enabled():
     """Whether the kernels were compiled with OpenMP."""
     return bool(FL_OPENMP)
@@ -160,11 +187,72 @@ cdef inline void _recurrent_gemm(Py_ssize_t rows, Py_ssize_t H, const floating* 
         j += block
 
 
+cdef inline void _step_forward(
+    Py_ssize_t H, floating* z, const floating* bias, floating* cb, floating* hb,
+    floating* out, floating* keep_c, floating* h_next, const floating* drop,
+    int activation, int recurrent_activation,
+) noexcept nogil:
+    """The fused element-wise step of one sequence.
+
+    z holds x_t @ kernel + h_{t-1} @ recurrent_kernel and is replaced by the
+    activated gates the backward pass reads. Called with constant activation
+    codes for the default pair, so that copy is compiled branch-free and
+    vectorised; other pairs run the same code with the codes tested per value.
+    """
+    cdef Py_ssize_t j
+    cdef floating gi, gf, gg, go, cell, hidden, cell_prev
+    for j in range(H):
+        gi = _activate(z[j] + bias[j], recurrent_activation)
+        gf = _activate(z[H + j] + bias[H + j], recurrent_activation)
+        gg = _activate(z[2 * H + j] + bias[2 * H + j], activation)
+        go = _activate(z[3 * H + j] + bias[3 * H + j], recurrent_activation)
+        cell_prev = cb[j]
+        cell = gf * cell_prev + gi * gg
+        hidden = go * _activate(cell, activation)
+        z[j] = gi
+        z[H + j] = gf
+        z[2 * H + j] = gg
+        z[3 * H + j] = go
+        keep_c[j] = cell_prev
+        cb[j] = cell
+        hb[j] = hidden
+        out[j] = hidden
+        h_next[j] = hidden * drop[j]
+
+
+cdef inline void _step_backward(
+    Py_ssize_t H, floating* z, const floating* cp, const floating* dhr, floating* dhp,
+    floating* dcb, floating* cry, const floating* dy, const floating* drop,
+    int activation, int recurrent_activation,
+) noexcept nogil:
+    """The fused element-wise backward step of one sequence: the activated
+    gates in z become dZ, the gradients of the pre-activations."""
+    cdef Py_ssize_t j
+    cdef floating gi, gf, gg, go, cell_prev, cell, act_cell, grad_h, grad_cell
+    for j in range(H):
+        grad_h = dhr[j] * drop[j] + dhp[j] + cry[j] + dy[j]
+        gi = z[j]
+        gf = z[H + j]
+        gg = z[2 * H + j]
+        go = z[3 * H + j]
+        cell_prev = cp[j]
+        cell = gf * cell_prev + gi * gg
+        act_cell = _activate(cell, activation)
+        grad_cell = dcb[j] + grad_h * go * _activate_grad(act_cell, activation)
+        z[j] = grad_cell * gg * _activate_grad(gi, recurrent_activation)
+        z[H + j] = grad_cell * cell_prev * _activate_grad(gf, recurrent_activation)
+        z[2 * H + j] = grad_cell * gi * _activate_grad(gg, activation)
+        z[3 * H + j] = grad_h * act_cell * _activate_grad(go, recurrent_activation)
+        dcb[j] = grad_cell * gf
+        dhp[j] = 0
+        cry[j] = 0
+
+
 cdef void _forward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
     const floating* x, const floating* kernel, const floating* recurrent_kernel,
     const floating* bias, const unsigned char* mask, const floating* dropout,
-    bint go_backwards, bint training,
+    bint go_backwards, bint training, int activation, int recurrent_activation,
     floating* outputs, floating* h, floating* c,
     floating* gates, floating* h_prev, floating* c_prev, floating* h_last,
 ) noexcept nogil:
@@ -181,7 +269,6 @@ cdef void _forward_rows(
     cdef Py_ssize_t rows = b1 - b0
     cdef Py_ssize_t slots = T if training else 1
     cdef Py_ssize_t s, t, t_next, b, j
-    cdef floating gi, gf, gg, go, cell, hidden, cell_prev
     cdef floating* z
     cdef floating* hb
     cdef floating* cb
@@ -226,25 +313,11 @@ cdef void _forward_rows(
             keep_c = c_prev + (b * slots + (t if training else 0)) * H
             drop = dropout + b * H
             if mask == NULL or mask[b * T + t]:
-                # The fused step: z holds x_t @ kernel + h_{t-1} @ recurrent_kernel;
-                # it is replaced by the activated gates the backward pass reads.
-                for j in range(H):
-                    gi = _sigmoid(z[j] + bias[j])
-                    gf = _sigmoid(z[H + j] + bias[H + j])
-                    gg = _tanh(z[2 * H + j] + bias[2 * H + j])
-                    go = _sigmoid(z[3 * H + j] + bias[3 * H + j])
-                    cell_prev = cb[j]
-                    cell = gf * cell_prev + gi * gg
-                    hidden = go * _tanh(cell)
-                    z[j] = gi
-                    z[H + j] = gf
-                    z[2 * H + j] = gg
-                    z[3 * H + j] = go
-                    keep_c[j] = cell_prev
-                    cb[j] = cell
-                    hb[j] = hidden
-                    out[j] = hidden
-                    h_next[j] = hidden * drop[j]
+                if activation == TANH and recurrent_activation == SIGMOID:
+                    _step_forward(H, z, bias, cb, hb, out, keep_c, h_next, drop, TANH, SIGMOID)
+                else:
+                    _step_forward(H, z, bias, cb, hb, out, keep_c, h_next, drop,
+                                  activation, recurrent_activation)
             else:
                 # Masked step: the states carry over; the output repeats the
                 # previous output (zeros before the first processed step).
@@ -260,7 +333,7 @@ cdef void _backward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
     const floating* kernel, const floating* recurrent_kernel_t,
     const unsigned char* mask, const floating* dropout, bint go_backwards,
-    const floating* grad_outputs,
+    int activation, int recurrent_activation, const floating* grad_outputs,
     floating* gates, const floating* c_prev,
     floating* dh_rec, floating* dh_pass, floating* dc, floating* carry,
     floating* dx,
@@ -279,7 +352,6 @@ cdef void _backward_rows(
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t rows = b1 - b0
     cdef Py_ssize_t s, t, b, j
-    cdef floating gi, gf, gg, go, cell_prev, cell, tanh_cell, grad_h, grad_cell
     cdef floating* z
     cdef floating* dhr
     cdef floating* dhp
@@ -302,24 +374,11 @@ cdef void _backward_rows(
             dy = grad_outputs + (b * T + s) * H
             drop = dropout + b * H
             if mask == NULL or mask[b * T + t]:
-                for j in range(H):
-                    grad_h = dhr[j] * drop[j] + dhp[j] + cry[j] + dy[j]
-                    gi = z[j]
-                    gf = z[H + j]
-                    gg = z[2 * H + j]
-                    go = z[3 * H + j]
-                    cell_prev = cp[j]
-                    cell = gf * cell_prev + gi * gg
-                    tanh_cell = _tanh(cell)
-                    grad_cell = dcb[j] + grad_h * go * (1 - tanh_cell * tanh_cell)
-                    # dZ = dL/d(pre-activation) of each gate
-                    z[j] = grad_cell * gg * gi * (1 - gi)
-                    z[H + j] = grad_cell * cell_prev * gf * (1 - gf)
-                    z[2 * H + j] = grad_cell * gi * (1 - gg * gg)
-                    z[3 * H + j] = grad_h * tanh_cell * go * (1 - go)
-                    dcb[j] = grad_cell * gf
-                    dhp[j] = 0
-                    cry[j] = 0
+                if activation == TANH and recurrent_activation == SIGMOID:
+                    _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
+                else:
+                    _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop,
+                                   activation, recurrent_activation)
             else:
                 # Masked step: h and c passed through unchanged, so their
                 # gradients do too; the output was a copy of the previous one.
@@ -380,6 +439,8 @@ def forward(const floating[:, :, ::1] x,
             floating[:, :, ::1] c_prev,
             floating[:, ::1] h_last,
             bint training,
+            int activation,
+            int recurrent_activation,
             int num_threads):
     """Run the forward kernel into caller-allocated buffers.
 
@@ -398,8 +459,8 @@ def forward(const floating[:, :, ::1] x,
             _forward_rows(
                 _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
                 &x[0, 0, 0], &kernel[0, 0], &recurrent_kernel[0, 0], &bias[0],
-                mask_ptr, &dropout[0, 0], go_backwards, training,
-                &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
+                mask_ptr, &dropout[0, 0], go_backwards, training, activation,
+                recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
                 &gates[0, 0, 0], &h_prev[0, 0, 0], &c_prev[0, 0, 0], &h_last[0, 0])
 
 
@@ -421,6 +482,8 @@ def backward(const floating[:, :, ::1] x,
              floating[:, ::1] dkernel,
              floating[:, ::1] drecurrent_kernel,
              floating[::1] dbias,
+             int activation,
+             int recurrent_activation,
              int num_threads):
     """Run the backward kernel into caller-allocated buffers.
 
@@ -440,7 +503,7 @@ def backward(const floating[:, :, ::1] x,
             _backward_rows(
                 _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
                 &kernel[0, 0], &recurrent_kernel_t[0, 0], mask_ptr, &dropout[0, 0],
-                go_backwards, &grad_outputs[0, 0, 0], &gates[0, 0, 0], &c_prev[0, 0, 0],
+                go_backwards, activation, recurrent_activation, &grad_outputs[0, 0, 0], &gates[0, 0, 0], &c_prev[0, 0, 0],
                 &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], &dx[0, 0, 0])
         for k in prange(ncolumns, schedule="static"):
             _weight_grads_columns(

@@ -24,6 +24,8 @@ LSTMGradients.__doc__ = """Gradients of a loss with respect to the arguments of 
 the gradients of the initial states (zeros when none were given)."""
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# The activations the kernels implement, with the code they know each by.
+_ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2}
 # BLAS takes 32-bit sizes and leading dimensions.
 _INT_MAX = 2**31 - 1
 
@@ -121,7 +123,8 @@ def _check_flag(value, name):
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
                  go_backwards=False, return_cache=True, backend="fast",
-                 recurrent_dropout_mask=None):
+                 recurrent_dropout_mask=None, activation="tanh",
+                 recurrent_activation="sigmoid"):
     """Run an LSTM over a batch of sequences.
 
     Parameters
@@ -152,6 +155,13 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     recurrent_dropout_mask : array_like, shape (batch, units), or None
         Multipliers applied to the previous hidden state before the recurrent
         product, one mask per sequence (Keras' recurrent dropout).
+    activation : {"tanh", "sigmoid", "hard_sigmoid"}
+        Activation of the candidate cell state and of the cell state in the
+        output. Keras 3's definitions; hard_sigmoid is clip(x / 6 + 1/2, 0, 1).
+    recurrent_activation : {"tanh", "sigmoid", "hard_sigmoid"}
+        Activation of the input, forget and output gates. The default pair
+        (tanh, sigmoid) runs the vectorised kernels; other pairs run the same
+        kernels with scalar activations.
 
     Returns
     -------
@@ -175,6 +185,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    for name, value in (("activation", activation), ("recurrent_activation", recurrent_activation)):
+        if not isinstance(value, str) or value not in _ACTIVATION_CODES:
+            raise ValueError(f"{name} must be one of {sorted(_ACTIVATION_CODES)}, got "
+                             f"{_describe(value)}")
     dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(kernel, recurrent_kernel, bias)
     x = _as_real_array(x, "x", dtype)
     if x.ndim != 3:
@@ -217,6 +231,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         initial_state=None if h0 is None else [h0, c0], mask=mask,
         go_backwards=go_backwards, return_cache=return_cache,
         recurrent_dropout_mask=recurrent_dropout_mask,
+        activation=activation, recurrent_activation=recurrent_activation,
     )
     cache = None
     if return_cache:
@@ -283,21 +298,31 @@ def _check_sizes(batch, timesteps, input_dim, units):
 
 
 def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", training=True):
-    """Bytes the fast kernels allocate for one call, besides the inputs.
+    """Bytes the fast forward pass allocates for one call, outputs included.
 
-    Training keeps the activated gates (4 * units per step) and the hidden
-    and cell states before each step (units each) for the backward pass;
-    the outputs and final states are counted too. The backward pass adds the
-    gradients of the inputs and weights, and a few (batch, units) buffers.
+    Training keeps, per step, the activated gates (4 * units values) and the
+    hidden and cell states before the step (units each) for the backward
+    pass; inference keeps the gates of the input projection and one state
+    slot. Both return the outputs (units per step) and hold a few
+    (batch, units) state buffers. The backward pass then allocates the
+    gradients (the size of x and of the weights) and five (batch, units)
+    buffers, and reuses the gate buffer for the gate gradients.
+
+    Examples
+    --------
+    >>> import fastlstm as fl
+    >>> fl.workspace_nbytes(64, 100, 128, 256)      # PERF.md's "medium", float32
+    46137344
     """
-    sizes = [operator.index(v) for v in (batch, timesteps, input_dim, units)]
-    batch, timesteps, input_dim, units = sizes
-    itemsize = np.dtype(dtype).itemsize
+    batch, timesteps, input_dim, units = (
+        operator.index(v) for v in (batch, timesteps, input_dim, units))
     steps = batch * timesteps
-    elements = steps * 4 * units + steps * units + 2 * batch * units
-    if training:
-        elements += 2 * steps * units
-    return elements * itemsize
+    slots = timesteps if training else 1
+    elements = (steps * 4 * units            # gates
+                + steps * units              # outputs
+                + 2 * batch * slots * units  # h_prev, c_prev
+                + 4 * batch * units)         # h, c, h_last, dropout multipliers
+    return elements * np.dtype(dtype).itemsize
 
 
 class _FastBackend:
@@ -306,7 +331,8 @@ class _FastBackend:
 
     @staticmethod
     def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
-                     go_backwards=False, return_cache=True, recurrent_dropout_mask=None):
+                     go_backwards=False, return_cache=True, recurrent_dropout_mask=None,
+                     activation="tanh", recurrent_activation="sigmoid"):
         dtype = kernel.dtype
         batch, timesteps, input_dim = x.shape
         units = recurrent_kernel.shape[0]
@@ -331,16 +357,18 @@ class _FastBackend:
         h_prev = np.empty((batch, slots, units), dtype)
         c_prev = np.empty((batch, slots, units), dtype)
         h_last = np.empty((batch, units), dtype)
+        codes = (_ACTIVATION_CODES[activation], _ACTIVATION_CODES[recurrent_activation])
         threads, single_blas = _config.kernel_threads()
         with _config.single_threaded_blas(single_blas):
             _config.kernels().forward(x, kernel, recurrent_kernel, bias, mask_bytes, dropout,
                                       go_backwards, outputs, h, c, gates, h_prev, c_prev,
-                                      h_last, return_cache, threads)
+                                      h_last, return_cache, *codes, threads)
         cache = None
         if return_cache:
             cache = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask_bytes,
                          dropout=dropout, has_dropout=has_dropout, go_backwards=go_backwards,
-                         gates=gates, h_prev=h_prev, c_prev=c_prev, has_bias=has_bias)
+                         gates=gates, h_prev=h_prev, c_prev=c_prev, has_bias=has_bias,
+                         activation_codes=codes)
         return outputs, h, c, cache
 
     @staticmethod
@@ -366,7 +394,8 @@ class _FastBackend:
             _config.kernels().backward(x, cache["kernel"], recurrent_kernel_t, cache["mask"], dropout,
                            cache["go_backwards"], grad_outputs, cache["gates"],
                            cache["h_prev"], cache["c_prev"], dh_rec, dh_pass, dc, carry,
-                           dx, dkernel, drecurrent_kernel, dbias, threads)
+                           dx, dkernel, drecurrent_kernel, dbias,
+                           *cache["activation_codes"], threads)
         if cache["has_dropout"]:
             dh_rec *= dropout
         dh0 = dh_rec + dh_pass

@@ -23,13 +23,30 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["LSTMCache", "lstm_forward", "lstm_backward"]
+__all__ = ["ACTIVATIONS", "LSTMCache", "lstm_forward", "lstm_backward"]
 
 
 def _sigmoid(z):
     # sigma(z) = (1 + tanh(z / 2)) / 2: the same function as 1 / (1 + exp(-z)),
     # without overflow in exp for large negative z.
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def _hard_sigmoid(z):
+    # Keras 3's hard_sigmoid: relu6(z + 3) / 6 = clip(z / 6 + 1/2, 0, 1). Written
+    # with where, not clip, so that NaN stays NaN.
+    y = z / 6.0 + 0.5
+    return np.where(y < 0, 0.0, np.where(y > 1, 1.0, y)).astype(z.dtype, copy=False)
+
+
+#: The activations an LSTM may use, each as (function, derivative written in
+#: terms of the function's value y): tanh' = 1 - y^2, sigmoid' = y (1 - y),
+#: hard_sigmoid' = 1/6 where 0 < y < 1 and 0 where it is clipped.
+ACTIVATIONS = {
+    "tanh": (np.tanh, lambda y: 1.0 - y * y),
+    "sigmoid": (_sigmoid, lambda y: y * (1.0 - y)),
+    "hard_sigmoid": (_hard_sigmoid, lambda y: np.where((y > 0) & (y < 1), 1.0 / 6.0, 0.0)),
+}
 
 
 def _split_gates(gates):
@@ -70,6 +87,8 @@ class LSTMCache:
     c_candidate : ndarray, shape (T, B, H)
         ``f * c_{t-1} + i * g``: the cell state each step computes, before the
         mask decides whether it replaces ``c_{t-1}``.
+    activation, recurrent_activation : str
+        Names in `ACTIVATIONS` of the candidate/output and gate activations.
     """
 
     x: np.ndarray
@@ -83,10 +102,13 @@ class LSTMCache:
     c_prev: np.ndarray
     gates: np.ndarray
     c_candidate: np.ndarray
+    activation: str = "tanh"
+    recurrent_activation: str = "sigmoid"
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
-                 go_backwards=False, return_cache=True, recurrent_dropout_mask=None):
+                 go_backwards=False, return_cache=True, recurrent_dropout_mask=None,
+                 activation="tanh", recurrent_activation="sigmoid"):
     """Run one LSTM layer over a batch of sequences.
 
     Parameters
@@ -113,6 +135,11 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     recurrent_dropout_mask : ndarray, shape (B, H), optional
         Multiplier applied to ``h_{t-1}`` in the recurrent product at every
         step (Keras' recurrent dropout: one mask per sequence).
+    activation : {"tanh", "sigmoid", "hard_sigmoid"}, default "tanh"
+        Activation of the candidate ``g`` and of the cell state in ``h``
+        (``tanh`` in the equations below).
+    recurrent_activation : {"tanh", "sigmoid", "hard_sigmoid"}, default "sigmoid"
+        Activation of the gates ``i``, ``f`` and ``o`` (``sigmoid`` below).
 
     Returns
     -------
@@ -141,6 +168,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     dtype = np.result_type(x, kernel, recurrent_kernel)
     batch, steps, _ = x.shape
     units = recurrent_kernel.shape[0]
+    candidate = ACTIVATIONS[activation][0]
+    gate = ACTIVATIONS[recurrent_activation][0]
 
     # Processing order: reversing here lets the loop below always run forwards.
     x_steps = x[:, ::-1] if go_backwards else x
@@ -170,9 +199,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         if bias is not None:
             z = z + bias
         z_i, z_f, z_c, z_o = _split_gates(z)
-        i, f, g, o = _sigmoid(z_i), _sigmoid(z_f), np.tanh(z_c), _sigmoid(z_o)
+        i, f, g, o = gate(z_i), gate(z_f), candidate(z_c), gate(z_o)
         c_new = f * c + i * g
-        h_new = o * np.tanh(c_new)
+        h_new = o * candidate(c_new)
 
         gates[t] = np.concatenate([i, f, g, o], axis=-1)
         c_candidate[t] = c_new
@@ -192,6 +221,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
             go_backwards=bool(go_backwards), step_mask=step_mask,
             recurrent_dropout_mask=recurrent_dropout_mask,
             h_prev=h_prev, c_prev=c_prev, gates=gates, c_candidate=c_candidate,
+            activation=activation, recurrent_activation=recurrent_activation,
         )
     # np.array copies: with no time steps, h and c are still the caller's h0 and c0.
     return outputs, np.array(h, dtype=dtype), np.array(c, dtype=dtype), cache
@@ -249,6 +279,8 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
     dropout = cache.recurrent_dropout_mask
     steps, batch, units = cache.h_prev.shape
     dtype = cache.h_prev.dtype
+    candidate, candidate_grad = ACTIVATIONS[cache.activation]
+    gate_grad = ACTIVATIONS[cache.recurrent_activation][1]
 
     def zero_or(grad):
         return np.zeros((batch, units), dtype=dtype) if grad is None else grad
@@ -281,14 +313,14 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
             dc_skip = np.where(keep, 0.0, dc)
 
         i, f, g, o = _split_gates(cache.gates[t])
-        tanh_c = np.tanh(cache.c_candidate[t])
-        dc_new = dc_new + dh_new * o * (1.0 - tanh_c * tanh_c)
+        tanh_c = candidate(cache.c_candidate[t])
+        dc_new = dc_new + dh_new * o * candidate_grad(tanh_c)
         grad_gates = np.concatenate([
-            dc_new * g * i * (1.0 - i),
-            dc_new * cache.c_prev[t] * f * (1.0 - f),
-            dc_new * i * (1.0 - g * g),
-            dh_new * tanh_c * o * (1.0 - o),
-        ], axis=-1)
+            dc_new * g * gate_grad(i),
+            dc_new * cache.c_prev[t] * gate_grad(f),
+            dc_new * i * candidate_grad(g),
+            dh_new * tanh_c * gate_grad(o),
+        ], axis=-1).astype(dtype, copy=False)
 
         h_recurrent = cache.h_prev[t]
         dh = grad_gates @ recurrent_kernel.T
