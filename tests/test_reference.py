@@ -98,6 +98,13 @@ GRADIENT_CASES = [
     pytest.param(dict(shape=(3, 4, 3, 1), mask="random"), id="units_1"),
     pytest.param(dict(shape=(3, 4, 1, 2)), id="input_dim_1"),
     pytest.param(dict(shape=(1, 1, 1, 1)), id="all_sizes_1"),
+    pytest.param(dict(shape=(3, 4, 3, 2), activation="sigmoid"), id="activation_sigmoid"),
+    pytest.param(dict(shape=(3, 4, 3, 2), activation="hard_sigmoid", mask="random"),
+                 id="activation_hard_sigmoid"),
+    pytest.param(dict(shape=(3, 4, 3, 2), recurrent_activation="hard_sigmoid"),
+                 id="recurrent_activation_hard_sigmoid"),
+    pytest.param(dict(shape=(3, 4, 3, 2), activation="sigmoid", recurrent_activation="tanh",
+                      go_backwards=True), id="activations_swapped"),
 ]
 
 
@@ -110,6 +117,8 @@ def test_gradients_match_finite_differences(case):
         "use_bias": case.get("use_bias", True),
         "use_initial_state": case.get("use_initial_state", True),
         "go_backwards": case.get("go_backwards", False),
+        "activation": case.get("activation", "tanh"),
+        "recurrent_activation": case.get("recurrent_activation", "sigmoid"),
     }
     mask = case.get("mask")
     if mask == "random":
@@ -444,3 +453,11 @@ def test_return_cache_false_returns_no_cache_and_the_same_values():
     assert isinstance(with_cache[3], reference.LSTMCache)
     for got, expected in zip(without_cache[:3], with_cache[:3]):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_hard_sigmoid_is_keras_3_definition_and_keeps_nan():
+    z = np.array([-4.0, -3.0, -1.5, 0.0, 1.5, 3.0, 4.0, np.nan])
+    function, derivative = reference.ACTIVATIONS["hard_sigmoid"]
+    expected = [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, np.nan]
+    np.testing.assert_array_equal(function(z), expected)
+    np.testing.assert_array_equal(derivative(function(z))[1:6], [0.0, 1 / 6, 1 / 6, 1 / 6, 0.0])
