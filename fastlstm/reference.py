@@ -27,9 +27,11 @@ __all__ = ["ACTIVATIONS", "LSTMCache", "lstm_forward", "lstm_backward"]
 
 
 def _sigmoid(z):
-    # sigma(z) = (1 + tanh(z / 2)) / 2: the same function as 1 / (1 + exp(-z)),
-    # without overflow in exp for large negative z.
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+    # With e = exp(-|z|): sigma(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) for
+    # z < 0. exp never overflows, and both branches keep full relative
+    # precision (1/2 (1 + tanh(z/2)) loses it to cancellation for z << 0).
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0, e) / (1.0 + e)
 
 
 def _hard_sigmoid(z):
