@@ -352,11 +352,20 @@ class _FastBackend:
         dropout = (np.ascontiguousarray(recurrent_dropout_mask) if has_dropout
                    else np.ones((batch, units), dtype))
         slots = timesteps if return_cache else 1
-        outputs = np.empty((batch, timesteps, units), dtype)
-        gates = np.empty((batch, timesteps, 4 * units), dtype)
-        h_prev = np.empty((batch, slots, units), dtype)
-        c_prev = np.empty((batch, slots, units), dtype)
-        h_last = np.empty((batch, units), dtype)
+        try:
+            outputs = np.empty((batch, timesteps, units), dtype)
+            gates = np.empty((batch, timesteps, 4 * units), dtype)
+            h_prev = np.empty((batch, slots, units), dtype)
+            c_prev = np.empty((batch, slots, units), dtype)
+            h_last = np.empty((batch, units), dtype)
+        except MemoryError:
+            needed = workspace_nbytes(batch, timesteps, input_dim, units, dtype, return_cache)
+            raise MemoryError(
+                f"lstm_forward needs {needed / 2**30:.1f} GiB of workspace for x of shape "
+                f"{x.shape} and units={units} ({dtype}, "
+                f"{'training' if return_cache else 'inference'}); see "
+                f"fastlstm.workspace_nbytes. Use a smaller batch or shorter sequences."
+            ) from None
         codes = (_ACTIVATION_CODES[activation], _ACTIVATION_CODES[recurrent_activation])
         threads, single_blas = _config.kernel_threads()
         with _config.single_threaded_blas(single_blas):
