@@ -12,6 +12,7 @@ import operator
 import numpy as np
 
 from . import _config, reference
+from ._validation import as_real_array, check_bool, describe
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "LSTMCache", "workspace_nbytes"]
 
@@ -56,41 +57,13 @@ class LSTMCache:
                 f"{' (used)' if self.used else ''}>")
 
 
-def _describe(value):
-    if isinstance(value, np.ndarray):
-        return f"an array of shape {value.shape} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"[:200]
-
-
-def _as_real_array(value, name, dtype=None):
-    """``value`` as an ndarray of real numbers (cast to ``dtype`` if given).
-
-    Never returns ``value`` itself when a cast or copy is needed; never
-    writes to it.
-    """
-    if value is None:
-        raise TypeError(f"{name} must be an array, got None")
-    try:
-        array = np.asarray(value)
-    except Exception as error:  # ragged lists and other non-arrays
-        raise TypeError(f"{name} must be an array of real numbers, got "
-                        f"{_describe(value)} ({error})") from None
-    kind = array.dtype.kind
-    if kind not in "fiub":
-        raise TypeError(f"{name} must hold real numbers (float, int or bool), got "
-                        f"dtype {array.dtype}")
-    if dtype is not None and array.dtype != dtype:
-        array = array.astype(dtype)
-    return array
-
-
 def _check_shape(array, name, expected, meaning):
     if array.shape != expected:
         raise ValueError(f"{name} must have shape {expected} {meaning}, got {array.shape}")
 
 
 def _check_weights(kernel, recurrent_kernel, bias):
-    kernel = _as_real_array(kernel, "kernel")
+    kernel = as_real_array(kernel, "kernel")
     if kernel.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"kernel must be float32 or float64 (the weights set the compute "
                         f"dtype), got dtype {kernel.dtype}")
@@ -107,18 +80,12 @@ def _check_weights(kernel, recurrent_kernel, bias):
         if value is None and name == "bias":
             weights.append(None)
             continue
-        array = _as_real_array(value, name)
+        array = as_real_array(value, name)
         if array.dtype != dtype:
             raise TypeError(f"{name} must have the dtype of kernel ({dtype}), got {array.dtype}")
         _check_shape(array, name, shape, f"{meaning} for units={units}")
         weights.append(array)
     return dtype, units, weights
-
-
-def _check_flag(value, name):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {_describe(value)}")
-    return bool(value)
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
@@ -188,9 +155,9 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     for name, value in (("activation", activation), ("recurrent_activation", recurrent_activation)):
         if not isinstance(value, str) or value not in _ACTIVATION_CODES:
             raise ValueError(f"{name} must be one of {sorted(_ACTIVATION_CODES)}, got "
-                             f"{_describe(value)}")
+                             f"{describe(value)}")
     dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(kernel, recurrent_kernel, bias)
-    x = _as_real_array(x, "x", dtype)
+    x = as_real_array(x, "x", dtype)
     if x.ndim != 3:
         raise ValueError(f"x must have shape (batch, timesteps, input_dim), got an array "
                          f"with {x.ndim} dimension(s), shape {x.shape}")
@@ -201,16 +168,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         raise ValueError(f"x has input_dim {input_dim} (last axis), but kernel has "
                          f"{kernel.shape[0]} rows; they must match")
     _check_sizes(batch, timesteps, input_dim, units)
-    go_backwards = _check_flag(go_backwards, "go_backwards")
-    return_cache = _check_flag(return_cache, "return_cache")
+    go_backwards = check_bool(go_backwards, "go_backwards")
+    return_cache = check_bool(return_cache, "return_cache")
 
     if initial_state is None:
         h0 = c0 = None
     else:
         if isinstance(initial_state, np.ndarray) or len(initial_state) != 2:
             raise ValueError(f"initial_state must be a list [h0, c0] of two arrays, got "
-                             f"{_describe(initial_state)}")
-        h0, c0 = (_as_real_array(s, name, dtype) for s, name in
+                             f"{describe(initial_state)}")
+        h0, c0 = (as_real_array(s, name, dtype) for s, name in
                   zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")))
         for state, name in ((h0, "initial_state[0] (h0)"), (c0, "initial_state[1] (c0)")):
             _check_shape(state, name, (batch, units), "(batch, units)")
@@ -220,7 +187,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
             raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
         _check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
     if recurrent_dropout_mask is not None:
-        recurrent_dropout_mask = _as_real_array(recurrent_dropout_mask,
+        recurrent_dropout_mask = as_real_array(recurrent_dropout_mask,
                                                 "recurrent_dropout_mask", dtype)
         _check_shape(recurrent_dropout_mask, "recurrent_dropout_mask", (batch, units),
                      "(batch, units)")
@@ -262,7 +229,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
                            "return_cache=True; got None (an inference-only result)")
     if not isinstance(cache, LSTMCache):
         raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got "
-                        f"{_describe(cache)}")
+                        f"{describe(cache)}")
     if cache.used:
         raise RuntimeError("this cache was already used by a backward pass (the gate "
                            "gradients overwrite it); run lstm_forward again")
@@ -274,7 +241,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
     grads = {}
     for name, value in (("grad_outputs", grad_outputs), ("grad_h", grad_h), ("grad_c", grad_c)):
         if value is not None:
-            value = _as_real_array(value, name, cache.dtype)
+            value = as_real_array(value, name, cache.dtype)
             shape, meaning = expected[name]
             _check_shape(value, name, shape, f"{meaning} of the forward pass")
         grads[name] = value
