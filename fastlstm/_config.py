@@ -20,10 +20,13 @@ choice; fastlstm then leaves it alone.
 """
 import contextlib
 import ctypes
+import numbers
 import os
 import sys
 import threading
 import warnings
+
+import numpy as np
 
 from . import _cpu
 
@@ -269,8 +272,9 @@ def set_num_threads(n):
     sequences in a batch leave the extra ones idle.
     """
     if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
+        n = int(n)
     _threads["num_threads"] = n
 
 

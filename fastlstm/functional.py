@@ -150,6 +150,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     >>> outputs.shape, h.shape
     ((2, 5, 4), (2, 4))
     """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {sorted(_BACKENDS)}, got {describe(backend)}")
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
     for name, value in (("activation", activation), ("recurrent_activation", recurrent_activation)):
@@ -174,15 +176,21 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     if initial_state is None:
         h0 = c0 = None
     else:
-        if isinstance(initial_state, np.ndarray) or len(initial_state) != 2:
+        if not isinstance(initial_state, (list, tuple, np.ndarray)):
+            raise TypeError(f"initial_state must be a list [h0, c0] of two arrays, got "
+                            f"{describe(initial_state)}")
+        if isinstance(initial_state, np.ndarray):
             raise ValueError(f"initial_state must be a list [h0, c0] of two arrays, got "
                              f"{describe(initial_state)}")
+        if len(initial_state) != 2:
+            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays, got "
+                             f"{len(initial_state)} entries")
         h0, c0 = (as_real_array(s, name, dtype) for s, name in
                   zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")))
         for state, name in ((h0, "initial_state[0] (h0)"), (c0, "initial_state[1] (c0)")):
             _check_shape(state, name, (batch, units), "(batch, units)")
     if mask is not None:
-        mask = np.asarray(mask)
+        mask = as_real_array(mask, "mask")
         if mask.dtype != np.bool_:
             raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
         _check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
