@@ -300,6 +300,12 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     return elements * np.dtype(dtype).itemsize
 
 
+def _forward_flops(x_shape, units):
+    """Floating-point operations of the matrix products of a forward pass."""
+    batch, timesteps, input_dim = x_shape
+    return 8 * batch * timesteps * units * (input_dim + units)
+
+
 class _FastBackend:
     """The Cython kernels behind the reference's signatures: allocate the
     outputs and workspace, then run the kernel with BLAS single-threaded."""
@@ -342,7 +348,7 @@ class _FastBackend:
                 f"fastlstm.workspace_nbytes. Use a smaller batch or shorter sequences."
             ) from None
         codes = (_ACTIVATION_CODES[activation], _ACTIVATION_CODES[recurrent_activation])
-        threads, single_blas = _config.kernel_threads()
+        threads, single_blas = _config.kernel_threads(_forward_flops(x.shape, units))
         with _config.single_threaded_blas(single_blas):
             _config.kernels().forward(x, kernel, recurrent_kernel, bias, mask_bytes, dropout,
                                       go_backwards, outputs, h, c, gates, h_prev, c_prev,
@@ -373,7 +379,8 @@ class _FastBackend:
         recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
         grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
                         else np.ascontiguousarray(grad_outputs))
-        threads, single_blas = _config.kernel_threads()
+        # The backward pass does twice the forward pass's products.
+        threads, single_blas = _config.kernel_threads(2 * _forward_flops(x.shape, units))
         with _config.single_threaded_blas(single_blas):
             _config.kernels().backward(x, cache["kernel"], recurrent_kernel_t, cache["mask"], dropout,
                            cache["go_backwards"], grad_outputs, cache["gates"],

@@ -202,3 +202,13 @@ def test_blas_loaded_with_avx2_kernels_before_fastlstm_warns():
     assert report["corename"] == "Haswell"
     assert len(report["warnings"]) == 1
     assert "'Haswell'" in report["warnings"][0]
+
+
+def test_small_calls_run_on_one_thread_and_large_ones_on_the_setting(monkeypatch):
+    from fastlstm import _config
+
+    if not _config.kernels().openmp_enabled() or not _config._openblas():
+        pytest.skip("kernels without OpenMP or BLAS threads control always use one thread")
+    monkeypatch.setitem(_config._threads, "num_threads", 2)
+    assert _config.kernel_threads(_config._PARALLEL_MIN_FLOPS - 1) == (1, True)
+    assert _config.kernel_threads(_config._PARALLEL_MIN_FLOPS) == (2, True)

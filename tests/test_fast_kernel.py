@@ -31,7 +31,10 @@ def kernel_build(request):
 
 
 @pytest.fixture
-def restore_num_threads():
+def restore_num_threads(monkeypatch):
+    """Let even the small problems of these tests run on several threads, and
+    restore the default thread count afterwards."""
+    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
     yield
     fastlstm.set_num_threads(None)
 
