@@ -1,6 +1,8 @@
 """fastlstm: fast CPU training of LSTMs, with a Keras-style API.
 
-The functional core is :func:`lstm_forward` / :func:`lstm_backward`;
+Layers (:class:`LSTM`, :class:`Bidirectional`, :class:`Dense`, ...) and
+:class:`Sequential` models train with Keras' workflow. Underneath, the
+functional core is :func:`lstm_forward` / :func:`lstm_backward`;
 ``backend="fast"`` (the default) runs the Cython kernels and
 ``backend="reference"`` the NumPy implementation they are tested against.
 """
@@ -12,16 +14,21 @@ _config.prepare_blas()
 
 from ._config import PerformanceWarning, num_threads, set_num_threads, show_config  # noqa: E402
 from .functional import LSTMCache, LSTMGradients, lstm_backward, lstm_forward, workspace_nbytes  # noqa: E402
-from .layers import LSTM, Bidirectional, no_grad  # noqa: E402
-from . import convert, initializers  # noqa: E402
+from .layers import LSTM, Bidirectional, Dense, Dropout, Embedding, no_grad  # noqa: E402
+from .models import Sequential  # noqa: E402
+from . import callbacks, convert, initializers, losses, metrics, models, optimizers  # noqa: E402
 
 __all__ = [
     "__version__",
     "Bidirectional",
+    "Dense",
+    "Dropout",
+    "Embedding",
     "LSTM",
     "LSTMCache",
     "LSTMGradients",
     "PerformanceWarning",
+    "Sequential",
     "lstm_backward",
     "lstm_forward",
     "no_grad",
@@ -29,6 +36,11 @@ __all__ = [
     "set_num_threads",
     "show_config",
     "workspace_nbytes",
+    "callbacks",
     "convert",
     "initializers",
+    "losses",
+    "metrics",
+    "models",
+    "optimizers",
 ]

@@ -1,9 +1,23 @@
 """``python -m fastlstm``: the command line.
 
+``demo``   train a character-level language model on the standard library's
+           docstrings for a bounded time, against the NumPy reference's speed.
 ``info``   fastlstm's configuration: versions, BLAS library, kernel family, threads.
+``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at the
+           sizes of PERF.md: median times of a training step and of inference.
 """
 import argparse
 import sys
+
+# The sizes of PERF.md, named here so that parsing the command line does not
+# import the benchmark; tests check they are fastlstm._bench.SIZES.
+_SIZES = ("tiny", "small", "medium", "large", "long")
+
+
+def _demo(args):
+    from ._demo import run
+
+    return run(seconds=args.seconds, units=args.units, seed=args.seed, threads=args.threads)
 
 
 def _info(args):
@@ -13,14 +27,69 @@ def _info(args):
     return 0
 
 
+def _bench(args):
+    from ._bench import run
+
+    results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
+                  threads=args.threads, reference=args.reference, json_path=args.json)
+    # Non-zero when an implementation disagreed with fastlstm, so scripts notice.
+    return 1 if any(size["errors"] for size in results["sizes"].values()) else 0
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m fastlstm",
         description="fastlstm: fast CPU training of LSTMs.",
     )
     commands = parser.add_subparsers(dest="command", metavar="command")
+    demo = commands.add_parser(
+        "demo", help="train a character-level language model for a bounded time",
+        description="Train a character-level LSTM language model on the docstrings of "
+                    "Python's standard library: text sampled before and after, the held-out "
+                    "loss and accuracy, and the speed of a training step against the NumPy "
+                    "reference backend.")
+    demo.add_argument("--seconds", type=_positive_float, default=60.0, metavar="N",
+                      help="training time in seconds (default: 60)")
+    demo.add_argument("--units", type=_positive_int, default=256, metavar="N",
+                      help="units of the LSTM (default: 256)")
+    demo.add_argument("--seed", type=int, default=0, metavar="N",
+                      help="seed of the weights, shuffling and sampling (default: 0)")
+    demo.add_argument("--threads", type=_positive_int, metavar="N",
+                      help="threads for fastlstm (default: fastlstm's)")
+    demo.set_defaults(run=_demo)
     info = commands.add_parser("info", help="show versions, BLAS kernels and threads")
     info.set_defaults(run=_info)
+    bench = commands.add_parser(
+        "bench", help="time fastlstm against its peers (training step and inference)",
+        description="Median times of a training step and of inference for fastlstm, its "
+                    "NumPy reference and, when importable, PyTorch and ONNX Runtime, in "
+                    "interleaved rounds on the same inputs and weights.")
+    bench.add_argument("--sizes", nargs="+", choices=_SIZES, metavar="SIZE",
+                       help=f"sizes to run, from {', '.join(_SIZES)} (default: all)")
+    bench.add_argument("--repeat", type=_positive_int, metavar="N",
+                       help="rounds per size (default: chosen per size; the reference "
+                            "runs at most 5 at the larger sizes)")
+    bench.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    bench.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="threads for fastlstm and every peer (default: fastlstm's)")
+    bench.add_argument("--no-reference", dest="reference", action="store_false",
+                       help="leave out the NumPy reference")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

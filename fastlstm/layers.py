@@ -14,11 +14,12 @@ import threading
 
 import numpy as np
 
-from . import initializers
+from . import _config, initializers
+from ._blas import BLAS_Trans, _gemm_memview
 from ._validation import as_real_array, check_bool, describe
 from .functional import lstm_backward, lstm_forward
 
-__all__ = ["LSTM", "Bidirectional", "no_grad"]
+__all__ = ["LSTM", "Bidirectional", "Dense", "Embedding", "Dropout", "no_grad"]
 
 _ACTIVATIONS = ("hard_sigmoid", "sigmoid", "tanh")
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -210,6 +211,8 @@ class LSTM:
         The dtype of the weights and of the computation; inputs are cast to
         it. Default "float32".
 
+    Notes
+    -----
     Keras arguments fastlstm does not support (regularizers, constraints,
     ``unroll``, ``use_cudnn``, ``implementation``) raise ``TypeError`` saying why.
 
@@ -612,6 +615,8 @@ class Bidirectional:
         How the two outputs combine; None returns them as a list
         ``[forward, backward]``. Default "concat".
 
+    Notes
+    -----
     Outputs follow Keras: with ``return_sequences`` the backward layer's
     outputs are reversed to line up with the input's time axis, and masked
     steps output zeros in both directions (for right-padded sequences the
@@ -838,3 +843,522 @@ class Bidirectional:
         array = as_real_array(value, name, self.dtype)
         _check_shape(array, name, shape, "of what the call returned")
         return array
+
+
+# -- Dense, Embedding, Dropout -------------------------------------------------
+
+def _check_positive_int(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {describe(value)}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return operator.index(value)
+
+
+def _reject_kwargs(kwargs, owner, unsupported):
+    for name in kwargs:
+        if name in unsupported:
+            raise TypeError(f"{owner} does not support the Keras argument {name}: "
+                            f"{unsupported[name]}")
+        raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
+
+
+class _Layer:
+    """What Dense, Embedding and Dropout share: the record of the last call
+    that ``backward`` consumes, and the checks of ``dy``."""
+
+    def _start(self):
+        self.params = {}
+        self.grads = {}
+        self._record = None
+        self._no_record_reason = "backward() needs a forward call first: call the layer"
+
+    def _keep(self, record):
+        """Keep ``record`` for backward, or nothing inside no_grad()."""
+        if _grad_enabled():
+            self._record = record
+        else:
+            self._record = None
+            self._no_record_reason = ("the last call ran inside fastlstm.no_grad(), which "
+                                      "records nothing for backward(); call the layer outside "
+                                      "no_grad() to train")
+
+    def _take_record(self):
+        record = self._record
+        if record is None:
+            raise RuntimeError(self._no_record_reason)
+        self._record = None
+        self._no_record_reason = ("backward() was already called for the last call; a call "
+                                  "supports one backward(): call the layer again")
+        return record
+
+    def _grad_array(self, value, shape):
+        array = as_real_array(value, "dy", self.dtype)
+        _check_shape(array, "dy", shape, "of what the call returned")
+        return array
+
+    def get_config(self):
+        """The constructor arguments, as given."""
+        return dict(self._config)
+
+    def __repr__(self):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
+        return f"{type(self).__name__}({arguments})"
+
+
+_DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+_DENSE_UNSUPPORTED = {
+    "kernel_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
+                          "gradient to layer.grads",
+    "bias_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
+                        "gradient to layer.grads",
+    "activity_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
+                            "gradient to the upstream gradient",
+    "kernel_constraint": "constraints belong to the optimizer step: apply them to "
+                         "layer.params after each update",
+    "bias_constraint": "constraints belong to the optimizer step: apply them to "
+                       "layer.params after each update",
+    "lora_rank": "fastlstm has no low-rank adaptation",
+}
+
+
+def _sigmoid(z):
+    # exp of a non-positive number only, so nothing overflows.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _matmul(a, b, transa=False, transb=False, out=None, accumulate=False):
+    """``op(a) @ op(b)`` (plus ``out`` when ``accumulate``), on fastlstm's
+    BLAS wrapper and single-threaded.
+
+    NumPy's ``@`` would run on NumPy's own multi-threaded BLAS, whose threads
+    keep spinning after each product and take the cores from the LSTM
+    kernels' threads: on two cores that halved the speed of a training step
+    of an LSTM followed by a Dense layer.
+    """
+    rows = a.shape[1] if transa else a.shape[0]
+    cols = b.shape[0] if transb else b.shape[1]
+    if out is None:
+        out = np.empty((rows, cols), dtype=a.dtype)
+    with _config.single_threaded_blas():
+        _gemm_memview(BLAS_Trans.Trans if transa else BLAS_Trans.NoTrans,
+                      BLAS_Trans.Trans if transb else BLAS_Trans.NoTrans, a, b, out,
+                      1.0, 1.0 if accumulate else 0.0)
+    return out
+
+
+def _softmax(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    e /= np.sum(e, axis=-1, keepdims=True)
+    return e
+
+
+class Dense(_Layer):
+    """Densely connected layer on the last axis, as ``keras.layers.Dense``.
+
+    ``y = activation(x @ kernel + bias)`` with ``kernel (input_dim, units)``
+    and ``bias (units,)``, for inputs ``(batch, features)`` or
+    ``(batch, timesteps, features)`` (any rank of at least 2: the same
+    weights apply at every position). A mask passes through unchanged, as
+    in Keras.
+
+    Parameters
+    ----------
+    units : int
+        Dimensionality of the output's last axis.
+    activation : {None, "linear", "relu", "sigmoid", "tanh", "softmax"}
+        Default None (linear). For a classifier, prefer None with a loss
+        ``from_logits=True``: it is more accurate than a softmax or sigmoid
+        followed by a cross-entropy on probabilities.
+    use_bias : bool
+        Default True.
+    kernel_initializer, bias_initializer : str, Initializer or callable
+        Defaults "glorot_uniform" and "zeros".
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the initial weights reproducible.
+    dtype : {"float32", "float64"}
+        The dtype of the weights and of the computation. Default "float32".
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> from fastlstm.layers import Dense
+    >>> Dense(3, seed=0)(np.ones((2, 5, 4))).shape
+    (2, 5, 3)
+    """
+
+    def __init__(self, units, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", *, seed=None,
+                 dtype="float32", **kwargs):
+        _reject_kwargs(kwargs, "Dense", _DENSE_UNSUPPORTED)
+        self._config = dict(units=units, activation=activation, use_bias=use_bias,
+                            kernel_initializer=kernel_initializer,
+                            bias_initializer=bias_initializer, seed=seed, dtype=dtype)
+        self.units = _check_positive_int(units, "units")
+        activation = "linear" if activation is None else activation
+        if not isinstance(activation, str) or activation not in _DENSE_ACTIVATIONS:
+            raise ValueError(f"activation must be None or one of {list(_DENSE_ACTIVATIONS)}, "
+                             f"got {describe(activation)}")
+        self.activation = activation
+        self.use_bias = check_bool(use_bias, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.seed = seed
+        self._weights_rng = np.random.default_rng(_seed_sequence(seed))
+        self.dtype = _check_dtype(dtype)
+        self.built = False
+        self.input_dim = None
+        self._start()
+
+    def _weight_names(self):
+        return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+    def build(self, input_dim):
+        """Create the weights for inputs with ``input_dim`` features (the last
+        axis); building a built layer again does nothing."""
+        input_dim = _check_positive_int(input_dim, "input_dim")
+        if self.built:
+            if input_dim != self.input_dim:
+                raise ValueError(f"the layer is built for input_dim={self.input_dim}, got "
+                                 f"input_dim={input_dim}")
+            return
+        self.params = {"kernel": initializers._draw(
+            self.kernel_initializer, (input_dim, self.units), self.dtype, self._weights_rng,
+            "kernel_initializer")}
+        if self.use_bias:
+            self.params["bias"] = initializers._draw(
+                self.bias_initializer, (self.units,), self.dtype, self._weights_rng,
+                "bias_initializer")
+        self.input_dim = input_dim
+        self.built = True
+
+    def get_weights(self):
+        """Copies of ``[kernel, bias]`` (``[kernel]`` without ``use_bias``);
+        ``[]`` before the layer is built."""
+        return [self.params[name].copy() for name in self._weight_names() if name in self.params]
+
+    def set_weights(self, weights):
+        """Set ``[kernel, bias]``, building the layer from the kernel's shape
+        when it is not built; values are copied into the existing arrays."""
+        expected = self._weight_names()
+        if not isinstance(weights, (list, tuple)) or len(weights) != len(expected):
+            raise ValueError(f"weights must be a list of {len(expected)} arrays "
+                             f"[{', '.join(expected)}] (use_bias={self.use_bias}), got "
+                             f"{_describe_list(weights)}")
+        names = [f"weights[{k}] ({name})" for k, name in enumerate(expected)]
+        arrays = [as_real_array(w, name, self.dtype) for w, name in zip(weights, names)]
+        input_dim = self.input_dim
+        if input_dim is None:
+            if arrays[0].ndim != 2 or arrays[0].shape[0] < 1:
+                raise ValueError(f"{names[0]} must have shape (input_dim, units) = "
+                                 f"(input_dim, {self.units}), got {arrays[0].shape}")
+            input_dim = arrays[0].shape[0]
+        shapes = [((input_dim, self.units), "(input_dim, units)"), ((self.units,), "(units,)")]
+        for array, name, (shape, meaning) in zip(arrays, names, shapes):
+            _check_shape(array, name, shape, meaning)
+        if not self.built:
+            self.params = {key: np.array(a, order="C") for key, a in zip(expected, arrays)}
+            self.input_dim = input_dim
+            self.built = True
+        else:
+            for key, array in zip(expected, arrays):
+                np.copyto(self.params[key], array)
+
+    def compute_output_shape(self, input_shape):
+        """``input_shape`` with its last axis replaced by ``units``."""
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def compute_mask(self, x, mask=None):
+        """The mask passes through unchanged."""
+        return mask
+
+    def __call__(self, x, training=False):
+        """Apply the layer to ``x`` of shape ``(batch, ..., features)``.
+
+        ``training`` is accepted for a uniform interface; Dense behaves the
+        same in training and inference.
+        """
+        x = as_real_array(x, "x", self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"x must have shape (batch, ..., features), got an array with "
+                             f"{x.ndim} dimension(s), shape {x.shape}")
+        if self.built and x.shape[-1] != self.input_dim:
+            raise ValueError(f"x has {x.shape[-1]} features (last axis), but the layer was "
+                             f"built for input_dim={self.input_dim}")
+        if training is not None:
+            check_bool(training, "training")
+        if not self.built:
+            self.build(x.shape[-1])
+        if x.size == 0:
+            raise ValueError(f"x must have at least one sample and one feature, got shape "
+                             f"{x.shape}")
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        if self.use_bias:
+            z = np.repeat(self.params["bias"][None, :], x2.shape[0], axis=0)
+            _matmul(x2, self.params["kernel"], out=z, accumulate=True)
+        else:
+            z = _matmul(x2, self.params["kernel"])
+        activation = self.activation
+        if activation == "relu":
+            y = np.maximum(z, 0)
+        elif activation == "sigmoid":
+            y = _sigmoid(z).astype(self.dtype, copy=False)
+        elif activation == "tanh":
+            y = np.tanh(z)
+        elif activation == "softmax":
+            y = _softmax(z)
+        else:
+            y = z
+        # What backward needs: the input, and the output for the activation's derivative.
+        self._keep((x2, y, x.shape))
+        return y.reshape(x.shape[:-1] + (self.units,))
+
+    def backward(self, dy):
+        """Backpropagate through the last call.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient of the loss with respect to the output.
+
+        Returns
+        -------
+        ndarray
+            ``dx``, the input's shape; ``grads`` holds ``kernel`` (and
+            ``bias``) gradients, replaced by each backward.
+        """
+        x2, y, x_shape = self._take_record()
+        dy = self._grad_array(dy, x_shape[:-1] + (self.units,)).reshape(-1, self.units)
+        activation = self.activation
+        if activation == "relu":
+            dz = dy * (y > 0)
+        elif activation == "sigmoid":
+            dz = dy * y * (1 - y)
+        elif activation == "tanh":
+            dz = dy * (1 - y * y)
+        elif activation == "softmax":
+            dz = y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+        else:
+            dz = dy
+        dz = np.ascontiguousarray(dz)
+        self.grads = {"kernel": _matmul(x2, dz, transa=True)}
+        if self.use_bias:
+            self.grads["bias"] = dz.sum(axis=0)
+        return _matmul(dz, self.params["kernel"], transb=True).reshape(x_shape)
+
+
+_EMBEDDING_UNSUPPORTED = {
+    "embeddings_regularizer": "a regularizer is a term of the loss: add it to your loss and "
+                              "its gradient to layer.grads",
+    "activity_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
+                            "gradient to the upstream gradient",
+    "embeddings_constraint": "constraints belong to the optimizer step: apply them to "
+                             "layer.params after each update",
+    "sparse": "gradients are dense arrays",
+    "lora_rank": "fastlstm has no low-rank adaptation",
+    "input_length": "the layer takes sequences of any length",
+}
+
+
+class Embedding(_Layer):
+    """Turns integer indices into dense vectors, as ``keras.layers.Embedding``.
+
+    ``y[..., :] = embeddings[x[...]]`` with ``embeddings (input_dim, output_dim)``.
+
+    Parameters
+    ----------
+    input_dim : int
+        Size of the vocabulary: indices are in ``[0, input_dim)``.
+    output_dim : int
+        Dimension of the vectors.
+    embeddings_initializer : str, Initializer or callable
+        Default "uniform" (Keras' name for ``RandomUniform(-0.05, 0.05)``).
+    mask_zero : bool
+        Whether index 0 is padding: :meth:`compute_mask` then returns
+        ``x != 0``, the mask an LSTM consumes (``Sequential`` passes it on),
+        and ``input_dim`` must count the padding index. Default False.
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the initial vectors reproducible.
+    dtype : {"float32", "float64"}
+        Default "float32".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlstm.layers import Embedding
+    >>> embedding = Embedding(10, 4, mask_zero=True, seed=0)
+    >>> tokens = np.array([[3, 1, 0, 0]])
+    >>> embedding(tokens).shape, embedding.compute_mask(tokens).tolist()
+    ((1, 4, 4), [[True, True, False, False]])
+    """
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
+                 mask_zero=False, *, seed=None, dtype="float32", **kwargs):
+        _reject_kwargs(kwargs, "Embedding", _EMBEDDING_UNSUPPORTED)
+        self._config = dict(input_dim=input_dim, output_dim=output_dim,
+                            embeddings_initializer=embeddings_initializer, mask_zero=mask_zero,
+                            seed=seed, dtype=dtype)
+        self.input_dim = _check_positive_int(input_dim, "input_dim")
+        self.output_dim = _check_positive_int(output_dim, "output_dim")
+        if isinstance(embeddings_initializer, str) and embeddings_initializer == "uniform":
+            embeddings_initializer = initializers.RandomUniform(-0.05, 0.05)
+        self.embeddings_initializer = initializers.get(embeddings_initializer,
+                                                       "embeddings_initializer")
+        self.mask_zero = check_bool(mask_zero, "mask_zero")
+        self.seed = seed
+        self._weights_rng = np.random.default_rng(_seed_sequence(seed))
+        self.dtype = _check_dtype(dtype)
+        self.built = False
+        self._start()
+
+    def build(self, input_dim=None):
+        """Create the embeddings, ``(self.input_dim, output_dim)``.
+
+        Their shape comes from the constructor, so the argument (a uniform
+        interface with the other layers, like Keras' ``input_shape``) is
+        ignored. Building a built layer again does nothing.
+        """
+        if self.built:
+            return
+        self.params = {"embeddings": initializers._draw(
+            self.embeddings_initializer, (self.input_dim, self.output_dim), self.dtype,
+            self._weights_rng, "embeddings_initializer")}
+        self.built = True
+
+    def get_weights(self):
+        """A copy of ``[embeddings]``; ``[]`` before the layer is built."""
+        return [self.params["embeddings"].copy()] if self.built else []
+
+    def set_weights(self, weights):
+        """Set ``[embeddings]`` (building the layer if needed)."""
+        if not isinstance(weights, (list, tuple)) or len(weights) != 1:
+            raise ValueError(f"weights must be a list of 1 array [embeddings], got "
+                             f"{_describe_list(weights)}")
+        array = as_real_array(weights[0], "weights[0] (embeddings)", self.dtype)
+        _check_shape(array, "weights[0] (embeddings)", (self.input_dim, self.output_dim),
+                     "(input_dim, output_dim)")
+        if not self.built:
+            self.params = {"embeddings": np.array(array, order="C")}
+            self.built = True
+        else:
+            np.copyto(self.params["embeddings"], array)
+
+    def compute_output_shape(self, input_shape):
+        """``input_shape`` with a last axis of ``output_dim`` added."""
+        return tuple(input_shape) + (self.output_dim,)
+
+    def compute_mask(self, x, mask=None):
+        """``x != 0`` with ``mask_zero``, else None (no mask)."""
+        if not self.mask_zero:
+            return None
+        return np.asarray(x) != 0
+
+    def _indices(self, x):
+        array = as_real_array(x, "x")
+        if array.dtype.kind == "f":
+            if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+                raise ValueError("x must hold integer indices, got non-integer values")
+        indices = array.astype(np.intp)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.input_dim):
+            bad = indices[(indices < 0) | (indices >= self.input_dim)].flat[0]
+            raise ValueError(f"x must hold indices in [0, input_dim) = [0, {self.input_dim}), "
+                             f"got {bad}")
+        return indices
+
+    def __call__(self, x, training=False):
+        """Look up the vectors of the indices ``x`` (any shape): the result
+        has shape ``x.shape + (output_dim,)``. ``training`` changes nothing."""
+        indices = self._indices(x)
+        if training is not None:
+            check_bool(training, "training")
+        if not self.built:
+            self.build()
+        self._keep(indices)
+        return self.params["embeddings"][indices]
+
+    def backward(self, dy):
+        """Accumulate ``grads["embeddings"]`` from the last call.
+
+        Returns None: the indices have no gradient.
+        """
+        indices = self._take_record()
+        dy = self._grad_array(dy, indices.shape + (self.output_dim,))
+        grad = np.zeros_like(self.params["embeddings"])
+        np.add.at(grad, indices.reshape(-1), dy.reshape(-1, self.output_dim))
+        self.grads = {"embeddings": grad}
+        return None
+
+
+class Dropout(_Layer):
+    """Sets a fraction ``rate`` of the inputs to 0 in training, as ``keras.layers.Dropout``.
+
+    Kept values are scaled by ``1 / (1 - rate)`` (inverted dropout), so
+    inference (``training=False``) is the identity. A mask passes through.
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        Fraction of the inputs dropped.
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the dropped positions reproducible.
+    dtype : {"float32", "float64"}
+        The dtype inputs are cast to. Default "float32".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlstm.layers import Dropout
+    >>> y = Dropout(0.5, seed=0)(np.ones((2, 4)), training=True)
+    >>> sorted(set(y.ravel().tolist()))
+    [0.0, 2.0]
+    """
+
+    def __init__(self, rate, *, seed=None, dtype="float32", **kwargs):
+        _reject_kwargs(kwargs, "Dropout", {
+            "noise_shape": "one mask per value is drawn; for a mask shared over time steps "
+                           "use LSTM's dropout argument"})
+        self._config = dict(rate=rate, seed=seed, dtype=dtype)
+        self.rate = _check_rate(rate, "rate")
+        self.seed = seed
+        self._rng = np.random.default_rng(_seed_sequence(seed))
+        self.dtype = _check_dtype(dtype)
+        self.built = True
+        self._start()
+
+    def build(self, input_dim=None):
+        """Dropout has no weights: nothing to build."""
+
+    def get_weights(self):
+        """``[]``: Dropout has no weights."""
+        return []
+
+    def set_weights(self, weights):
+        """Accepts only ``[]``."""
+        if not isinstance(weights, (list, tuple)) or len(weights) != 0:
+            raise ValueError(f"weights must be an empty list (Dropout has no weights), got "
+                             f"{_describe_list(weights)}")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_mask(self, x, mask=None):
+        """The mask passes through unchanged."""
+        return mask
+
+    def __call__(self, x, training=False):
+        """Drop values when ``training`` is True; else return ``x`` (cast)."""
+        x = as_real_array(x, "x", self.dtype)
+        training = False if training is None else check_bool(training, "training")
+        keep = None
+        if training and self.rate:
+            keep = _dropout_mask(self._rng, x.shape, self.rate, self.dtype)
+            x = x * keep
+        self._keep((keep, x.shape))
+        return x
+
+    def backward(self, dy):
+        """``dy`` times the scaled mask of the last call (``dy`` itself in inference)."""
+        keep, shape = self._take_record()
+        dy = self._grad_array(dy, shape)
+        return dy if keep is None else dy * keep

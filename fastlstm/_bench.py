@@ -1,0 +1,640 @@
+"""``python -m fastlstm bench``: fastlstm against its peers, side by side.
+
+For each size of ``PERF.md`` this measures, in one process and on the same
+inputs and weights, the median time of a training step (forward over the
+whole sequence returning every output, then backward of ``sum(outputs)`` to
+the input and all weights) and of inference (forward only, no cache) for
+fastlstm, its NumPy reference and, when they are importable, PyTorch and
+ONNX Runtime (inference only).
+
+Absolute times drift from run to run on a shared machine, so the calls are
+interleaved: every round calls each implementation once, and noise hits all
+of them alike. Only the ratios of one run mean something. Before timing a
+size, every peer's results are compared with fastlstm's, and a peer that
+disagrees is reported and not timed: the benchmark never times a wrong
+computation.
+"""
+import gc
+import json
+import statistics
+import sys
+import time
+from collections import namedtuple
+
+import numpy as np
+
+from . import __version__, _config
+from .functional import lstm_backward, lstm_forward
+
+__all__ = [
+    "SIZES",
+    "training_flops",
+    "ceiling_ms",
+    "interleaved_medians",
+    "torch_weights",
+    "torch_lstm",
+    "onnx_weights",
+    "onnx_lstm_model",
+    "run",
+]
+
+# name: (batch, timesteps, input_dim, units), as in PERF.md.
+SIZES = {
+    "tiny": (8, 20, 16, 32),
+    "small": (32, 50, 32, 64),
+    "medium": (64, 100, 128, 256),
+    "large": (64, 50, 512, 512),
+    "long": (16, 400, 64, 128),
+}
+
+# Default rounds per size: a full run with PyTorch, ONNX Runtime and the
+# reference takes one to two minutes on PERF.md's 2-core machine. The small
+# sizes get many rounds because a call takes under a millisecond there and
+# the median of few such calls is noisy.
+DEFAULT_ROUNDS = {"tiny": 400, "small": 150, "medium": 40, "large": 30, "long": 60}
+# The NumPy reference is slow at the larger sizes and only gives the
+# speed-up ratio, so it runs in fewer rounds, spread evenly among the others.
+REFERENCE_ROUNDS = {"tiny": 50, "small": 20, "medium": 5, "large": 5, "long": 5}
+
+# PERF.md: the machine's sgemm ceiling, measured with OpenBLAS's AVX-512
+# kernels on 2 threads. It is a float32 figure; no float64 one is given.
+CEILING_FLOPS = 375e9
+
+# Agreement required before timing: max |peer - fastlstm| / max |fastlstm|,
+# per array. float32 LSTMs of different implementations differ by rounding
+# only, far below these bounds; a wrong weight layout or gate order misses
+# them by orders of magnitude.
+TOLERANCE = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-8}
+
+# PERF.md's targets, checked in the printed table.
+TARGET_TRAIN_VS_TORCH = 0.67
+TARGET_INFER_VS_PEERS = 0.8
+TARGET_SPEEDUP_VS_REFERENCE = 5.0
+TARGET_VS_CEILING = 1.3
+CEILING_TARGET_SIZES = ("medium", "large")
+
+_GRAD_NAMES = ("x", "kernel", "recurrent_kernel", "bias")
+
+Implementation = namedtuple("Implementation",
+                            ["name", "train", "infer", "check_train", "check_infer"])
+Implementation.__doc__ = """One implementation under test.
+
+``train`` and ``infer`` are the timed calls, None where the implementation
+does not offer one. ``check_train`` and ``check_infer`` run the same
+computations for the check before timing and return NumPy arrays in
+fastlstm's layout: ``check_train`` a dict of the outputs and gradients,
+named ``"outputs"`` and as in :class:`fastlstm.LSTMGradients`;
+``check_infer`` the outputs, (batch, timesteps, units)."""
+
+
+def training_flops(batch, timesteps, input_dim, units):
+    """Floating-point operations of one training step, as PERF.md counts them.
+
+    Parameters
+    ----------
+    batch, timesteps, input_dim, units : int
+
+    Returns
+    -------
+    int
+        ``24 * B * T * H * (I + H)``: the GEMMs of the forward pass (2 flops
+        per multiply-add over 4H gate columns) and the two of the backward
+        pass (input and weight gradients), each as large.
+    """
+    return 24 * batch * timesteps * units * (input_dim + units)
+
+
+def ceiling_ms(batch, timesteps, input_dim, units):
+    """The time of a float32 training step at the machine's sgemm ceiling, in ms."""
+    return training_flops(batch, timesteps, input_dim, units) / CEILING_FLOPS * 1e3
+
+
+def interleaved_medians(calls, rounds):
+    """Median wall time of each call, timed in interleaved rounds.
+
+    Parameters
+    ----------
+    calls : dict of str to callable
+        The calls to time, each without arguments.
+    rounds : dict of str to int
+        How many times to time each call. The call with the most rounds runs
+        in every round; one with fewer runs in rounds spread evenly over the
+        run, so that drifts of the machine's speed reach it too.
+
+    Returns
+    -------
+    medians : dict of str to float
+        Median time of each call, in milliseconds.
+    times : dict of str to list of float
+        Every time measured, in milliseconds, in order.
+    """
+    for call in calls.values():
+        call()  # warm-up: first-call allocations, lazy imports, JIT kernels
+    total = max(rounds.values())
+    times = {name: [] for name in calls}
+    # The collector would stop whichever call happened to trigger it; as in
+    # timeit, it is kept out of the measurement.
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for step in range(total):
+            for name, call in calls.items():
+                # True in exactly rounds[name] of the total rounds, evenly spaced.
+                if (step * rounds[name]) // total == ((step + 1) * rounds[name]) // total:
+                    continue
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return medians, times
+
+
+def _inputs(batch, timesteps, input_dim, units, dtype, seed=0):
+    """Inputs and weights of one size; the scales keep the gates out of
+    saturation, so no implementation gets an easy (all-saturated) problem."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, timesteps, input_dim)).astype(dtype)
+    kernel = (rng.standard_normal((input_dim, 4 * units)) / np.sqrt(input_dim)).astype(dtype)
+    recurrent_kernel = (rng.standard_normal((units, 4 * units)) / np.sqrt(units)).astype(dtype)
+    bias = (0.1 * rng.standard_normal(4 * units)).astype(dtype)
+    return x, kernel, recurrent_kernel, bias
+
+
+def _fastlstm(name, backend, x, kernel, recurrent_kernel, bias):
+    grad_outputs = np.ones((x.shape[0], x.shape[1], recurrent_kernel.shape[0]), x.dtype)
+
+    def train():
+        outputs, _, _, cache = lstm_forward(x, kernel, recurrent_kernel, bias, backend=backend)
+        return outputs, lstm_backward(cache, grad_outputs=grad_outputs)
+
+    def infer():
+        return lstm_forward(x, kernel, recurrent_kernel, bias, return_cache=False,
+                            backend=backend)[0]
+
+    def check_train():
+        outputs, grads = train()
+        return dict(outputs=outputs, **{key: getattr(grads, key) for key in _GRAD_NAMES})
+
+    return Implementation(name, train, infer, check_train, infer)
+
+
+# PyTorch
+
+
+def torch_weights(kernel, recurrent_kernel, bias):
+    """fastlstm's weights as ``torch.nn.LSTM``'s parameters.
+
+    PyTorch's gate order (i, f, g, o) is fastlstm's (i, f, c, o), so the
+    mapping is a transpose: PyTorch keeps ``(4 * units, in_features)``.
+    PyTorch adds two biases; the second is zero.
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (input_dim, 4 * units)
+    recurrent_kernel : ndarray, shape (units, 4 * units)
+    bias : ndarray, shape (4 * units,)
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
+        C-contiguous.
+    """
+    return {
+        "weight_ih_l0": np.ascontiguousarray(kernel.T),
+        "weight_hh_l0": np.ascontiguousarray(recurrent_kernel.T),
+        "bias_ih_l0": np.ascontiguousarray(bias),
+        "bias_hh_l0": np.zeros_like(bias),
+    }
+
+
+def torch_lstm(kernel, recurrent_kernel, bias):
+    """A ``torch.nn.LSTM(input_dim, units, batch_first=True)`` computing
+    what fastlstm computes with these weights (see :func:`torch_weights`)."""
+    import torch
+
+    input_dim, units = kernel.shape[0], recurrent_kernel.shape[0]
+    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[kernel.dtype]
+    lstm = torch.nn.LSTM(input_dim, units, batch_first=True, dtype=dtype)
+    with torch.no_grad():
+        for name, value in torch_weights(kernel, recurrent_kernel, bias).items():
+            getattr(lstm, name).copy_(torch.from_numpy(value))
+    return lstm
+
+
+def _torch(x, kernel, recurrent_kernel, bias):
+    import torch
+
+    lstm = torch_lstm(kernel, recurrent_kernel, bias)
+    x_train = torch.from_numpy(x).requires_grad_(True)
+    x_infer = torch.from_numpy(x)
+
+    def train():
+        # Fresh gradient tensors each step, as fastlstm allocates its own.
+        lstm.zero_grad(set_to_none=True)
+        x_train.grad = None
+        outputs, _ = lstm(x_train)
+        outputs.sum().backward()
+
+    def infer():
+        with torch.inference_mode():
+            return lstm(x_infer)[0]
+
+    def check_train():
+        lstm.zero_grad(set_to_none=True)
+        x_train.grad = None
+        outputs, _ = lstm(x_train)
+        outputs.sum().backward()
+        return {
+            "outputs": outputs.detach().numpy(),
+            "x": x_train.grad.numpy(),
+            "kernel": lstm.weight_ih_l0.grad.numpy().T,
+            "recurrent_kernel": lstm.weight_hh_l0.grad.numpy().T,
+            "bias": lstm.bias_ih_l0.grad.numpy(),
+        }
+
+    return Implementation("torch", train, infer, check_train, lambda: infer().numpy())
+
+
+# ONNX Runtime
+
+
+def onnx_weights(kernel, recurrent_kernel, bias):
+    """fastlstm's weights as the inputs ``W``, ``R``, ``B`` of ONNX's LSTM.
+
+    ONNX orders the gates i, o, f, c (fastlstm: i, f, c, o) and keeps each
+    weight as ``(num_directions, 4 * units, in_features)``; ``B`` holds the
+    input biases then the recurrent ones (zero here).
+
+    Parameters
+    ----------
+    kernel : ndarray, shape (input_dim, 4 * units)
+    recurrent_kernel : ndarray, shape (units, 4 * units)
+    bias : ndarray, shape (4 * units,)
+
+    Returns
+    -------
+    W : ndarray, shape (1, 4 * units, input_dim)
+    R : ndarray, shape (1, 4 * units, units)
+    B : ndarray, shape (1, 8 * units)
+    """
+    units = recurrent_kernel.shape[0]
+    # fastlstm's gate blocks i, f, c, o are 0, 1, 2, 3; ONNX wants i, o, f, c.
+    order = np.concatenate([np.arange(g * units, (g + 1) * units) for g in (0, 3, 1, 2)])
+    W = np.ascontiguousarray(kernel.T[order][None])
+    R = np.ascontiguousarray(recurrent_kernel.T[order][None])
+    B = np.concatenate([bias[order], np.zeros_like(bias)])[None]
+    return W, R, B
+
+
+def onnx_lstm_model(kernel, recurrent_kernel, bias):
+    """An ONNX model of fastlstm's LSTM with these weights, for inference.
+
+    The model takes ``X`` of shape (timesteps, batch, input_dim), ONNX's
+    native (time-major) layout, and returns ``Y`` of shape
+    (timesteps, 1, batch, units): ONNX Runtime's CPU LSTM supports no other
+    layout, and timing it without layout conversions does not flatter
+    fastlstm.
+
+    Returns
+    -------
+    onnx.ModelProto
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    units = recurrent_kernel.shape[0]
+    element = {np.dtype(np.float32): onnx.TensorProto.FLOAT,
+               np.dtype(np.float64): onnx.TensorProto.DOUBLE}[kernel.dtype]
+    W, R, B = onnx_weights(kernel, recurrent_kernel, bias)
+    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=units)
+    graph = helper.make_graph(
+        [node], "fastlstm_bench_lstm",
+        inputs=[helper.make_tensor_value_info("X", element, ["T", "B", kernel.shape[0]])],
+        outputs=[helper.make_tensor_value_info("Y", element, ["T", 1, "B", units])],
+        initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
+                     numpy_helper.from_array(B, "B")],
+    )
+    # An opset and IR version every ONNX Runtime of the last years reads.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _onnxruntime(x, kernel, recurrent_kernel, bias, threads):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle ORT threads otherwise spin on the cores after each call and slow
+    # down whichever implementation runs next in the round.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(
+        onnx_lstm_model(kernel, recurrent_kernel, bias).SerializeToString(), options,
+        providers=["CPUExecutionProvider"])
+    # Converted to the model's layout once, outside the timing.
+    x_time_major = np.ascontiguousarray(x.transpose(1, 0, 2))
+
+    def infer():
+        return session.run(["Y"], {"X": x_time_major})[0]
+
+    def check_infer():
+        return infer()[:, 0].transpose(1, 0, 2)
+
+    return Implementation("onnxruntime", None, infer, None, check_infer)
+
+
+def _peers(threads, dtype):
+    """Versions of the importable peers that run ``dtype``, after setting
+    their thread counts; and notes on the peers left out."""
+    peers, notes = {}, []
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(threads)
+        peers["torch"] = torch.__version__
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError:
+        pass
+    else:
+        if dtype == np.float32:
+            peers["onnxruntime"] = f"{onnxruntime.__version__} (onnx {onnx.__version__})"
+        else:
+            notes.append(f"onnxruntime {onnxruntime.__version__} left out: its CPU LSTM "
+                         f"runs float32 only")
+    return peers, notes
+
+
+# The run
+
+
+def _mismatch(results, expected, dtype):
+    """Names and relative errors of the arrays where ``results`` disagree with
+    ``expected`` beyond the tolerance of ``dtype``; empty when they agree."""
+    bad = []
+    for key, value in results.items():
+        reference = np.asarray(expected[key], dtype=np.float64)
+        value = np.asarray(value, dtype=np.float64)
+        if value.shape != reference.shape:
+            bad.append(f"{key} has shape {value.shape}, expected {reference.shape}")
+            continue
+        scale = np.max(np.abs(reference)) or 1.0
+        error = np.max(np.abs(value - reference)) / scale
+        if not error < TOLERANCE[dtype]:  # also catches NaN
+            bad.append(f"{key} rel. error {error:.2e}")
+    return bad
+
+
+def _verify(fast, others, dtype):
+    """Check every implementation against fastlstm once, before any timing.
+
+    Returns
+    -------
+    timed : list of Implementation
+        What may be timed: fastlstm and the implementations that agree with
+        it; empty when fastlstm disagrees with its own training forward or
+        with the reference (the oracle its tests use).
+    errors : list of str
+        One line per disagreement.
+    """
+    expected_train = fast.check_train()
+    expected_infer = {"outputs": fast.check_infer()}
+    errors = []
+    fast_is_wrong = False
+    bad = _mismatch(expected_infer, {"outputs": expected_train["outputs"]}, dtype)
+    if bad:
+        errors.append(f"fastlstm's inference disagrees with its training forward: "
+                      f"{'; '.join(bad)}")
+        fast_is_wrong = True
+    agreeing = []
+    for other in others:
+        bad = []
+        if other.check_train is not None:
+            bad += [f"training {b}" for b in _mismatch(other.check_train(), expected_train, dtype)]
+        if other.check_infer is not None:
+            bad += [f"inference {b}"
+                    for b in _mismatch({"outputs": other.check_infer()}, expected_infer, dtype)]
+        if bad:
+            errors.append(f"{other.name} disagrees with fastlstm: {'; '.join(bad)}")
+            fast_is_wrong |= other.name == "reference"
+        else:
+            agreeing.append(other)
+    if fast_is_wrong:
+        return [], errors
+    return [fast] + agreeing, errors
+
+
+def _ratio(numerator, denominator):
+    if numerator is None or denominator is None:
+        return None
+    return numerator / denominator
+
+
+def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, peers):
+    """Verify, then time, one size; return its results as a dict."""
+    batch, timesteps, input_dim, units = shape
+    x, kernel, recurrent_kernel, bias = _inputs(*shape, dtype)
+    fast = _fastlstm("fast", "fast", x, kernel, recurrent_kernel, bias)
+    others = []
+    notes = []
+    if use_reference:
+        others.append(_fastlstm("reference", "reference", x, kernel, recurrent_kernel, bias))
+    if "torch" in peers:
+        others.append(_torch(x, kernel, recurrent_kernel, bias))
+    if "onnxruntime" in peers:
+        try:
+            others.append(_onnxruntime(x, kernel, recurrent_kernel, bias, threads))
+        except Exception as error:  # a peer that cannot load the model is left out, not fatal
+            notes.append(f"onnxruntime left out, it cannot load the model: "
+                         f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+    implementations, errors = _verify(fast, others, np.dtype(dtype))
+    calls, call_rounds = {}, {}
+    for implementation in implementations:
+        count = reference_rounds if implementation.name == "reference" else rounds
+        if implementation.train is not None:
+            calls[("training", implementation.name)] = implementation.train
+            call_rounds[("training", implementation.name)] = count
+        if implementation.infer is not None:
+            calls[("inference", implementation.name)] = implementation.infer
+            call_rounds[("inference", implementation.name)] = count
+    medians, times = interleaved_medians(calls, call_rounds) if calls else ({}, {})
+
+    median_ms = {"training": {}, "inference": {}}
+    times_ms = {"training": {}, "inference": {}}
+    for (task, implementation), value in medians.items():
+        median_ms[task][implementation] = value
+        times_ms[task][implementation] = times[(task, implementation)]
+    train, infer = median_ms["training"], median_ms["inference"]
+    flops = training_flops(*shape)
+    ceiling = ceiling_ms(*shape) if np.dtype(dtype) == np.float32 else None
+    fastest_peer = min((infer[p] for p in ("torch", "onnxruntime") if p in infer), default=None)
+    return {
+        "shape": {"batch": batch, "timesteps": timesteps, "input_dim": input_dim, "units": units},
+        "rounds": {implementation.name: call_rounds.get(("inference", implementation.name))
+                   for implementation in implementations},
+        "median_ms": median_ms,
+        "times_ms": times_ms,
+        "training_flops": flops,
+        "ceiling_ms": ceiling,
+        "gflops": {impl: flops / (ms * 1e-3) / 1e9 for impl, ms in train.items()},
+        "ratios": {
+            "training_fast_over_torch": _ratio(train.get("fast"), train.get("torch")),
+            "training_fast_over_ceiling": _ratio(train.get("fast"), ceiling),
+            "training_reference_over_fast": _ratio(train.get("reference"), train.get("fast")),
+            "inference_fast_over_torch": _ratio(infer.get("fast"), infer.get("torch")),
+            "inference_fast_over_fastest_peer": _ratio(infer.get("fast"), fastest_peer),
+            "inference_reference_over_fast": _ratio(infer.get("reference"), infer.get("fast")),
+        },
+        "errors": errors,
+        "notes": notes,
+    }
+
+
+def _ms(value):
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+
+
+def _print_size(name, result, file):
+    shape = result["shape"]
+    rounds = result["rounds"]
+    counts = sorted(set(v for k, v in rounds.items() if k != "reference"))
+    counts_text = f"{', '.join(str(c) for c in counts) or 0} rounds"
+    if "reference" in rounds:
+        counts_text += f" (reference {rounds['reference']})"
+    print(f"\n{name}: B={shape['batch']} T={shape['timesteps']} I={shape['input_dim']} "
+          f"H={shape['units']}, {counts_text}", file=file)
+    for note in result["notes"]:
+        print(f"  note: {note}", file=file)
+    for error in result["errors"]:
+        print(f"  ERROR: {error}; not timed", file=file)
+    train, infer = result["median_ms"]["training"], result["median_ms"]["inference"]
+    if not train and not infer:
+        return
+    print(f"  {'median ms':<28}{'training':>10}{'GFLOP/s':>10}{'inference':>11}", file=file)
+    labels = {"fast": "fastlstm", "reference": "NumPy reference", "torch": "PyTorch",
+              "onnxruntime": "ONNX Runtime"}
+    for implementation in labels:
+        if implementation in train or implementation in infer:
+            gflops = result["gflops"].get(implementation)
+            print(f"  {labels[implementation]:<28}{_ms(train.get(implementation)):>10}"
+                  f"{'-' if gflops is None else f'{gflops:.1f}':>10}"
+                  f"{_ms(infer.get(implementation)):>11}", file=file)
+
+    ratios = result["ratios"]
+    ceiling = result["ceiling_ms"]
+    ceiling_target = TARGET_VS_CEILING if name in CEILING_TARGET_SIZES else None
+    rows = [
+        ("training  fast / PyTorch", ratios["training_fast_over_torch"], "<=",
+         TARGET_TRAIN_VS_TORCH),
+        (f"training  fast / ceiling ({_ms(ceiling)} ms)", ratios["training_fast_over_ceiling"],
+         "<=", ceiling_target),
+        ("training  reference / fast", ratios["training_reference_over_fast"], ">=",
+         TARGET_SPEEDUP_VS_REFERENCE),
+    ]
+    # PERF.md's inference target is against the faster peer; with one peer
+    # only, that is the fast / PyTorch row (or fast / ORT).
+    peers = [label for key, label in (("torch", "PyTorch"), ("onnxruntime", "ORT"))
+             if key in infer]
+    if len(peers) == 2:
+        rows.append(("inference fast / PyTorch", ratios["inference_fast_over_torch"], None, None))
+    rows += [
+        (f"inference fast / {'min(PyTorch, ORT)' if len(peers) == 2 else ''.join(peers)}",
+         ratios["inference_fast_over_fastest_peer"], "<=", TARGET_INFER_VS_PEERS),
+        ("inference reference / fast", ratios["inference_reference_over_fast"], None, None),
+    ]
+    print(f"  {'ratio':<38}{'value':>10}   target", file=file)
+    for label, value, relation, target in rows:
+        if value is None:
+            continue
+        verdict = ""
+        if target is not None:
+            met = value <= target if relation == "<=" else value >= target
+            verdict = f"{relation} {target:<5} {'met' if met else 'MISSED'}"
+        print(f"  {label:<38}{value:>10.2f}   {verdict}".rstrip(), file=file)
+
+
+def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
+        json_path=None, file=None):
+    """Run the benchmark, print its tables and return its results.
+
+    Parameters
+    ----------
+    sizes : list of str or None
+        Names of :data:`SIZES` to run, in the order given; None runs all.
+    repeat : int or None
+        Rounds per size; None uses :data:`DEFAULT_ROUNDS`. The reference
+        runs ``min(repeat, REFERENCE_ROUNDS[size])`` rounds.
+    dtype : {"float32", "float64"}
+    threads : int or None
+        fastlstm's threads (:func:`fastlstm.set_num_threads`); the peers get
+        as many. None keeps fastlstm's default.
+    reference : bool
+        Time the NumPy reference too. Without it fastlstm is not checked
+        against the reference, only against the peers.
+    json_path : str or path-like or None
+        Where to write the results as JSON.
+    file : file-like or None
+        Where to print; ``sys.stdout`` when None.
+
+    Returns
+    -------
+    dict
+        The results (what ``json_path`` receives): configuration, peer
+        versions and, per size, medians, every time measured, ratios and
+        errors.
+    """
+    file = sys.stdout if file is None else file
+    sizes = list(SIZES) if sizes is None else list(sizes)
+    unknown = [name for name in sizes if name not in SIZES]
+    if unknown:
+        raise ValueError(f"unknown size(s) {unknown}; the sizes are {list(SIZES)}")
+    dtype = np.dtype(dtype)
+    if threads is not None:
+        _config.set_num_threads(threads)
+    threads = _config.num_threads()
+    peers, peer_notes = _peers(threads, dtype)
+    info = _config.blas_info()
+    kernels = _config.kernels_name()
+
+    print(f"fastlstm {__version__}: {kernels} kernels, {threads} thread(s); BLAS "
+          f"{info['library']}, core type {info['corename']} ({info['coretype_source']})",
+          file=file)
+    peer_text = ", ".join(f"{name} {version}" for name, version in peers.items()) or "none found"
+    print(f"peers: numpy {np.__version__} (reference), {peer_text}; {dtype.name}, "
+          f"{threads} thread(s) each; medians of interleaved rounds", file=file)
+    for note in peer_notes:
+        print(f"note: {note}", file=file)
+
+    results = {
+        "fastlstm": __version__,
+        "kernels": kernels,
+        "blas": info,
+        "threads": threads,
+        "dtype": dtype.name,
+        "peers": dict(peers, numpy=np.__version__),
+        "sizes": {},
+    }
+    for name in sizes:
+        rounds = DEFAULT_ROUNDS[name] if repeat is None else repeat
+        result = _bench_size(SIZES[name], dtype, threads, rounds,
+                             min(rounds, REFERENCE_ROUNDS[name]), reference, peers)
+        results["sizes"][name] = result
+        _print_size(name, result, file)
+        file.flush()
+    if json_path is not None:
+        with open(json_path, "w") as stream:
+            json.dump(results, stream, indent=1)
+    return results

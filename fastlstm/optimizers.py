@@ -1,0 +1,436 @@
+"""Optimizers with Keras 3's names, defaults and update formulas.
+
+An optimizer updates arrays in place: ``optimizer.apply(grads, variables)``
+changes each variable (a layer's ``params`` entry, an ndarray) by its
+gradient. The first ``apply`` builds the optimizer for that list of
+variables (its slots: momentum, moment estimates, ...); later calls must pass
+the same arrays in the same order, as with a Keras optimizer.
+
+Before the update, gradients may be clipped, as Keras does (at most one of):
+
+- ``clipnorm``: each gradient is rescaled so that its L2 norm is at most
+  ``clipnorm``;
+- ``global_clipnorm``: all gradients are rescaled together so that the L2
+  norm of their concatenation is at most ``global_clipnorm``;
+- ``clipvalue``: each entry is clipped to ``[-clipvalue, clipvalue]``.
+
+``learning_rate`` is a float or a schedule: a callable of the step number
+(``optimizer.iterations``, 0 for the first update) returning the rate.
+
+Examples
+--------
+>>> import numpy as np
+>>> from fastlstm import optimizers
+>>> weight = np.array([1.0, 2.0])
+>>> sgd = optimizers.SGD(learning_rate=0.1)
+>>> sgd.apply([np.array([1.0, -1.0])], [weight])
+>>> weight
+array([0.9, 2.1])
+>>> decay = optimizers.Adam(learning_rate=lambda step: 0.01 * 0.5 ** step)
+"""
+import math
+import numbers
+
+import numpy as np
+
+from ._validation import as_real_array, check_bool, describe
+
+__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
+
+# Keras optimizer arguments with no fastlstm equivalent, and why.
+_UNSUPPORTED = {
+    "weight_decay": "add an L2 term to your loss (and its gradient to the layers' grads)",
+    "use_ema": "keep a moving average of layer.params yourself",
+    "ema_momentum": "keep a moving average of layer.params yourself",
+    "ema_overwrite_frequency": "keep a moving average of layer.params yourself",
+    "loss_scale_factor": "fastlstm computes in float32 or float64, which need no loss scaling",
+    "gradient_accumulation_steps": "use a larger batch_size",
+}
+
+
+def _check_unsupported(kwargs, owner):
+    for name in kwargs:
+        if name in _UNSUPPORTED:
+            raise TypeError(f"{owner} does not support the Keras argument {name}: "
+                            f"{_UNSUPPORTED[name]}")
+        raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
+
+
+def _check_real(value, name, low, high, low_open=False, high_open=False, meaning=""):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {describe(value)}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if math.isnan(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}{meaning}, got {value!r}")
+    return value
+
+
+def _check_clip(value, name):
+    if value is None:
+        return None
+    return _check_real(value, name, 0.0, math.inf, low_open=True, high_open=True)
+
+
+class Optimizer:
+    """Base class: subclasses implement ``_slots(variable)`` and
+    ``_update(variable, gradient, slots, learning_rate)``.
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        A non-negative float, or a schedule ``f(step) -> float`` called with
+        the number of updates applied so far.
+    clipnorm, clipvalue, global_clipnorm : float or None
+        Gradient clipping (see the module docstring); at most one may be set.
+    name : str or None
+    """
+
+    def __init__(self, learning_rate, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None):
+        if callable(learning_rate):
+            self._learning_rate = learning_rate
+        else:
+            self._learning_rate = _check_real(learning_rate, "learning_rate", 0.0, math.inf,
+                                              high_open=True)
+        self.clipnorm = _check_clip(clipnorm, "clipnorm")
+        self.clipvalue = _check_clip(clipvalue, "clipvalue")
+        self.global_clipnorm = _check_clip(global_clipnorm, "global_clipnorm")
+        given = [f"{n}={v}" for n, v in (("clipnorm", clipnorm), ("clipvalue", clipvalue),
+                                         ("global_clipnorm", global_clipnorm)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"only one of clipnorm, clipvalue and global_clipnorm can be set, "
+                             f"got {', '.join(given)}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {describe(name)}")
+        self.name = name or type(self).__name__.lower()
+        self.iterations = 0
+        self._variables = None
+        self._slot_list = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}(learning_rate={self._learning_rate!r})"
+
+    @property
+    def learning_rate(self):
+        """The rate of the next update (a schedule evaluated at ``iterations``)."""
+        if not callable(self._learning_rate):
+            return self._learning_rate
+        value = self._learning_rate(self.iterations)
+        if isinstance(value, np.ndarray) and value.shape == ():
+            value = value.item()
+        return _check_real(value, f"learning_rate({self.iterations}) (the schedule's value)",
+                           0.0, math.inf, high_open=True)
+
+    @property
+    def variables(self):
+        """The arrays the optimizer was built for (None before it is built)."""
+        return None if self._variables is None else list(self._variables)
+
+    def build(self, variables):
+        """Create the slots for ``variables`` (a list of float ndarrays).
+
+        ``apply`` builds on its first call; building again starts over (new
+        slots, ``iterations`` back to 0).
+        """
+        if isinstance(variables, np.ndarray) or not isinstance(variables, (list, tuple)):
+            raise TypeError(f"variables must be a list of arrays, got {describe(variables)}")
+        for k, variable in enumerate(variables):
+            if not isinstance(variable, np.ndarray) or variable.dtype.kind != "f":
+                raise TypeError(f"variables[{k}] must be a float ndarray (updated in place), "
+                                f"got {describe(variable)}")
+            if not variable.flags.writeable:
+                raise ValueError(f"variables[{k}] must be writeable: the optimizer updates it "
+                                 f"in place")
+        self._variables = list(variables)
+        self._slot_list = [self._slots(v) for v in self._variables]
+        self.iterations = 0
+
+    def apply(self, grads, variables=None):
+        """Clip ``grads``, then update each variable in place by its gradient.
+
+        Parameters
+        ----------
+        grads : list of array_like
+            One gradient per variable, each of its variable's shape; None
+            entries leave their variable unchanged (as Keras skips missing
+            gradients).
+        variables : list of ndarray or None
+            The arrays to update. The first call builds the optimizer for
+            them; later calls must pass the same arrays in the same order, or
+            None for those the optimizer was built with.
+        """
+        if variables is None:
+            if self._variables is None:
+                raise RuntimeError("the optimizer is not built: pass the variables to the "
+                                   "first apply(), or call build(variables)")
+            variables = self._variables
+        elif self._variables is None:
+            self.build(variables)
+        else:
+            self._check_known(variables)
+        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)) \
+                or len(grads) != len(variables):
+            raise ValueError(f"grads must be a list of {len(variables)} gradients, one per "
+                             f"variable, got {describe(grads)}")
+        pairs = []
+        for k, (gradient, variable) in enumerate(zip(grads, variables)):
+            if gradient is None:
+                continue
+            gradient = as_real_array(gradient, f"grads[{k}]", variable.dtype)
+            if gradient.shape != variable.shape:
+                raise ValueError(f"grads[{k}] must have its variable's shape {variable.shape}, "
+                                 f"got {gradient.shape}")
+            pairs.append((k, gradient))
+        if not pairs:
+            return
+        clipped = self._clip([g for _, g in pairs])
+        learning_rate = self.learning_rate
+        for (k, _), gradient in zip(pairs, clipped):
+            self._update(self._variables[k], gradient, self._slot_list[k], learning_rate)
+        self.iterations += 1
+
+    def apply_gradients(self, grads_and_vars):
+        """``apply`` for a list of ``(gradient, variable)`` pairs, as Keras."""
+        pairs = list(grads_and_vars)
+        self.apply([g for g, _ in pairs], [v for _, v in pairs])
+
+    def _check_known(self, variables):
+        if isinstance(variables, np.ndarray) or not isinstance(variables, (list, tuple)) \
+                or len(variables) != len(self._variables) \
+                or any(v is not known for v, known in zip(variables, self._variables)):
+            raise ValueError(f"variables must be the {len(self._variables)} arrays the "
+                             f"optimizer was built for, in the same order; make a new "
+                             f"optimizer (or call build()) for other variables, got "
+                             f"{describe(variables)}")
+
+    def _clip(self, grads):
+        if self.clipnorm is not None:
+            return [self._scaled(g, self.clipnorm, np.sqrt(np.sum(g * g))) for g in grads]
+        if self.global_clipnorm is not None:
+            norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads))
+            return [self._scaled(g, self.global_clipnorm, norm) for g in grads]
+        if self.clipvalue is not None:
+            return [np.clip(g, -self.clipvalue, self.clipvalue) for g in grads]
+        return grads
+
+    @staticmethod
+    def _scaled(gradient, limit, norm):
+        """``gradient * limit / max(norm, limit)``: unchanged within the limit."""
+        if norm <= limit:
+            return gradient
+        return gradient * gradient.dtype.type(limit / norm)
+
+    def _slots(self, variable):
+        raise NotImplementedError
+
+    def _update(self, variable, gradient, slots, learning_rate):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Gradient descent with optional (Nesterov) momentum, as ``keras.optimizers.SGD``.
+
+    Without momentum ``w -= learning_rate * g``. With momentum,
+    ``velocity = momentum * velocity - learning_rate * g``, then
+    ``w += velocity`` or, with ``nesterov``,
+    ``w += momentum * velocity - learning_rate * g``.
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        Default 0.01.
+    momentum : float in [0, 1]
+        Default 0.
+    nesterov : bool
+        Default False.
+    clipnorm, clipvalue, global_clipnorm, name
+        See :class:`Optimizer`.
+    """
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, *, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None, name=None, **kwargs):
+        _check_unsupported(kwargs, "SGD")
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name)
+        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
+        self.nesterov = check_bool(nesterov, "nesterov")
+
+    def _slots(self, variable):
+        return {"velocity": np.zeros_like(variable)} if self.momentum else {}
+
+    def _update(self, variable, gradient, slots, learning_rate):
+        step = gradient * variable.dtype.type(learning_rate)
+        if not self.momentum:
+            variable -= step
+            return
+        velocity = slots["velocity"]
+        velocity *= self.momentum
+        velocity -= step
+        if self.nesterov:
+            variable += self.momentum * velocity - step
+        else:
+            variable += velocity
+
+
+class Adam(Optimizer):
+    """Adam, as ``keras.optimizers.Adam``.
+
+    With ``t = iterations + 1``:
+    ``m += (1 - beta_1) * (g - m)``, ``v += (1 - beta_2) * (g ** 2 - v)``,
+    ``w -= learning_rate * sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t) * m / (sqrt(v) + epsilon)``
+    (with ``amsgrad``, ``v`` in the last term is the running maximum of ``v``).
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        Default 0.001.
+    beta_1, beta_2 : float in [0, 1)
+        Decay rates of the first and second moment estimates. Defaults 0.9
+        and 0.999.
+    epsilon : float
+        Keras' "epsilon hat". Default 1e-7.
+    amsgrad : bool
+        Default False.
+    clipnorm, clipvalue, global_clipnorm, name
+        See :class:`Optimizer`.
+    """
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        _check_unsupported(kwargs, "Adam")
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name)
+        self.beta_1 = _check_real(beta_1, "beta_1", 0.0, 1.0, high_open=True)
+        self.beta_2 = _check_real(beta_2, "beta_2", 0.0, 1.0, high_open=True)
+        self.epsilon = _check_real(epsilon, "epsilon", 0.0, math.inf, high_open=True)
+        self.amsgrad = check_bool(amsgrad, "amsgrad")
+
+    def _slots(self, variable):
+        slots = {"m": np.zeros_like(variable), "v": np.zeros_like(variable),
+                 "scratch": np.empty_like(variable)}
+        if self.amsgrad:
+            slots["v_hat"] = np.zeros_like(variable)
+        return slots
+
+    def _update(self, variable, gradient, slots, learning_rate):
+        step = self.iterations + 1
+        alpha = learning_rate * math.sqrt(1 - self.beta_2 ** step) / (1 - self.beta_1 ** step)
+        m, v, scratch = slots["m"], slots["v"], slots["scratch"]
+        np.subtract(gradient, m, out=scratch)
+        scratch *= 1 - self.beta_1
+        m += scratch
+        np.multiply(gradient, gradient, out=scratch)
+        scratch -= v
+        scratch *= 1 - self.beta_2
+        v += scratch
+        if self.amsgrad:
+            np.maximum(slots["v_hat"], v, out=slots["v_hat"])
+            v = slots["v_hat"]
+        np.sqrt(v, out=scratch)
+        scratch += self.epsilon
+        np.divide(m, scratch, out=scratch)
+        scratch *= alpha
+        variable -= scratch
+
+
+class RMSprop(Optimizer):
+    """RMSprop, as ``keras.optimizers.RMSprop``.
+
+    ``velocity = rho * velocity + (1 - rho) * g ** 2``;
+    ``increment = learning_rate * g / sqrt(velocity + epsilon)`` (with
+    ``centered``, ``velocity - mean_g ** 2 + epsilon`` under the root, where
+    ``mean_g = rho * mean_g + (1 - rho) * g``); then ``w -= increment``, or
+    with momentum ``buffer = momentum * buffer + increment; w -= buffer``.
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        Default 0.001.
+    rho : float in [0, 1)
+        Default 0.9.
+    momentum : float in [0, 1]
+        Default 0.
+    epsilon : float
+        Default 1e-7.
+    centered : bool
+        Default False.
+    clipnorm, clipvalue, global_clipnorm, name
+        See :class:`Optimizer`.
+    """
+
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 name=None, **kwargs):
+        _check_unsupported(kwargs, "RMSprop")
+        super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
+                         global_clipnorm=global_clipnorm, name=name)
+        self.rho = _check_real(rho, "rho", 0.0, 1.0, high_open=True)
+        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
+        self.epsilon = _check_real(epsilon, "epsilon", 0.0, math.inf, high_open=True)
+        self.centered = check_bool(centered, "centered")
+
+    def _slots(self, variable):
+        slots = {"velocity": np.zeros_like(variable), "scratch": np.empty_like(variable)}
+        if self.momentum:
+            slots["momentum"] = np.zeros_like(variable)
+        if self.centered:
+            slots["average_gradient"] = np.zeros_like(variable)
+        return slots
+
+    def _update(self, variable, gradient, slots, learning_rate):
+        rho = self.rho
+        velocity, scratch = slots["velocity"], slots["scratch"]
+        velocity *= rho
+        np.multiply(gradient, gradient, out=scratch)
+        scratch *= 1 - rho
+        velocity += scratch
+        if self.centered:
+            average = slots["average_gradient"]
+            average *= rho
+            average += (1 - rho) * gradient
+            np.multiply(average, average, out=scratch)
+            np.subtract(velocity, scratch, out=scratch)
+        else:
+            scratch[...] = velocity
+        scratch += self.epsilon
+        np.sqrt(scratch, out=scratch)
+        np.divide(gradient, scratch, out=scratch)
+        scratch *= learning_rate
+        if self.momentum:
+            buffer = slots["momentum"]
+            buffer *= self.momentum
+            buffer += scratch
+            variable -= buffer
+        else:
+            variable -= scratch
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+
+
+def get(identifier):
+    """The optimizer an argument names.
+
+    Parameters
+    ----------
+    identifier : str or Optimizer
+        ``"sgd"``, ``"adam"`` or ``"rmsprop"`` (Keras' defaults), or an
+        :class:`Optimizer`.
+
+    Returns
+    -------
+    Optimizer
+    """
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        if identifier.lower() not in _BY_NAME:
+            raise ValueError(f"optimizer must be one of {sorted(_BY_NAME)} or a "
+                             f"fastlstm.optimizers.Optimizer, got {identifier!r}")
+        return _BY_NAME[identifier.lower()]()
+    raise TypeError(f"optimizer must be an optimizer name or a fastlstm.optimizers.Optimizer, "
+                    f"got {describe(identifier)}")

@@ -1,0 +1,103 @@
+"""``python -m fastlstm bench``: the command runs, its JSON holds the medians,
+the peers' weight mappings compute fastlstm's LSTM, and a peer that disagrees
+is never timed."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from fastlstm import _bench, lstm_backward, lstm_forward
+from fastlstm.__main__ import _SIZES, main
+
+
+def test_bench_tiny_writes_medians(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "tiny", "--repeat", "2", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny: B=8 T=20 I=16 H=32" in printed
+    assert "ERROR" not in printed
+    results = json.loads(path.read_text())
+    assert list(results["sizes"]) == ["tiny"]
+    medians = results["sizes"]["tiny"]["median_ms"]
+    for task in ("training", "inference"):
+        for implementation in ("fast", "reference"):
+            assert medians[task][implementation] > 0
+    assert results["sizes"]["tiny"]["errors"] == []
+
+
+def test_bench_runs_without_peers(tmp_path, capsys, monkeypatch):
+    # None in sys.modules makes ``import torch`` raise ImportError.
+    for module in ("torch", "onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "tiny", "--repeat", "2", "--json", str(path)]) == 0
+    assert "peers: numpy" in capsys.readouterr().out
+    results = json.loads(path.read_text())
+    assert set(results["peers"]) == {"numpy"}
+    assert set(results["sizes"]["tiny"]["median_ms"]["training"]) == {"fast", "reference"}
+
+
+def test_size_names_of_the_command_line_are_the_benchmarks():
+    assert _SIZES == tuple(_bench.SIZES)
+
+
+def test_interleaved_medians_runs_each_call_its_rounds():
+    counts = {"a": 0, "b": 0}
+
+    def call(name):
+        def run():
+            counts[name] += 1
+        return run
+
+    medians, times = _bench.interleaved_medians({"a": call("a"), "b": call("b")},
+                                                {"a": 7, "b": 3})
+    assert [len(times["a"]), len(times["b"])] == [7, 3]
+    assert counts == {"a": 8, "b": 4}  # one warm-up call each
+    assert all(value >= 0 for value in medians.values())
+
+
+def _arrays(dtype=np.float64, shape=(3, 6, 5, 4)):
+    return _bench._inputs(*shape, dtype, seed=1)
+
+
+def test_a_peer_that_disagrees_is_not_timed():
+    x, kernel, recurrent_kernel, bias = _arrays(np.float32)
+    fast = _bench._fastlstm("fast", "fast", x, kernel, recurrent_kernel, bias)
+    wrong = fast.check_infer() + 0.1
+    peer = _bench.Implementation("peer", None, lambda: wrong, None, lambda: wrong)
+    timed, errors = _bench._verify(fast, [peer], np.dtype(np.float32))
+    assert [implementation.name for implementation in timed] == ["fast"]
+    assert len(errors) == 1 and errors[0].startswith("peer disagrees")
+
+
+def test_torch_weights_compute_the_reference():
+    torch = pytest.importorskip("torch")
+    x, kernel, recurrent_kernel, bias = _arrays()
+    expected, _, _, cache = lstm_forward(x, kernel, recurrent_kernel, bias, backend="reference")
+    grads = lstm_backward(cache, grad_outputs=np.ones_like(expected))
+
+    lstm = _bench.torch_lstm(kernel, recurrent_kernel, bias)
+    x_torch = torch.from_numpy(x).requires_grad_(True)
+    outputs, _ = lstm(x_torch)
+    outputs.sum().backward()
+    np.testing.assert_allclose(outputs.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(x_torch.grad.numpy(), grads.x, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lstm.weight_ih_l0.grad.numpy().T, grads.kernel,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lstm.weight_hh_l0.grad.numpy().T, grads.recurrent_kernel,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(lstm.bias_ih_l0.grad.numpy(), grads.bias, rtol=1e-10, atol=1e-12)
+
+
+def test_onnx_weights_compute_the_reference():
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    x, kernel, recurrent_kernel, bias = _arrays(np.float32)
+    expected = lstm_forward(x, kernel, recurrent_kernel, bias, return_cache=False,
+                            backend="reference")[0]
+    session = onnxruntime.InferenceSession(
+        _bench.onnx_lstm_model(kernel, recurrent_kernel, bias).SerializeToString(),
+        providers=["CPUExecutionProvider"])
+    outputs = session.run(["Y"], {"X": np.ascontiguousarray(x.transpose(1, 0, 2))})[0]
+    np.testing.assert_allclose(outputs[:, 0].transpose(1, 0, 2), expected, rtol=1e-5, atol=1e-6)
