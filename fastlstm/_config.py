@@ -324,12 +324,6 @@ def show_config(file=None):
     from . import __version__
 
     info = blas_info()
-    try:
-        import Cython
-
-        cython_version = Cython.__version__
-    except ImportError:
-        cython_version = "not installed (only needed to build)"
     features = _cpu.cpu_features()
     simd = ", ".join(name for name, present in features.items() if present) or "none detected"
     lines = [
@@ -337,7 +331,7 @@ def show_config(file=None):
         f"  python        {sys.version.split()[0]}",
         f"  numpy         {numpy.__version__}",
         f"  scipy         {scipy.__version__}",
-        f"  cython        {cython_version}",
+        f"  cython        {_cpu.cython_version()} (compiled the extensions)",
         "BLAS (scipy.linalg.cython_blas)",
         f"  library       {info['library']}",
         f"  config        {info['config']}",

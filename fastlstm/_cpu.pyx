@@ -24,6 +24,8 @@ cdef extern from *:
     int fl_has_avx512vl() nogil
     int fl_has_avx512cd() nogil
     int fl_has_avx512bf16() nogil
+    # Defined by the C code Cython generates: 0xMMmmpp.. of the Cython version.
+    const long CYTHON_HEX_VERSION
 
 
 def cpu_features():
@@ -40,3 +42,9 @@ def cpu_features():
         "avx512cd": bool(fl_has_avx512cd()),
         "avx512bf16": bool(fl_has_avx512bf16()),
     }
+
+
+def cython_version():
+    """The version of Cython that compiled fastlstm's extensions."""
+    return f"{(CYTHON_HEX_VERSION >> 24) & 0xff}.{(CYTHON_HEX_VERSION >> 16) & 0xff}." \
+           f"{(CYTHON_HEX_VERSION >> 8) & 0xff}"

@@ -65,13 +65,14 @@ def _line_value(text, label):
 
 
 def test_show_config_names_the_versions():
-    import Cython
-
     text = _show_config()
     assert text.startswith(f"fastlstm {fastlstm.__version__}\n")
     assert _line_value(text, "numpy") == numpy.__version__
     assert _line_value(text, "scipy") == scipy.__version__
-    assert _line_value(text, "cython") == Cython.__version__
+    # Cython is a build dependency only: the line names the version that
+    # compiled the extensions, which need not be installed at run time.
+    built_with = _line_value(text, "cython")
+    assert re.fullmatch(r"3\.\d+\.\d+ \(compiled the extensions\)", built_with)
 
 
 def test_show_config_describes_blas_and_threads():
