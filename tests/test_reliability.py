@@ -142,3 +142,28 @@ def test_denormal_inputs_and_states_give_the_float64_result():
         # Every value here is below 1e-12 (the gates sit at sigmoid(-30)); values of
         # the size of denormals are flushed to zero, far inside this tolerance.
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-20)
+
+
+def _broadcast_input(batch, timesteps, input_dim):
+    """A huge x that takes no memory: one float32 zero seen at every index."""
+    return np.lib.stride_tricks.as_strided(np.zeros(1, np.float32),
+                                           (batch, timesteps, input_dim), (0, 0, 0))
+
+
+def test_sizes_beyond_blas_32_bit_indices_are_a_value_error():
+    x = _broadcast_input(2**16, 2**16, 1)            # batch * timesteps = 2**32 rows
+    kernel = np.zeros((1, 8), np.float32)
+    recurrent_kernel = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match=r"batch \* timesteps = 4294967296 is too large"):
+        fl.lstm_forward(x, kernel, recurrent_kernel, None)
+
+
+def test_workspace_larger_than_memory_is_a_memory_error_naming_its_size():
+    x = _broadcast_input(2**13, 2**13, 1)            # 2**26 steps: indices fit
+    kernel = np.zeros((1, 4096), np.float32)          # units = 1024
+    recurrent_kernel = np.zeros((1024, 4096), np.float32)
+    needed = fl.workspace_nbytes(2**13, 2**13, 1, 1024)
+    assert needed > 2**40                             # more than any machine's memory
+    with pytest.raises(MemoryError, match=r"lstm_forward needs \d+\.\d GiB of workspace "
+                                          r"for x of shape \(8192, 8192, 1\) and units=1024"):
+        fl.lstm_forward(x, kernel, recurrent_kernel, None)
