@@ -42,7 +42,7 @@ class PerformanceWarning(UserWarning):
     """fastlstm runs correctly but slower than this machine allows."""
 
 
-_state = {"coretype_source": None, "coretype_requested": None}
+_state = {"coretype_source": None}
 
 
 def _scipy_blas_loaded():
@@ -94,7 +94,6 @@ def prepare_blas():
             _state["coretype_source"] = "chosen by OpenBLAS (no AVX-512 on this CPU)"
         else:
             _state["coretype_source"] = "chosen by fastlstm for this AVX-512 CPU"
-            _state["coretype_requested"] = wanted
             os.environ["OPENBLAS_CORETYPE"] = wanted
             try:
                 import scipy.linalg.cython_blas  # noqa: F401  (loads OpenBLAS now)

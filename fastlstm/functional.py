@@ -40,13 +40,12 @@ class LSTMCache:
     """
 
     __slots__ = ("backend", "dtype", "batch", "timesteps", "input_dim", "units",
-                 "has_bias", "state", "used")
+                 "state", "used")
 
-    def __init__(self, backend, dtype, shape, has_bias, state):
+    def __init__(self, backend, dtype, shape, state):
         self.backend = backend
         self.dtype = dtype
         self.batch, self.timesteps, self.input_dim, self.units = shape
-        self.has_bias = has_bias
         self.state = state
         self.used = False
 
@@ -210,8 +209,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     )
     cache = None
     if return_cache:
-        cache = LSTMCache(backend, dtype, (batch, timesteps, input_dim, units),
-                          bias is not None, state)
+        cache = LSTMCache(backend, dtype, (batch, timesteps, input_dim, units), state)
     return outputs, h, c, cache
 
 
