@@ -275,8 +275,10 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
 
     Training keeps, per step, the activated gates (4 * units values) and the
     hidden and cell states before the step (units each) for the backward
-    pass; inference keeps the gates of the input projection and one state
-    slot. Both return the outputs (units per step) and hold a few
+    pass. Inference keeps one state slot; it keeps the input projection of
+    every step only where that is one product for all steps (for larger
+    layers; smaller ones compute it step by step, which depends on the
+    batch rows per thread, so on :func:`fastlstm.num_threads`). Both return the outputs (units per step) and hold a few
     (batch, units) state buffers. The backward pass then allocates the
     gradients (the size of x and of the weights) and five (batch, units)
     buffers, and reuses the gate buffer for the gate gradients.
@@ -287,15 +289,29 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     >>> fl.workspace_nbytes(64, 100, 128, 256)      # PERF.md's "medium", float32
     46137344
     """
-    batch, timesteps, input_dim, units = (
+    shape = batch, timesteps, input_dim, units = tuple(
         operator.index(v) for v in (batch, timesteps, input_dim, units))
     steps = batch * timesteps
     slots = timesteps if training else 1
-    elements = (steps * 4 * units            # gates
+    gate_slots = timesteps if training or _forward_plan(*shape)[2] else 1
+    elements = (batch * gate_slots * 4 * units  # gates
                 + steps * units              # outputs
                 + 2 * batch * slots * units  # h_prev, c_prev
                 + 4 * batch * units)         # h, c, h_last, dropout multipliers
     return elements * np.dtype(dtype).itemsize
+
+
+def _forward_plan(batch, timesteps, input_dim, units):
+    """``(threads, single_threaded_blas, hoist)`` of a fast forward pass.
+
+    hoist: whether the input projection is one product for all steps, or
+    computed step by step (see ``fastlstm/_lstm.pyx``); the kernels decide
+    from the batch rows each thread takes.
+    """
+    threads, single_blas = _config.kernel_threads(
+        _forward_flops((batch, timesteps, input_dim), units))
+    rows = -(-batch // max(1, min(threads, batch)))
+    return threads, single_blas, _config.kernels().hoist_input_product(rows, input_dim, units)
 
 
 def _forward_flops(x_shape, units):
@@ -331,9 +347,11 @@ class _FastBackend:
         dropout = (np.ascontiguousarray(recurrent_dropout_mask) if has_dropout
                    else np.ones((batch, units), dtype))
         slots = timesteps if return_cache else 1
+        threads, single_blas, hoist = _forward_plan(batch, timesteps, input_dim, units)
+        gate_slots = timesteps if return_cache or hoist else 1
         try:
             outputs = np.empty((batch, timesteps, units), dtype)
-            gates = np.empty((batch, timesteps, 4 * units), dtype)
+            gates = np.empty((batch, gate_slots, 4 * units), dtype)
             h_prev = np.empty((batch, slots, units), dtype)
             c_prev = np.empty((batch, slots, units), dtype)
             h_last = np.empty((batch, units), dtype)
@@ -346,11 +364,10 @@ class _FastBackend:
                 f"fastlstm.workspace_nbytes. Use a smaller batch or shorter sequences."
             ) from None
         codes = (_ACTIVATION_CODES[activation], _ACTIVATION_CODES[recurrent_activation])
-        threads, single_blas = _config.kernel_threads(_forward_flops(x.shape, units))
         with _config.single_threaded_blas(single_blas):
             _config.kernels().forward(x, kernel, recurrent_kernel, bias, mask_bytes, dropout,
                                       go_backwards, outputs, h, c, gates, h_prev, c_prev,
-                                      h_last, return_cache, *codes, threads)
+                                      h_last, return_cache, hoist, *codes, threads)
         cache = None
         if return_cache:
             cache = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask_bytes,

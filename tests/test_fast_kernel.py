@@ -240,6 +240,54 @@ def test_masked_step_carries_state_and_repeats_output(kernel_build, dtype):
     assert not np.array_equal(outputs[0, 3], outputs[0, 2])
 
 
+# -- the input product: one GEMM for all steps, or one per step -----------------
+
+@pytest.fixture(params=[True, False], ids=["hoisted", "per step"])
+def input_product(request, monkeypatch):
+    """Force the forward pass to compute the input product one way, whatever
+    the size would choose."""
+    plan = fastlstm.functional._forward_plan
+
+    def forced(*shape):
+        threads, single_blas, _ = plan(*shape)
+        return threads, single_blas, request.param
+
+    monkeypatch.setattr(fastlstm.functional, "_forward_plan", forced)
+    return request.param
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch, timesteps, input_dim, units", [(5, 9, 7, 6), (33, 12, 40, 70)])
+@pytest.mark.parametrize("go_backwards", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_both_input_products_match_reference(kernel_build, restore_num_threads, input_product,
+                                             dtype, batch, timesteps, input_dim, units,
+                                             go_backwards, threads):
+    fastlstm.set_num_threads(threads)
+    forward, backward = make_problem(batch, timesteps, input_dim, units, dtype,
+                                     mask="random", dropout=True)
+    fast = assert_matches_reference(forward, backward, dtype, go_backwards=go_backwards)
+    outputs, h, c, _ = fastlstm.lstm_forward(**forward, go_backwards=go_backwards,
+                                             return_cache=False)
+    for name, got, want in zip(("outputs", "h", "c"), (outputs, h, c), fast):
+        np.testing.assert_array_equal(got, want, err_msg=f"inference {name}")
+
+
+def test_small_layers_compute_the_input_product_per_step():
+    """The choice the kernels make: per step where a step's input product
+    is small, so inference keeps no (B, T, 4H) gate buffer; hoisted for
+    larger ones."""
+    kernels = _config.kernels()
+    assert not kernels.hoist_input_product(16, 32, 64)      # PERF.md's small, 2 threads
+    assert not kernels.hoist_input_product(8, 64, 128)      # long
+    assert kernels.hoist_input_product(32, 128, 256)        # medium
+    assert kernels.hoist_input_product(32, 512, 512)        # large
+    small = fastlstm.workspace_nbytes(32, 50, 32, 64, training=False)
+    large = fastlstm.workspace_nbytes(64, 50, 512, 512, training=False)
+    assert small < 32 * 50 * 4 * 64 * 4        # less than one gate buffer
+    assert large > 64 * 50 * 4 * 512 * 4
+
+
 # -- threads --------------------------------------------------------------------
 
 # Results agree to rounding, not bitwise: OpenBLAS rounds a row of a product
