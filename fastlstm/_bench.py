@@ -9,7 +9,11 @@ ONNX Runtime (inference only).
 
 Absolute times drift from run to run on a shared machine, so the calls are
 interleaved: every round calls each implementation once, and noise hits all
-of them alike. Only the ratios of one run mean something. Before timing a
+of them alike. Only the ratios of one run mean something. The NumPy
+reference leaves NumPy's BLAS threads spinning after it returns, so the
+rounds that run it wait for them before timing anything else; and before
+each size a large matrix product measures the rate the machine delivers
+today, against which the training step is also reported. Before timing a
 size, every peer's results are compared with fastlstm's, and a peer that
 disagrees is reported and not timed: the benchmark never times a wrong
 computation.
@@ -30,6 +34,7 @@ __all__ = [
     "SIZES",
     "training_flops",
     "ceiling_ms",
+    "sgemm_gflops",
     "interleaved_medians",
     "torch_weights",
     "torch_lstm",
@@ -55,6 +60,10 @@ DEFAULT_ROUNDS = {"tiny": 400, "small": 150, "medium": 40, "large": 30, "long": 
 # The NumPy reference is slow at the larger sizes and only gives the
 # speed-up ratio, so it runs in fewer rounds, spread evenly among the others.
 REFERENCE_ROUNDS = {"tiny": 50, "small": 20, "medium": 5, "large": 5, "long": 5}
+
+# How long the rounds that ran the NumPy reference wait before timing anything
+# else: see _bench_size.
+REFERENCE_SETTLE_SECONDS = 0.3
 
 # PERF.md: the machine's sgemm ceiling, measured with OpenBLAS's AVX-512
 # kernels on 2 threads. It is a float32 figure; no float64 one is given.
@@ -109,7 +118,43 @@ def ceiling_ms(batch, timesteps, input_dim, units):
     return training_flops(batch, timesteps, input_dim, units) / CEILING_FLOPS * 1e3
 
 
-def interleaved_medians(calls, rounds):
+def sgemm_gflops(threads, size=2048, repeat=5):
+    """The float32 matrix-product rate of this machine, as this run finds it.
+
+    PERF.md's ceiling is a figure measured once; what a shared machine
+    delivers drifts. This is the median rate of ``size``-cubed products
+    through fastlstm's BLAS (SciPy's OpenBLAS, with the core type fastlstm
+    chose) running ``threads`` threads of its own.
+
+    Returns
+    -------
+    float
+        GFLOP/s.
+    """
+    from ._blas import BLAS_Trans, _gemm_memview
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size)).astype(np.float32)
+    b = rng.standard_normal((size, size)).astype(np.float32)
+    c = np.empty((size, size), np.float32)
+    handles = _config._openblas()
+    saved = handles["get_num_threads"]() if handles else None
+    if handles:
+        handles["set_num_threads"](threads)
+    try:
+        _gemm_memview(BLAS_Trans.NoTrans, BLAS_Trans.NoTrans, a, b, c)  # warm-up
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            _gemm_memview(BLAS_Trans.NoTrans, BLAS_Trans.NoTrans, a, b, c)
+            times.append(time.perf_counter() - start)
+    finally:
+        if handles:
+            handles["set_num_threads"](saved)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def interleaved_medians(calls, rounds, settle=None):
     """Median wall time of each call, timed in interleaved rounds.
 
     Parameters
@@ -120,6 +165,11 @@ def interleaved_medians(calls, rounds):
         How many times to time each call. The call with the most rounds runs
         in every round; one with fewer runs in rounds spread evenly over the
         run, so that drifts of the machine's speed reach it too.
+    settle : dict of str to float, optional
+        Calls that leave threads spinning on the cores after they return,
+        with how long those spin, in seconds. They run last in their round;
+        then the round waits that long and calls every other call once,
+        untimed, so that the next round starts as warm as the others do.
 
     Returns
     -------
@@ -128,6 +178,9 @@ def interleaved_medians(calls, rounds):
     times : dict of str to list of float
         Every time measured, in milliseconds, in order.
     """
+    settle = dict(settle or {})
+    # The settling calls last in each round.
+    calls = dict(sorted(calls.items(), key=lambda item: item[0] in settle))
     for call in calls.values():
         call()  # warm-up: first-call allocations, lazy imports, JIT kernels
     total = max(rounds.values())
@@ -139,6 +192,7 @@ def interleaved_medians(calls, rounds):
     gc.disable()
     try:
         for step in range(total):
+            wait = 0.0
             for name, call in calls.items():
                 # True in exactly rounds[name] of the total rounds, evenly spaced.
                 if (step * rounds[name]) // total == ((step + 1) * rounds[name]) // total:
@@ -146,6 +200,12 @@ def interleaved_medians(calls, rounds):
                 start = time.perf_counter()
                 call()
                 times[name].append((time.perf_counter() - start) * 1e3)
+                wait = max(wait, settle.get(name, 0.0))
+            if wait:
+                time.sleep(wait)
+                for name, call in calls.items():
+                    if name not in settle:
+                        call()
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -440,7 +500,8 @@ def _ratio(numerator, denominator):
     return numerator / denominator
 
 
-def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, peers):
+def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, peers,
+                sgemm=None):
     """Verify, then time, one size; return its results as a dict."""
     batch, timesteps, input_dim, units = shape
     x, kernel, recurrent_kernel, bias = _inputs(*shape, dtype)
@@ -468,7 +529,13 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         if implementation.infer is not None:
             calls[("inference", implementation.name)] = implementation.infer
             call_rounds[("inference", implementation.name)] = count
-    medians, times = interleaved_medians(calls, call_rounds) if calls else ({}, {})
+    # NumPy's own OpenBLAS threads, woken by the reference's products, keep
+    # spinning for about 0.15 s after it returns (OpenBLAS's default thread
+    # timeout, 2**28 cycles); a two-thread call in that window ran 6x slower
+    # on PERF.md's 2-core machine.
+    settle = {key: REFERENCE_SETTLE_SECONDS for key in calls if key[1] == "reference"}
+    medians, times = (interleaved_medians(calls, call_rounds, settle) if calls
+                      else ({}, {}))
 
     median_ms = {"training": {}, "inference": {}}
     times_ms = {"training": {}, "inference": {}}
@@ -478,6 +545,7 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
     train, infer = median_ms["training"], median_ms["inference"]
     flops = training_flops(*shape)
     ceiling = ceiling_ms(*shape) if np.dtype(dtype) == np.float32 else None
+    sgemm_ms = flops / (sgemm * 1e9) * 1e3 if sgemm and np.dtype(dtype) == np.float32 else None
     fastest_peer = min((infer[p] for p in ("torch", "onnxruntime") if p in infer), default=None)
     return {
         "shape": {"batch": batch, "timesteps": timesteps, "input_dim": input_dim, "units": units},
@@ -487,10 +555,12 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         "times_ms": times_ms,
         "training_flops": flops,
         "ceiling_ms": ceiling,
+        "sgemm_ms": sgemm_ms,
         "gflops": {impl: flops / (ms * 1e-3) / 1e9 for impl, ms in train.items()},
         "ratios": {
             "training_fast_over_torch": _ratio(train.get("fast"), train.get("torch")),
             "training_fast_over_ceiling": _ratio(train.get("fast"), ceiling),
+            "training_fast_over_sgemm": _ratio(train.get("fast"), sgemm_ms),
             "training_reference_over_fast": _ratio(train.get("reference"), train.get("fast")),
             "inference_fast_over_torch": _ratio(infer.get("fast"), infer.get("torch")),
             "inference_fast_over_fastest_peer": _ratio(infer.get("fast"), fastest_peer),
@@ -532,6 +602,9 @@ def _print_size(name, result, file):
             print(f"  {labels[implementation]:<28}{_ms(train.get(implementation)):>10}"
                   f"{'-' if gflops is None else f'{gflops:.1f}':>10}"
                   f"{_ms(infer.get(implementation)):>11}", file=file)
+    if result.get("sgemm_gflops"):
+        print(f"  {'sgemm 2048^3, same threads':<28}{'':>10}{result['sgemm_gflops']:>10.1f}",
+              file=file)
 
     ratios = result["ratios"]
     ceiling = result["ceiling_ms"]
@@ -541,6 +614,8 @@ def _print_size(name, result, file):
          TARGET_TRAIN_VS_TORCH),
         (f"training  fast / ceiling ({_ms(ceiling)} ms)", ratios["training_fast_over_ceiling"],
          "<=", ceiling_target),
+        (f"training  fast / sgemm here ({_ms(result.get('sgemm_ms'))} ms)",
+         ratios.get("training_fast_over_sgemm"), None, None),
         ("training  reference / fast", ratios["training_reference_over_fast"], ">=",
          TARGET_SPEEDUP_VS_REFERENCE),
     ]
@@ -629,8 +704,11 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
     }
     for name in sizes:
         rounds = DEFAULT_ROUNDS[name] if repeat is None else repeat
+        # Measured afresh for each size: a shared machine's speed drifts.
+        sgemm = sgemm_gflops(threads) if dtype == np.float32 else None
         result = _bench_size(SIZES[name], dtype, threads, rounds,
-                             min(rounds, REFERENCE_ROUNDS[name]), reference, peers)
+                             min(rounds, REFERENCE_ROUNDS[name]), reference, peers, sgemm)
+        result["sgemm_gflops"] = sgemm
         results["sizes"][name] = result
         _print_size(name, result, file)
         file.flush()

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastlstm import _bench, lstm_backward, lstm_forward
+from fastlstm import _bench, _config, lstm_backward, lstm_forward
 from fastlstm.__main__ import _SIZES, main
 
 
@@ -55,6 +55,35 @@ def test_interleaved_medians_runs_each_call_its_rounds():
     assert [len(times["a"]), len(times["b"])] == [7, 3]
     assert counts == {"a": 8, "b": 4}  # one warm-up call each
     assert all(value >= 0 for value in medians.values())
+
+
+def test_a_settling_call_runs_last_then_the_round_waits_and_warms_the_others():
+    order = []
+
+    def call(name):
+        def run():
+            order.append(name)
+        return run
+
+    medians, times = _bench.interleaved_medians(
+        {"spinner": call("spinner"), "a": call("a"), "b": call("b")},
+        {"spinner": 2, "a": 4, "b": 4}, settle={"spinner": 0.001})
+    assert [len(times[name]) for name in ("spinner", "a", "b")] == [2, 4, 4]
+    # Warm-up, then four rounds; the spinner runs in two of them, last, and
+    # each time a and b are called once more, untimed, before the next round.
+    rounds = order[3:]
+    assert order[:3] == ["a", "b", "spinner"]
+    assert rounds == ["a", "b"] + ["a", "b", "spinner", "a", "b"] + ["a", "b"] + \
+        ["a", "b", "spinner", "a", "b"]
+
+
+def test_sgemm_rate_is_measured_and_blas_threads_restored():
+    handles = _config._openblas()
+    before = handles["get_num_threads"]() if handles else None
+    rate = _bench.sgemm_gflops(1, size=256, repeat=3)
+    assert np.isfinite(rate) and rate > 0
+    if handles:
+        assert handles["get_num_threads"]() == before
 
 
 def _arrays(dtype=np.float64, shape=(3, 6, 5, 4)):
