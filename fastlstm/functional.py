@@ -287,17 +287,19 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     --------
     >>> import fastlstm as fl
     >>> fl.workspace_nbytes(64, 100, 128, 256)      # PERF.md's "medium", float32
-    46137344
+    50987008
     """
     shape = batch, timesteps, input_dim, units = tuple(
         operator.index(v) for v in (batch, timesteps, input_dim, units))
     steps = batch * timesteps
     slots = timesteps if training else 1
     gate_slots = timesteps if training or _forward_plan(*shape)[2] else 1
-    elements = (batch * gate_slots * 4 * units  # gates
-                + steps * units              # outputs
-                + 2 * batch * slots * units  # h_prev, c_prev
-                + 4 * batch * units)         # h, c, h_last, dropout multipliers
+    elements = (batch * gate_slots * 4 * units        # gates
+                + steps * units                    # outputs
+                + batch * slots * (input_dim + units)  # each step's input and h_{t-1}
+                + batch * slots * units            # c_{t-1}
+                + (input_dim + units) * 4 * units  # kernel stacked on recurrent_kernel
+                + 4 * batch * units)               # h, c, h_last, dropout multipliers
     return elements * np.dtype(dtype).itemsize
 
 
@@ -332,8 +334,6 @@ class _FastBackend:
         batch, timesteps, input_dim = x.shape
         units = recurrent_kernel.shape[0]
         x = np.ascontiguousarray(x)
-        kernel = np.ascontiguousarray(kernel)
-        recurrent_kernel = np.ascontiguousarray(recurrent_kernel)
         has_bias = bias is not None
         bias = np.ascontiguousarray(bias) if has_bias else np.zeros(4 * units, dtype)
         if initial_state is None:
@@ -350,9 +350,10 @@ class _FastBackend:
         threads, single_blas, hoist = _forward_plan(batch, timesteps, input_dim, units)
         gate_slots = timesteps if return_cache or hoist else 1
         try:
+            weights = np.empty((input_dim + units, 4 * units), dtype)
             outputs = np.empty((batch, timesteps, units), dtype)
             gates = np.empty((batch, gate_slots, 4 * units), dtype)
-            h_prev = np.empty((batch, slots, units), dtype)
+            states = np.empty((batch, slots, input_dim + units), dtype)
             c_prev = np.empty((batch, slots, units), dtype)
             h_last = np.empty((batch, units), dtype)
         except MemoryError:
@@ -363,49 +364,52 @@ class _FastBackend:
                 f"{'training' if return_cache else 'inference'}); see "
                 f"fastlstm.workspace_nbytes. Use a smaller batch or shorter sequences."
             ) from None
+        weights[:input_dim] = kernel
+        weights[input_dim:] = recurrent_kernel
         codes = (_ACTIVATION_CODES[activation], _ACTIVATION_CODES[recurrent_activation])
         with _config.single_threaded_blas(single_blas):
-            _config.kernels().forward(x, kernel, recurrent_kernel, bias, mask_bytes, dropout,
-                                      go_backwards, outputs, h, c, gates, h_prev, c_prev,
+            _config.kernels().forward(x, weights, bias, mask_bytes, dropout,
+                                      go_backwards, outputs, h, c, gates, states, c_prev,
                                       h_last, return_cache, hoist, *codes, threads)
         cache = None
         if return_cache:
-            cache = dict(x=x, kernel=kernel, recurrent_kernel=recurrent_kernel, mask=mask_bytes,
+            cache = dict(x_shape=x.shape, weights=weights, mask=mask_bytes,
                          dropout=dropout, has_dropout=has_dropout, go_backwards=go_backwards,
-                         gates=gates, h_prev=h_prev, c_prev=c_prev, has_bias=has_bias,
+                         gates=gates, states=states, c_prev=c_prev, has_bias=has_bias,
                          activation_codes=codes)
         return outputs, h, c, cache
 
     @staticmethod
     def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
-        x, recurrent_kernel, dropout = cache["x"], cache["recurrent_kernel"], cache["dropout"]
-        dtype = x.dtype
-        batch, timesteps, input_dim = x.shape
-        units = recurrent_kernel.shape[0]
+        weights, dropout = cache["weights"], cache["dropout"]
+        dtype = weights.dtype
+        batch, timesteps, input_dim = x_shape = cache["x_shape"]
+        units = weights.shape[1] // 4
         state_shape = (batch, units)
         dh_pass = np.zeros(state_shape, dtype) if grad_h is None else np.array(grad_h, dtype, order="C")
         dc = np.zeros(state_shape, dtype) if grad_c is None else np.array(grad_c, dtype, order="C")
         dh_rec = np.zeros(state_shape, dtype)
         carry = np.zeros(state_shape, dtype)
-        dx = np.empty_like(x)
-        dkernel = np.empty_like(cache["kernel"])
-        drecurrent_kernel = np.empty_like(recurrent_kernel)
+        dx = np.empty(x_shape, dtype)
+        # One product fills both weight gradients: dkernel on drecurrent_kernel.
+        dweights = np.empty_like(weights)
         dbias = np.empty(4 * units, dtype)
-        recurrent_kernel_t = np.ascontiguousarray(recurrent_kernel.T)
+        recurrent_kernel_t = np.ascontiguousarray(weights[input_dim:].T)
         grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
                         else np.ascontiguousarray(grad_outputs))
         # The backward pass does twice the forward pass's products.
-        threads, single_blas = _config.kernel_threads(2 * _forward_flops(x.shape, units))
+        threads, single_blas = _config.kernel_threads(2 * _forward_flops(x_shape, units))
         with _config.single_threaded_blas(single_blas):
-            _config.kernels().backward(x, cache["kernel"], recurrent_kernel_t, cache["mask"], dropout,
-                           cache["go_backwards"], grad_outputs, cache["gates"],
-                           cache["h_prev"], cache["c_prev"], dh_rec, dh_pass, dc, carry,
-                           dx, dkernel, drecurrent_kernel, dbias,
-                           *cache["activation_codes"], threads)
+            _config.kernels().backward(weights, recurrent_kernel_t, cache["mask"], dropout,
+                                       cache["go_backwards"], grad_outputs, cache["gates"],
+                                       cache["states"], cache["c_prev"], dh_rec, dh_pass, dc,
+                                       carry, dx, dweights, dbias,
+                                       *cache["activation_codes"], threads)
         if cache["has_dropout"]:
             dh_rec *= dropout
         dh0 = dh_rec + dh_pass
-        return dx, dkernel, drecurrent_kernel, dbias if cache["has_bias"] else None, dh0, dc
+        return (dx, dweights[:input_dim], dweights[input_dim:],
+                dbias if cache["has_bias"] else None, dh0, dc)
 
 
 _BACKENDS = {"fast": _FastBackend, "reference": reference}

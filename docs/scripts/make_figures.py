@@ -84,6 +84,14 @@ def plot_training_time(bench, path):
     if ceiling:
         ax.plot(*zip(*ceiling), color="grey", linestyle=":",
                 label="sgemm ceiling (375 GFLOP/s)")
+    # The rate a 2048^3 sgemm reached in this run (benchmarks that record it).
+    measured = [(f, bench["sizes"][n]["sgemm_ms"]) for f, n in zip(flops, names)
+                if bench["sizes"][n].get("sgemm_ms")]
+    if measured:
+        rates = [bench["sizes"][n]["sgemm_gflops"] for n in names
+                 if bench["sizes"][n].get("sgemm_ms")]
+        ax.plot(*zip(*measured), color="grey", linestyle="--",
+                label=f"sgemm in this run ({min(rates):.0f}-{max(rates):.0f} GFLOP/s)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     bottom, top = ax.get_ylim()
@@ -166,7 +174,8 @@ def bench_table(bench):
     """The peer table as an RST list-table."""
     header = ["size", "B", "T", "I", "H",
               "fastlstm train", "PyTorch train", f"{KERAS_LABEL} train [#keras]_",
-              "NumPy train", "ceiling train", "fastlstm / PyTorch",
+              "NumPy train", "ceiling train", "sgemm-rate train [#sgemm]_",
+              "fastlstm / PyTorch",
               "fastlstm infer", "PyTorch infer", "ONNX Runtime infer"]
     rows = []
     for name in bench["sizes"]:
@@ -177,6 +186,7 @@ def bench_table(bench):
         rows.append([name, shape["batch"], shape["timesteps"], shape["input_dim"], shape["units"],
                      _ms(train.get("fast")), _ms(train.get("torch")), _ms(train.get("keras")),
                      _ms(train.get("reference")), _ms(result.get("ceiling_ms")),
+                     _ms(result.get("sgemm_ms")),
                      "–" if ratio is None else f"{ratio:.2f}",
                      _ms(infer.get("fast")), _ms(infer.get("torch")),
                      _ms(infer.get("onnxruntime"))])
@@ -192,6 +202,8 @@ def bench_table(bench):
     peers = ", ".join(f"{name} {version}" for name, version in bench["peers"].items())
     lines += ["", f".. [#keras] From PERF.md: {KERAS_LABEL} measured separately on the same kind "
               "of machine (TensorFlow is not installed with fastlstm), not in this run.", "",
+              ".. [#sgemm] The training step's operations at the rate a 2048 × 2048 "
+              "single-precision product reached in this run, on the same threads.", "",
               f"This run: fastlstm {bench['fastlstm']} ({bench['kernels']} kernels, BLAS core "
               f"type {bench['blas']['corename']}), {peers}.", ""]
     return "\n".join(lines)
