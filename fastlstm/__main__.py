@@ -77,12 +77,12 @@ def main(argv=None):
         "bench", help="time fastlstm against its peers (training step and inference)",
         description="Median times of a training step and of inference for fastlstm, its "
                     "NumPy reference and, when importable, PyTorch and ONNX Runtime, in "
-                    "interleaved rounds on the same inputs and weights.")
+                    "interleaved turns on the same inputs and weights.")
     bench.add_argument("--sizes", nargs="+", choices=_SIZES, metavar="SIZE",
                        help=f"sizes to run, from {', '.join(_SIZES)} (default: all)")
     bench.add_argument("--repeat", type=_positive_int, metavar="N",
-                       help="rounds per size (default: chosen per size; the reference "
-                            "runs at most 5 at the larger sizes)")
+                       help="timed calls of each implementation per size (default: "
+                            "chosen per size; the reference at most 5 at the larger sizes)")
     bench.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     bench.add_argument("--threads", type=_positive_int, metavar="N",
                        help="threads for fastlstm and every peer (default: fastlstm's)")

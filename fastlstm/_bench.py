@@ -8,13 +8,16 @@ fastlstm, its NumPy reference and, when they are importable, PyTorch and
 ONNX Runtime (inference only).
 
 Absolute times drift from run to run on a shared machine, so the calls are
-interleaved: every round calls each implementation once, and noise hits all
-of them alike. Only the ratios of one run mean something. The NumPy
-reference leaves NumPy's BLAS threads spinning after it returns, so the
-rounds that run it wait for them before timing anything else; and before
-each size a large matrix product measures the rate the machine delivers
-today, against which the training step is also reported. Before timing a
-size, every peer's results are compared with fastlstm's, and a peer that
+interleaved: the implementations take turns, each timing a few calls in a
+row (the steady state of a training loop), and noise hits all of them
+alike. Only the ratios of one run mean something. Libraries leave their
+worker threads spinning on the cores for a while after a call (fastlstm's
+and PyTorch's OpenMP threads for milliseconds, NumPy's OpenBLAS threads
+after the reference for about 0.15 s), so the run pauses after each turn
+and starts each turn with an untimed call: no library is timed while
+another's threads hold its cores. Before each size a large matrix product
+measures the rate the machine delivers that day, against which the
+training step is also reported. Before timing a size, every peer's results are compared with fastlstm's, and a peer that
 disagrees is reported and not timed: the benchmark never times a wrong
 computation.
 """
@@ -52,17 +55,29 @@ SIZES = {
     "long": (16, 400, 64, 128),
 }
 
-# Default rounds per size: a full run with PyTorch, ONNX Runtime and the
-# reference takes one to two minutes on PERF.md's 2-core machine. The small
-# sizes get many rounds because a call takes under a millisecond there and
-# the median of few such calls is noisy.
+# Default timed calls of each implementation per size: a full run with
+# PyTorch, ONNX Runtime and the reference takes two to three minutes on
+# PERF.md's 2-core machine. The small sizes get many calls because a call
+# takes under a millisecond there and the median of few such calls is noisy.
 DEFAULT_ROUNDS = {"tiny": 400, "small": 150, "medium": 40, "large": 30, "long": 60}
 # The NumPy reference is slow at the larger sizes and only gives the
-# speed-up ratio, so it runs in fewer rounds, spread evenly among the others.
+# speed-up ratio, so it is timed fewer times, in turns spread evenly among
+# the others'.
 REFERENCE_ROUNDS = {"tiny": 50, "small": 20, "medium": 5, "large": 5, "long": 5}
 
-# How long the rounds that ran the NumPy reference wait before timing anything
-# else: see _bench_size.
+# Calls timed in a row per turn (see interleaved_medians): about 5 to 20 ms of
+# work, so that each library runs in the steady state of a training loop.
+BURST = {"tiny": 20, "small": 10, "medium": 2, "large": 2, "long": 4}
+# The pause after each turn. fastlstm's OpenMP threads spin for a few
+# milliseconds after a call (libgomp's default), and ONNX Runtime's
+# inference at "long" ran 1.6x slower right after a fastlstm call than
+# 10 ms later; PyTorch's threads likewise. The pause keeps any library's
+# idle threads from competing with the next library's timed calls.
+PAUSE_SECONDS = 0.02
+# The pause after the NumPy reference's turns: NumPy's own OpenBLAS threads,
+# woken by the reference's products, keep spinning for about 0.15 s
+# (OpenBLAS's default thread timeout, 2**28 cycles); a two-thread call in
+# that window ran 6x slower on PERF.md's 2-core machine.
 REFERENCE_SETTLE_SECONDS = 0.3
 
 # PERF.md: the machine's sgemm ceiling, measured with OpenBLAS's AVX-512
@@ -156,22 +171,30 @@ def sgemm_gflops(threads, size=2048, repeat=7):
     return 2 * size**3 / min(times) / 1e9
 
 
-def interleaved_medians(calls, rounds, settle=None):
-    """Median wall time of each call, timed in interleaved rounds.
+def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
+    """Median wall time of each call, timed in interleaved turns.
 
     Parameters
     ----------
     calls : dict of str to callable
-        The calls to time, each without arguments.
+        The calls to time, each without arguments. They take turns, in order.
     rounds : dict of str to int
-        How many times to time each call. The call with the most rounds runs
-        in every round; one with fewer runs in rounds spread evenly over the
-        run, so that drifts of the machine's speed reach it too.
+        How many times to time each call. The call with the most turns has
+        one in every round; one with fewer has its turns in rounds spread
+        evenly over the run, so that drifts of the machine's speed reach it
+        too.
+    burst : int
+        Calls timed in a row in each turn: a library's threads and caches
+        are then in the steady state of a loop that calls it repeatedly.
+    pause : float
+        Seconds to wait after each turn, so that threads the call left
+        spinning on the cores (OpenMP's and OpenBLAS's worker threads spin
+        for milliseconds after a parallel section) have gone idle before the
+        next call's turn, and no library is timed while another one's
+        threads take its cores. With a pause, each turn starts with one
+        untimed call, which wakes the call's own threads.
     settle : dict of str to float, optional
-        Calls that leave threads spinning on the cores after they return,
-        with how long those spin, in seconds. They run last in their round;
-        then the round waits that long and calls every other call once,
-        untimed, so that the next round starts as warm as the others do.
+        A longer pause after the turns of these calls.
 
     Returns
     -------
@@ -181,11 +204,10 @@ def interleaved_medians(calls, rounds, settle=None):
         Every time measured, in milliseconds, in order.
     """
     settle = dict(settle or {})
-    # The settling calls last in each round.
-    calls = dict(sorted(calls.items(), key=lambda item: item[0] in settle))
     for call in calls.values():
         call()  # warm-up: first-call allocations, lazy imports, JIT kernels
-    total = max(rounds.values())
+    turns = {name: -(-rounds[name] // burst) for name in calls}
+    total = max(turns.values())
     times = {name: [] for name in calls}
     # The collector would stop whichever call happened to trigger it; as in
     # timeit, it is kept out of the measurement.
@@ -194,20 +216,19 @@ def interleaved_medians(calls, rounds, settle=None):
     gc.disable()
     try:
         for step in range(total):
-            wait = 0.0
             for name, call in calls.items():
-                # True in exactly rounds[name] of the total rounds, evenly spaced.
-                if (step * rounds[name]) // total == ((step + 1) * rounds[name]) // total:
+                # True in exactly turns[name] of the total rounds, evenly spaced.
+                if (step * turns[name]) // total == ((step + 1) * turns[name]) // total:
                     continue
-                start = time.perf_counter()
-                call()
-                times[name].append((time.perf_counter() - start) * 1e3)
-                wait = max(wait, settle.get(name, 0.0))
-            if wait:
-                time.sleep(wait)
-                for name, call in calls.items():
-                    if name not in settle:
-                        call()
+                wait = settle.get(name, pause)
+                if pause or settle:
+                    call()  # untimed: the threads wake up after the last pause
+                for _ in range(min(burst, rounds[name] - len(times[name]))):
+                    start = time.perf_counter()
+                    call()
+                    times[name].append((time.perf_counter() - start) * 1e3)
+                if wait:
+                    time.sleep(wait)
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -394,9 +415,6 @@ def _onnxruntime(x, kernel, recurrent_kernel, bias, threads):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # Idle ORT threads otherwise spin on the cores after each call and slow
-    # down whichever implementation runs next in the round.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(
         onnx_lstm_model(kernel, recurrent_kernel, bias).SerializeToString(), options,
         providers=["CPUExecutionProvider"])
@@ -503,7 +521,7 @@ def _ratio(numerator, denominator):
 
 
 def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, peers,
-                sgemm=None):
+                sgemm=None, burst=1):
     """Verify, then time, one size; return its results as a dict."""
     batch, timesteps, input_dim, units = shape
     x, kernel, recurrent_kernel, bias = _inputs(*shape, dtype)
@@ -531,13 +549,9 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         if implementation.infer is not None:
             calls[("inference", implementation.name)] = implementation.infer
             call_rounds[("inference", implementation.name)] = count
-    # NumPy's own OpenBLAS threads, woken by the reference's products, keep
-    # spinning for about 0.15 s after it returns (OpenBLAS's default thread
-    # timeout, 2**28 cycles); a two-thread call in that window ran 6x slower
-    # on PERF.md's 2-core machine.
     settle = {key: REFERENCE_SETTLE_SECONDS for key in calls if key[1] == "reference"}
-    medians, times = (interleaved_medians(calls, call_rounds, settle) if calls
-                      else ({}, {}))
+    medians, times = (interleaved_medians(calls, call_rounds, burst, PAUSE_SECONDS, settle)
+                      if calls else ({}, {}))
 
     median_ms = {"training": {}, "inference": {}}
     times_ms = {"training": {}, "inference": {}}
@@ -553,6 +567,7 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         "shape": {"batch": batch, "timesteps": timesteps, "input_dim": input_dim, "units": units},
         "rounds": {implementation.name: call_rounds.get(("inference", implementation.name))
                    for implementation in implementations},
+        "burst": burst,
         "median_ms": median_ms,
         "times_ms": times_ms,
         "training_flops": flops,
@@ -583,9 +598,11 @@ def _print_size(name, result, file):
     shape = result["shape"]
     rounds = result["rounds"]
     counts = sorted(set(v for k, v in rounds.items() if k != "reference"))
-    counts_text = f"{', '.join(str(c) for c in counts) or 0} rounds"
+    counts_text = f"{', '.join(str(c) for c in counts) or 0} calls each"
     if "reference" in rounds:
         counts_text += f" (reference {rounds['reference']})"
+    if result.get("burst", 1) > 1:
+        counts_text += f", in turns of {result['burst']}"
     print(f"\n{name}: B={shape['batch']} T={shape['timesteps']} I={shape['input_dim']} "
           f"H={shape['units']}, {counts_text}", file=file)
     for note in result["notes"]:
@@ -652,8 +669,9 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
     sizes : list of str or None
         Names of :data:`SIZES` to run, in the order given; None runs all.
     repeat : int or None
-        Rounds per size; None uses :data:`DEFAULT_ROUNDS`. The reference
-        runs ``min(repeat, REFERENCE_ROUNDS[size])`` rounds.
+        Timed calls of each implementation per size; None uses
+        :data:`DEFAULT_ROUNDS`. The reference is timed
+        ``min(repeat, REFERENCE_ROUNDS[size])`` times.
     dtype : {"float32", "float64"}
     threads : int or None
         fastlstm's threads (:func:`fastlstm.set_num_threads`); the peers get
@@ -691,7 +709,7 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
           file=file)
     peer_text = ", ".join(f"{name} {version}" for name, version in peers.items()) or "none found"
     print(f"peers: numpy {np.__version__} (reference), {peer_text}; {dtype.name}, "
-          f"{threads} thread(s) each; medians of interleaved rounds", file=file)
+          f"{threads} thread(s) each; medians of interleaved turns", file=file)
     for note in peer_notes:
         print(f"note: {note}", file=file)
 
@@ -709,7 +727,8 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
         # Measured afresh for each size: a shared machine's speed drifts.
         sgemm = sgemm_gflops(threads) if dtype == np.float32 else None
         result = _bench_size(SIZES[name], dtype, threads, rounds,
-                             min(rounds, REFERENCE_ROUNDS[name]), reference, peers, sgemm)
+                             min(rounds, REFERENCE_ROUNDS[name]), reference, peers, sgemm,
+                             min(rounds, BURST[name]))
         result["sgemm_gflops"] = sgemm
         results["sizes"][name] = result
         _print_size(name, result, file)

@@ -246,13 +246,13 @@ def hoist_input_product(Py_ssize_t rows, Py_ssize_t input_dim, Py_ssize_t units)
     """Whether the forward pass, on threads of ``rows`` batch rows each,
     computes the input product of all steps as one GEMM before the loop.
 
-    Otherwise each step computes its own, just before its recurrent product:
-    done when a step's input product is small enough for OpenBLAS's
-    small-matrix kernels. The step's gates are then still in cache for the
-    fused loop, and inference needs no (B, T, 4H) gate buffer: inference was
-    4-26% faster at PERF.md's small and long sizes, training 2-7%. A larger
-    step product would be packed on every step, and the single GEMM wins
-    (8-40% at the sizes measured).
+    Otherwise each step computes [x_t, h_{t-1}] @ [kernel; recurrent_kernel]
+    as one GEMM: done when a step's input product is small enough for
+    OpenBLAS's small-matrix kernels. The step's gates are then still in cache
+    for the fused loop, and inference needs no (B, T, 4H) gate buffer:
+    inference was 4-26% faster at PERF.md's small and long sizes, training
+    2-7%. A larger step product would be packed on every step, and the
+    single GEMM wins (8-40% at the sizes measured).
     """
     return rows * input_dim * 4 * units > SMALL_GEMM
 

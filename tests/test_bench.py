@@ -57,7 +57,7 @@ def test_interleaved_medians_runs_each_call_its_rounds():
     assert all(value >= 0 for value in medians.values())
 
 
-def test_a_settling_call_runs_last_then_the_round_waits_and_warms_the_others():
+def test_turns_with_pauses_start_with_an_untimed_call_and_time_bursts():
     order = []
 
     def call(name):
@@ -66,15 +66,14 @@ def test_a_settling_call_runs_last_then_the_round_waits_and_warms_the_others():
         return run
 
     medians, times = _bench.interleaved_medians(
-        {"spinner": call("spinner"), "a": call("a"), "b": call("b")},
-        {"spinner": 2, "a": 4, "b": 4}, settle={"spinner": 0.001})
-    assert [len(times[name]) for name in ("spinner", "a", "b")] == [2, 4, 4]
-    # Warm-up, then four rounds; the spinner runs in two of them, last, and
-    # each time a and b are called once more, untimed, before the next round.
-    rounds = order[3:]
-    assert order[:3] == ["a", "b", "spinner"]
-    assert rounds == ["a", "b"] + ["a", "b", "spinner", "a", "b"] + ["a", "b"] + \
-        ["a", "b", "spinner", "a", "b"]
+        {"a": call("a"), "slow": call("slow")}, {"a": 5, "slow": 2},
+        burst=2, pause=0.001, settle={"slow": 0.002})
+    assert [len(times["a"]), len(times["slow"])] == [5, 2]
+    # Warm-up; then a has three turns (2 + 2 + 1 timed calls, each turn after
+    # an untimed one) and slow one turn, in the last of the three rounds.
+    assert order == (["a", "slow"] + ["a"] * 3 + ["a"] * 3
+                     + ["a"] * 2 + ["slow"] * 3)
+    assert all(value >= 0 for value in medians.values())
 
 
 def test_sgemm_rate_is_measured_and_blas_threads_restored():
