@@ -576,9 +576,15 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t gate_slots = gates.shape[1]
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
     cdef unsigned int csr
+    # The pointer arithmetic below trusts these shapes; the caller allocates
+    # them, and a mistake must not write out of bounds.
     if gate_slots != T and (training or hoist or gate_slots != 1):
-        raise ValueError(f"gates must have shape (B, T, 4H) when training or hoisting, "
-                         f"(B, 1, 4H) otherwise; got {(gates.shape[0], gates.shape[1], gates.shape[2])}")
+        raise ValueError(f"gates must have T = {T} slots when training or hoisting, "
+                         f"1 otherwise; got {gate_slots}")
+    if (weights.shape[0] != I + H or weights.shape[1] != 4 * H
+            or states.shape[0] != B or states.shape[1] != (T if training else 1)
+            or states.shape[2] != I + H):
+        raise ValueError("weights must be (I + H, 4H) and states (B, T or 1, I + H)")
     with nogil, parallel(num_threads=nchunks):
         for k in prange(nchunks, schedule="dynamic", chunksize=1):
             csr = fl_flush_denormals()
