@@ -17,9 +17,9 @@ after the reference for about 0.15 s), so the run pauses after each turn
 and starts each turn with an untimed call: no library is timed while
 another's threads hold its cores. Before each size a large matrix product
 measures the rate the machine delivers that day, against which the
-training step is also reported. Before timing a size, every peer's results are compared with fastlstm's, and a peer that
-disagrees is reported and not timed: the benchmark never times a wrong
-computation.
+training step is also reported. Before timing a size, every peer's results
+are compared with fastlstm's, and a peer that disagrees is reported and not
+timed: the benchmark never times a wrong computation.
 """
 import gc
 import json
@@ -31,6 +31,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import __version__, _config
+from ._blas import BLAS_Trans, _gemm_memview
 from .functional import lstm_backward, lstm_forward
 
 __all__ = [
@@ -148,8 +149,6 @@ def sgemm_gflops(threads, size=2048, repeat=7):
     float
         GFLOP/s.
     """
-    from ._blas import BLAS_Trans, _gemm_memview
-
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size)).astype(np.float32)
     b = rng.standard_normal((size, size)).astype(np.float32)
@@ -561,7 +560,7 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
     train, infer = median_ms["training"], median_ms["inference"]
     flops = training_flops(*shape)
     ceiling = ceiling_ms(*shape) if np.dtype(dtype) == np.float32 else None
-    sgemm_ms = flops / (sgemm * 1e9) * 1e3 if sgemm and np.dtype(dtype) == np.float32 else None
+    sgemm_ms = flops / (sgemm * 1e9) * 1e3 if sgemm else None
     fastest_peer = min((infer[p] for p in ("torch", "onnxruntime") if p in infer), default=None)
     return {
         "shape": {"batch": batch, "timesteps": timesteps, "input_dim": input_dim, "units": units},
@@ -572,6 +571,7 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         "times_ms": times_ms,
         "training_flops": flops,
         "ceiling_ms": ceiling,
+        "sgemm_gflops": sgemm,
         "sgemm_ms": sgemm_ms,
         "gflops": {impl: flops / (ms * 1e-3) / 1e9 for impl, ms in train.items()},
         "ratios": {
@@ -729,7 +729,6 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
         result = _bench_size(SIZES[name], dtype, threads, rounds,
                              min(rounds, REFERENCE_ROUNDS[name]), reference, peers, sgemm,
                              min(rounds, BURST[name]))
-        result["sgemm_gflops"] = sgemm
         results["sizes"][name] = result
         _print_size(name, result, file)
         file.flush()

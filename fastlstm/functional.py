@@ -278,8 +278,9 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     pass. Inference keeps one state slot; it keeps the input projection of
     every step only where that is one product for all steps (for larger
     layers; smaller ones compute it step by step, which depends on the
-    batch rows per thread, so on :func:`fastlstm.num_threads`). Both return the outputs (units per step) and hold a few
-    (batch, units) state buffers. The backward pass then allocates the
+    batch rows per thread, so on :func:`fastlstm.num_threads`). Both return
+    the outputs (units per step) and hold a few (batch, units) state
+    buffers. The backward pass then allocates the
     gradients (the size of x and of the weights) and five (batch, units)
     buffers, and reuses the gate buffer for the gate gradients.
 
