@@ -10,6 +10,7 @@ Environment switches:
 """
 import os
 import platform
+import runpy
 import shutil
 import subprocess
 import sys
@@ -87,20 +88,20 @@ MACROS = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 
 
 # The kernels are compiled once per instruction set; fastlstm loads the widest
-# the CPU supports (fastlstm/_config.py). The element-wise passes vectorise
-# over all the lanes they are given.
-ISA_FLAGS = {
-    "avx2": ["-mavx2", "-mfma"],
-    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
-               "-mavx512cd", "-mprefer-vector-width=512"],
-}
+# the CPU supports. The table of builds is shared with the package.
+BUILDS = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                     "fastlstm", "_builds.py"))["BUILDS"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
-def _isa_variants():
+def _buildable(build):
+    """Whether to compile ``build``: the baseline always; the others on x86
+    with a compiler that targets them (not in debug builds)."""
+    if not build["flags"]:
+        return True
     if not X86 or sys.platform == "win32" or DEBUG:
-        return {}
-    return {isa: flags for isa, flags in ISA_FLAGS.items() if _compiles(["-Werror"] + flags)}
+        return False
+    return _compiles(["-Werror"] + build["flags"])
 
 
 def _extension(name, openmp=False, extra=()):
@@ -114,11 +115,9 @@ def _extension(name, openmp=False, extra=()):
     )
 
 
-extensions = [
-    _extension("_cpu"),
-    _extension("_blas"),
-    _extension("_lstm", openmp=True),
-] + [_extension(f"_lstm_{isa}", openmp=True, extra=flags) for isa, flags in _isa_variants().items()]
+extensions = [_extension("_cpu"), _extension("_blas")] + [
+    _extension(build["module"], openmp=True, extra=build["flags"])
+    for build in BUILDS.values() if _buildable(build)]
 
 setup(
     ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES),

@@ -16,7 +16,8 @@ from ._config import PerformanceWarning, num_threads, set_num_threads, show_conf
 from .functional import LSTMCache, LSTMGradients, lstm_backward, lstm_forward, workspace_nbytes  # noqa: E402
 from .layers import LSTM, Bidirectional, Dense, Dropout, Embedding, no_grad  # noqa: E402
 from .models import Sequential  # noqa: E402
-from . import callbacks, convert, initializers, losses, metrics, models, optimizers  # noqa: E402
+from . import (callbacks, convert, initializers, losses, metrics, models,  # noqa: E402
+               optimizers, saving)
 
 __all__ = [
     "__version__",
@@ -43,4 +44,5 @@ __all__ = [
     "metrics",
     "models",
     "optimizers",
+    "saving",
 ]

@@ -3,13 +3,13 @@
 ``demo``   train a character-level language model on the standard library's
            docstrings for a bounded time, against the NumPy reference's speed.
 ``info``   fastlstm's configuration: versions, BLAS library, kernel family, threads.
-``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at the
-           sizes of PERF.md: median times of a training step and of inference.
+``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at
+           the benchmark's sizes (docs/performance.rst): median times of a training step and of inference.
 """
 import argparse
 import sys
 
-# The sizes of PERF.md, named here so that parsing the command line does not
+# The benchmark's sizes, named here so that parsing the command line does not
 # import the benchmark; tests check they are fastlstm._bench.SIZES.
 _SIZES = ("tiny", "small", "medium", "large", "long")
 

@@ -1,11 +1,11 @@
 """``python -m fastlstm bench``: fastlstm against its peers, side by side.
 
-For each size of ``PERF.md`` this measures, in one process and on the same
-inputs and weights, the median time of a training step (forward over the
-whole sequence returning every output, then backward of ``sum(outputs)`` to
-the input and all weights) and of inference (forward only, no cache) for
-fastlstm, its NumPy reference and, when they are importable, PyTorch and
-ONNX Runtime (inference only).
+For each size of :data:`SIZES` (see ``docs/performance.rst``) this
+measures, in one process and on the same inputs and weights, the median time
+of a training step (forward over the whole sequence returning every output,
+then backward of ``sum(outputs)`` to the input and all weights) and of
+inference (forward only, no cache) for fastlstm, its NumPy reference and,
+when they are importable, PyTorch and ONNX Runtime (inference only).
 
 Absolute times drift from run to run on a shared machine, so the calls are
 interleaved: the implementations take turns, each timing a few calls in a
@@ -30,9 +30,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import __version__, _config
-from ._blas import BLAS_Trans, _gemm_memview
-from .functional import lstm_backward, lstm_forward
+from . import _config, _kernels, convert
+from ._version import __version__
+from .functional import lstm_backward, lstm_forward, matmul
 
 __all__ = [
     "SIZES",
@@ -40,14 +40,13 @@ __all__ = [
     "ceiling_ms",
     "sgemm_gflops",
     "interleaved_medians",
-    "torch_weights",
     "torch_lstm",
     "onnx_weights",
     "onnx_lstm_model",
     "run",
 ]
 
-# name: (batch, timesteps, input_dim, units), as in PERF.md.
+# name: (batch, timesteps, input_dim, units); docs/performance.rst explains the choice.
 SIZES = {
     "tiny": (8, 20, 16, 32),
     "small": (32, 50, 32, 64),
@@ -58,7 +57,7 @@ SIZES = {
 
 # Default timed calls of each implementation per size: a full run with
 # PyTorch, ONNX Runtime and the reference takes two to three minutes on
-# PERF.md's 2-core machine. The small sizes get many calls because a call
+# a 2-core machine. The small sizes get many calls because a call
 # takes under a millisecond there and the median of few such calls is noisy.
 DEFAULT_ROUNDS = {"tiny": 400, "small": 150, "medium": 40, "large": 30, "long": 60}
 # The NumPy reference is slow at the larger sizes and only gives the
@@ -78,11 +77,11 @@ PAUSE_SECONDS = 0.02
 # The pause after the NumPy reference's turns: NumPy's own OpenBLAS threads,
 # woken by the reference's products, keep spinning for about 0.15 s
 # (OpenBLAS's default thread timeout, 2**28 cycles); a two-thread call in
-# that window ran 6x slower on PERF.md's 2-core machine.
+# that window ran 6x slower on a 2-core machine.
 REFERENCE_SETTLE_SECONDS = 0.3
 
-# PERF.md: the machine's sgemm ceiling, measured with OpenBLAS's AVX-512
-# kernels on 2 threads. It is a float32 figure; no float64 one is given.
+# A 2-core AVX-512 machine's sgemm ceiling, measured once with OpenBLAS's
+# AVX-512 kernels on 2 threads. It is a float32 figure; no float64 one is given.
 CEILING_FLOPS = 375e9
 
 # Agreement required before timing: max |peer - fastlstm| / max |fastlstm|,
@@ -91,7 +90,7 @@ CEILING_FLOPS = 375e9
 # them by orders of magnitude.
 TOLERANCE = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-8}
 
-# PERF.md's targets, checked in the printed table.
+# The targets of docs/performance.rst, checked in the printed table.
 TARGET_TRAIN_VS_TORCH = 0.67
 TARGET_INFER_VS_PEERS = 0.8
 TARGET_SPEEDUP_VS_REFERENCE = 5.0
@@ -113,7 +112,7 @@ named ``"outputs"`` and as in :class:`fastlstm.LSTMGradients`;
 
 
 def training_flops(batch, timesteps, input_dim, units):
-    """Floating-point operations of one training step, as PERF.md counts them.
+    """Floating-point operations of one training step, as docs/performance.rst counts them.
 
     Parameters
     ----------
@@ -137,7 +136,7 @@ def ceiling_ms(batch, timesteps, input_dim, units):
 def sgemm_gflops(threads, size=2048, repeat=7):
     """The float32 matrix-product rate of this machine, as this run finds it.
 
-    PERF.md's ceiling is a figure measured once; what a shared machine
+    CEILING_FLOPS is a figure measured once; what a shared machine
     delivers drifts. This is the best rate of ``repeat`` products of
     ``size`` × ``size`` matrices through fastlstm's BLAS (SciPy's OpenBLAS,
     with the core type fastlstm chose) running ``threads`` threads of its
@@ -158,11 +157,11 @@ def sgemm_gflops(threads, size=2048, repeat=7):
     if handles:
         handles["set_num_threads"](threads)
     try:
-        _gemm_memview(BLAS_Trans.NoTrans, BLAS_Trans.NoTrans, a, b, c)  # warm-up
+        matmul(a, b, out=c, single_threaded=False)  # warm-up
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            _gemm_memview(BLAS_Trans.NoTrans, BLAS_Trans.NoTrans, a, b, c)
+            matmul(a, b, out=c, single_threaded=False)
             times.append(time.perf_counter() - start)
     finally:
         if handles:
@@ -267,43 +266,18 @@ def _fastlstm(name, backend, x, kernel, recurrent_kernel, bias):
 # PyTorch
 
 
-def torch_weights(kernel, recurrent_kernel, bias):
-    """fastlstm's weights as ``torch.nn.LSTM``'s parameters.
-
-    PyTorch's gate order (i, f, g, o) is fastlstm's (i, f, c, o), so the
-    mapping is a transpose: PyTorch keeps ``(4 * units, in_features)``.
-    PyTorch adds two biases; the second is zero.
-
-    Parameters
-    ----------
-    kernel : ndarray, shape (input_dim, 4 * units)
-    recurrent_kernel : ndarray, shape (units, 4 * units)
-    bias : ndarray, shape (4 * units,)
-
-    Returns
-    -------
-    dict of str to ndarray
-        ``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
-        C-contiguous.
-    """
-    return {
-        "weight_ih_l0": np.ascontiguousarray(kernel.T),
-        "weight_hh_l0": np.ascontiguousarray(recurrent_kernel.T),
-        "bias_ih_l0": np.ascontiguousarray(bias),
-        "bias_hh_l0": np.zeros_like(bias),
-    }
-
-
 def torch_lstm(kernel, recurrent_kernel, bias):
     """A ``torch.nn.LSTM(input_dim, units, batch_first=True)`` computing
-    what fastlstm computes with these weights (see :func:`torch_weights`)."""
+    what fastlstm computes with these weights (mapped by
+    :func:`fastlstm.convert.to_torch_state_dict`)."""
     import torch
 
     input_dim, units = kernel.shape[0], recurrent_kernel.shape[0]
     dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[kernel.dtype]
     lstm = torch.nn.LSTM(input_dim, units, batch_first=True, dtype=dtype)
     with torch.no_grad():
-        for name, value in torch_weights(kernel, recurrent_kernel, bias).items():
+        state_dict = convert.to_torch_state_dict([[kernel, recurrent_kernel, bias]])
+        for name, value in state_dict.items():
             getattr(lstm, name).copy_(torch.from_numpy(value))
     return lstm
 
@@ -638,7 +612,7 @@ def _print_size(name, result, file):
         ("training  reference / fast", ratios["training_reference_over_fast"], ">=",
          TARGET_SPEEDUP_VS_REFERENCE),
     ]
-    # PERF.md's inference target is against the faster peer; with one peer
+    # The inference target is against the faster peer; with one peer
     # only, that is the fast / PyTorch row (or fast / ORT).
     peers = [label for key, label in (("torch", "PyTorch"), ("onnxruntime", "ORT"))
              if key in infer]
@@ -702,7 +676,7 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, reference=True,
     threads = _config.num_threads()
     peers, peer_notes = _peers(threads, dtype)
     info = _config.blas_info()
-    kernels = _config.kernels_name()
+    kernels = _kernels.current_name()
 
     print(f"fastlstm {__version__}: {kernels} kernels, {threads} thread(s); BLAS "
           f"{info['library']}, core type {info['corename']} ({info['coretype_source']})",

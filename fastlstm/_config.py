@@ -1,4 +1,4 @@
-"""The BLAS fastlstm runs on, its kernels and its threads.
+"""The BLAS fastlstm runs on, and the threads of its kernels.
 
 fastlstm calls BLAS through ``scipy.linalg.cython_blas``, so its speed is the
 speed of the BLAS library SciPy loads. SciPy's wheels bundle OpenBLAS built
@@ -20,22 +20,21 @@ choice; fastlstm then leaves it alone.
 """
 import contextlib
 import ctypes
-import numbers
 import os
 import sys
 import threading
 import warnings
 
-import numpy as np
-
-from . import _cpu
+from . import _cpu, _kernels
+from ._builds import BUILDS
+from ._validation import is_int
+from ._version import __version__
 
 __all__ = ["PerformanceWarning", "show_config", "blas_info", "num_threads", "set_num_threads"]
 
 # OpenBLAS core types whose single and double precision GEMM kernels use
 # AVX-512; anything else on an AVX-512 CPU leaves speed on the table.
 _AVX512_CORES = ("skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5")
-_AVX512_BASE = ("avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd")
 
 
 class PerformanceWarning(UserWarning):
@@ -76,7 +75,7 @@ def _scipy_openblas_path():
 
 def _wanted_coretype():
     features = _cpu.cpu_features()
-    if not all(features[name] for name in _AVX512_BASE):
+    if not all(features[name] for name in BUILDS["avx512"]["needs"]):
         return None
     return "Cooperlake" if features["avx512bf16"] else "SkylakeX"
 
@@ -169,68 +168,6 @@ def blas_info():
     return info
 
 
-# Kernels. The Cython kernels are compiled once per instruction set
-# (setup.py); the widest one this CPU runs is used, unless FASTLSTM_KERNELS
-# names another ("baseline", "avx2" or "avx512").
-
-_KERNEL_MODULES = {"baseline": "_lstm", "avx2": "_lstm_avx2", "avx512": "_lstm_avx512"}
-_KERNEL_NEEDS = {
-    "baseline": (),
-    "avx2": ("avx2",),
-    "avx512": ("avx2",) + _AVX512_BASE,
-}
-_kernels = {"name": None, "module": None}
-
-
-def available_kernels():
-    """Names of the kernel builds that are installed and that this CPU runs,
-    narrowest first."""
-    import importlib
-
-    features = _cpu.cpu_features()
-    names = []
-    for name, module in _KERNEL_MODULES.items():
-        if not all(features[flag] for flag in _KERNEL_NEEDS[name]):
-            continue
-        try:
-            importlib.import_module(f"fastlstm.{module}")
-        except ImportError:
-            continue
-        names.append(name)
-    return names
-
-
-def use_kernels(name=None):
-    """Select the kernel build by name; None picks the widest available."""
-    import importlib
-
-    available = available_kernels()
-    if name is None:
-        name = available[-1]
-    elif name not in available:
-        raise ValueError(f"kernels {name!r} are not available on this machine; "
-                         f"available: {available}")
-    _kernels["name"] = name
-    _kernels["module"] = importlib.import_module(f"fastlstm.{_KERNEL_MODULES[name]}")
-    return _kernels["module"]
-
-
-def kernels():
-    """The kernel module in use (imported on first use)."""
-    if _kernels["module"] is None:
-        requested = os.environ.get("FASTLSTM_KERNELS") or None
-        try:
-            use_kernels(requested)
-        except ValueError as error:
-            raise ImportError(f"FASTLSTM_KERNELS: {error}") from None
-    return _kernels["module"]
-
-
-def kernels_name():
-    kernels()
-    return _kernels["name"]
-
-
 # Threads. fastlstm splits its work over its own OpenMP threads (the batch
 # through the time loop, column blocks of the weight gradients) and runs
 # every BLAS call inside single-threaded, so BLAS threads and OpenMP threads
@@ -263,7 +200,7 @@ def kernel_threads(flops=None):
     the kernels run on one thread and leave BLAS its own threads. Small calls
     run on one thread.
     """
-    module = kernels()
+    module = _kernels.current()
     if not module.openmp_enabled() or not _openblas():
         return 1, False
     if flops is not None and flops < _PARALLEL_MIN_FLOPS:
@@ -281,7 +218,7 @@ def set_num_threads(n):
     sequences in a batch leave the extra ones idle.
     """
     if n is not None:
-        if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
         n = int(n)
     _threads["num_threads"] = n
@@ -320,7 +257,6 @@ def show_config(file=None):
     import numpy
     import scipy
 
-    from . import __version__
 
     info = blas_info()
     features = _cpu.cpu_features()
@@ -337,8 +273,8 @@ def show_config(file=None):
         f"  core type     {info['corename']} ({info['coretype_source']})",
         f"  threads       {info['blas_threads']} (run single-threaded inside fastlstm's kernels)",
         "fastlstm kernels",
-        f"  build         {kernels_name()} (available: {', '.join(available_kernels())})",
-        f"  openmp        {'on' if kernels().openmp_enabled() else 'off'}",
+        f"  build         {_kernels.current_name()} (available: {', '.join(_kernels.available())})",
+        f"  openmp        {'on' if _kernels.current().openmp_enabled() else 'off'}",
         f"  threads       {num_threads()}",
         f"  cpu features  {simd}",
     ]

@@ -171,8 +171,9 @@ cdef inline floating _tanh(floating x) noexcept nogil:
         return fl_tanh(x)
 
 
-cdef enum Activation:
-    # The codes functional.py passes for "tanh", "sigmoid" and "hard_sigmoid".
+cpdef enum Activation:
+    # The one definition of the activation codes: functional.py passes
+    # Activation[name.upper()] for "tanh", "sigmoid" and "hard_sigmoid".
     TANH = 0
     SIGMOID = 1
     HARD_SIGMOID = 2
@@ -250,9 +251,10 @@ def hoist_input_product(Py_ssize_t rows, Py_ssize_t input_dim, Py_ssize_t units)
     as one GEMM: done when a step's input product is small enough for
     OpenBLAS's small-matrix kernels. The step's gates are then still in cache
     for the fused loop, and inference needs no (B, T, 4H) gate buffer:
-    inference was 4-26% faster at PERF.md's small and long sizes, training
-    2-7%. A larger step product would be packed on every step, and the
-    single GEMM wins (8-40% at the sizes measured).
+    inference was 4-26% faster at the benchmark's small and long sizes
+    (docs/performance.rst), training 2-7%. A larger step product would be
+    packed on every step, and the single GEMM wins (8-40% at the sizes
+    measured).
     """
     return rows * input_dim * 4 * units > SMALL_GEMM
 

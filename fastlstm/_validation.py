@@ -1,9 +1,17 @@
-"""Argument checks shared by the public functions and classes.
+"""Argument checks shared by every public function and class.
 
-Every message names the argument, says what was received and what was
-expected, as DESIGN.md asks of every error fastlstm raises.
+One vocabulary, so that every entry point rejects bad input the same way:
+``TypeError`` for the wrong kind of value, ``ValueError`` for a value out of
+range, and a message that names the argument, says what was received and
+what was expected.
 """
+import math
+import numbers
+import os
+
 import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def describe(value):
@@ -13,11 +21,154 @@ def describe(value):
     return f"{type(value).__name__} {value!r}"[:200]
 
 
+def describe_list(value):
+    """Like :func:`describe`, but a list or tuple is described by its length."""
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return describe(value)
+
+
+def is_int(value):
+    """Whether ``value`` is an integer scalar; bools are not."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def is_real(value):
+    """Whether ``value`` is a real scalar; bools are not."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_bool(value, name):
     """``value`` as a bool; only True, False and NumPy booleans are accepted."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {describe(value)}")
     return bool(value)
+
+
+def check_int(value, name, minimum=1):
+    """``value`` as an int of at least ``minimum`` (0: non-negative, 1: positive)."""
+    kind = {0: "a non-negative int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+    if not is_int(value):
+        raise TypeError(f"{name} must be {kind}, got {describe(value)}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {kind}, got {value}")
+    return int(value)
+
+
+def check_real(value, name, low=-math.inf, high=math.inf, low_open=False, high_open=False,
+               meaning="", none=False):
+    """``value`` as a float in the interval from ``low`` to ``high``.
+
+    The interval is closed unless ``low_open`` / ``high_open``; NaN is never
+    in it. ``meaning`` is added to the range error; with ``none`` None is
+    accepted and returned.
+    """
+    if value is None and none:
+        return None
+    if not is_real(value):
+        kind = "a real number or None" if none else "a real number"
+        raise TypeError(f"{name} must be {kind}, got {describe(value)}")
+    value = float(value)
+    if math.isinf(low) and math.isinf(high):
+        return value
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if math.isnan(value) or too_low or too_high:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}{meaning}, got {value!r}")
+    return value
+
+
+def check_rate(value, name):
+    """A fraction of values dropped: a float in [0, 1)."""
+    if not is_real(value):
+        raise TypeError(f"{name} must be a float in [0, 1), got {describe(value)}")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be in [0, 1) (the fraction of units dropped), "
+                         f"got {value!r}")
+    return float(value)
+
+
+def check_option(value, name, options, meaning="", none=False):
+    """``value`` if it is one of ``options`` (strings, or None), else ValueError.
+
+    With ``none``, None is accepted too, and the message says so.
+    """
+    if value is None and none:
+        return None
+    if not (value is None or isinstance(value, str)) or value not in options:
+        lead = "None or one of" if none else "one of"
+        raise ValueError(f"{name} must be {lead} {list(options)}{meaning}, got "
+                         f"{describe(value)}")
+    return value
+
+
+def check_str(value, name, meaning="a str"):
+    """``value`` if it is a non-empty str, else TypeError."""
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{name} must be {meaning}, got {describe(value)}")
+    return value
+
+
+def from_identifier(identifier, name, by_name, base, why="", lower=False):
+    """An instance of ``base`` given as itself or by a name in ``by_name``
+    (a mapping of names to classes, instantiated with their defaults).
+
+    ``name`` is the argument ("loss", "optimizer"); ``why`` is added to the
+    TypeError for anything that is neither; ``lower`` folds the name's case.
+    """
+    kind = f"{base.__module__}.{base.__name__}"
+    if isinstance(identifier, base):
+        return identifier
+    if isinstance(identifier, str):
+        key = identifier.lower() if lower else identifier
+        if key not in by_name:
+            raise ValueError(f"{name} must be one of {sorted(by_name)} or a {kind}, got "
+                             f"{identifier!r}")
+        return by_name[key]()
+    raise TypeError(f"{name} must be {'an' if name[0] in 'aeiou' else 'a'} {name} name or a "
+                    f"{kind}{why}, got {describe(identifier)}")
+
+
+def check_dtype(value, name="dtype"):
+    """float32 or float64, as a NumPy dtype."""
+    try:
+        dtype = None if value is None else np.dtype(value)
+    except TypeError:
+        dtype = None
+    # Checked against None first: np.dtype(None) is float64, so None == float64.
+    if dtype is None or dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name} must be 'float32' or 'float64', got {describe(value)}")
+    return dtype
+
+
+def check_shape(array, name, expected, meaning):
+    """ValueError unless ``array.shape == expected``; ``meaning`` names the axes."""
+    if array.shape != expected:
+        raise ValueError(f"{name} must have shape {expected} {meaning}, got {array.shape}")
+
+
+def check_path(value, name, suffix, meaning):
+    """``value`` as a str path ending in ``suffix``."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a str or os.PathLike, got {describe(value)}") from None
+    if not isinstance(path, str) or not path.endswith(suffix):
+        raise ValueError(f"{name} must end in {suffix!r} ({meaning}), got {path!r}")
+    return path
+
+
+def reject_kwargs(kwargs, owner, unsupported=None):
+    """TypeError for the first keyword argument ``owner`` does not take,
+    saying why when ``unsupported`` explains it (a Keras argument fastlstm
+    has no use for)."""
+    unsupported = unsupported or {}
+    for name in kwargs:
+        if name in unsupported:
+            raise TypeError(f"{owner} does not support the Keras argument {name}: "
+                            f"{unsupported[name]}")
+        raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
 
 
 def as_real_array(value, name, dtype=None):
@@ -41,3 +192,17 @@ def as_real_array(value, name, dtype=None):
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return array
+
+
+def as_mask(value, name, shape):
+    """A boolean mask of ``shape`` (batch, timesteps); 0/1 integers are accepted."""
+    mask = np.asarray(value)
+    if mask.dtype.kind in "iu":
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError(f"{name} must hold booleans (or 0 and 1), got integers other "
+                             f"than 0 and 1")
+        mask = mask.astype(bool)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"{name} must be boolean (True keeps a step), got dtype {mask.dtype}")
+    check_shape(mask, name, shape, "(batch, timesteps)")
+    return mask

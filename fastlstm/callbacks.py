@@ -21,15 +21,11 @@ Examples
 ...              ModelCheckpoint("best.npz", save_best_only=True)]
 """
 import math
-import numbers
-import os
 import sys
 import time
 import warnings
 
-import numpy as np
-
-from ._validation import check_bool, describe
+from ._validation import check_bool, check_int, check_path, check_real, check_str, describe
 
 __all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "ProgbarLogger"]
 
@@ -159,16 +155,13 @@ def _higher_is_better(monitor, model):
 
 
 def _check_mode(mode):
-    if mode not in ("auto", "min", "max"):
+    if not isinstance(mode, str) or mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {describe(mode)}")
     return mode
 
 
 def _check_monitor(monitor):
-    if not isinstance(monitor, str) or not monitor:
-        raise TypeError(f"monitor must be the name of a log entry (a str such as 'val_loss'), "
-                        f"got {describe(monitor)}")
-    return monitor
+    return check_str(monitor, "monitor", "the name of a log entry (a str such as 'val_loss')")
 
 
 def _check_verbose(verbose):
@@ -221,18 +214,13 @@ class EarlyStopping(Callback):
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
         super().__init__()
         self.monitor = _check_monitor(monitor)
-        if isinstance(min_delta, (bool, np.bool_)) or not isinstance(min_delta, numbers.Real):
-            raise TypeError(f"min_delta must be a real number, got {describe(min_delta)}")
-        self.min_delta = abs(float(min_delta))
-        self.patience = _count(patience, "patience")
+        self.min_delta = abs(check_real(min_delta, "min_delta"))
+        self.patience = check_int(patience, "patience", minimum=0)
         self.verbose = _check_verbose(verbose)
         self.mode = _check_mode(mode)
-        if baseline is not None and (isinstance(baseline, (bool, np.bool_))
-                                     or not isinstance(baseline, numbers.Real)):
-            raise TypeError(f"baseline must be a real number or None, got {describe(baseline)}")
-        self.baseline = None if baseline is None else float(baseline)
+        self.baseline = check_real(baseline, "baseline", none=True)
         self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights")
-        self.start_from_epoch = _count(start_from_epoch, "start_from_epoch")
+        self.start_from_epoch = check_int(start_from_epoch, "start_from_epoch", minimum=0)
         self._reset()
 
     def _reset(self):
@@ -284,14 +272,6 @@ class EarlyStopping(Callback):
             self.model.set_weights(self.best_weights)
 
 
-def _count(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative int, got {describe(value)}")
-    if value < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {value}")
-    return int(value)
-
-
 def _monitored(monitor, logs, owner):
     """The monitored value, or None (with a warning) when the logs lack it."""
     logs = logs or {}
@@ -339,14 +319,7 @@ class ModelCheckpoint(Callback):
                  save_weights_only=True, mode="auto", save_freq="epoch",
                  initial_value_threshold=None):
         super().__init__()
-        try:
-            self.filepath = os.fspath(filepath)
-        except TypeError:
-            raise TypeError(f"filepath must be a str or os.PathLike, got "
-                            f"{describe(filepath)}") from None
-        if not str(self.filepath).endswith(".npz"):
-            raise ValueError(f"filepath must end in '.npz' (weights are saved as NumPy .npz), "
-                             f"got {self.filepath!r}")
+        self.filepath = check_path(filepath, "filepath", ".npz", "weights are saved as NumPy .npz")
         self.monitor = _check_monitor(monitor)
         self.verbose = _check_verbose(verbose)
         self.save_best_only = check_bool(save_best_only, "save_best_only")
@@ -357,11 +330,7 @@ class ModelCheckpoint(Callback):
         if save_freq != "epoch":
             raise ValueError(f"save_freq must be 'epoch' (saving at the end of each epoch), "
                              f"got {describe(save_freq)}")
-        if initial_value_threshold is not None and (
-                isinstance(initial_value_threshold, (bool, np.bool_))
-                or not isinstance(initial_value_threshold, numbers.Real)):
-            raise TypeError(f"initial_value_threshold must be a real number or None, got "
-                            f"{describe(initial_value_threshold)}")
+        check_real(initial_value_threshold, "initial_value_threshold", none=True)
         self.initial_value_threshold = initial_value_threshold
         self.best = None
 

@@ -11,10 +11,13 @@ import operator
 
 import numpy as np
 
-from . import _config, reference
-from ._validation import as_real_array, check_bool, describe
+from . import _config, _kernels, reference
+from ._blas import BLAS_Trans, _gemm_memview
+from ._validation import (_FLOAT_DTYPES, as_real_array, check_bool, check_option, check_shape,
+                          describe)
 
-__all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "LSTMCache", "workspace_nbytes"]
+__all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "LSTMCache", "workspace_nbytes",
+           "matmul", "dense_forward", "dense_backward"]
 
 LSTMGradients = namedtuple(
     "LSTMGradients", ["x", "kernel", "recurrent_kernel", "bias", "h0", "c0"]
@@ -24,9 +27,9 @@ LSTMGradients.__doc__ = """Gradients of a loss with respect to the arguments of 
 ``bias`` is None when the forward ran without a bias. ``h0`` and ``c0`` are
 the gradients of the initial states (zeros when none were given)."""
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# The activations the kernels implement, with the code they know each by.
-_ACTIVATION_CODES = {"tanh": 0, "sigmoid": 1, "hard_sigmoid": 2}
+# The activations the kernels implement; each kernel build knows them by the
+# codes of its ``Activation`` enum, named as these in upper case.
+ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid")
 # BLAS takes 32-bit sizes and leading dimensions.
 _INT_MAX = 2**31 - 1
 
@@ -56,11 +59,6 @@ class LSTMCache:
                 f"{' (used)' if self.used else ''}>")
 
 
-def _check_shape(array, name, expected, meaning):
-    if array.shape != expected:
-        raise ValueError(f"{name} must have shape {expected} {meaning}, got {array.shape}")
-
-
 def _check_weights(kernel, recurrent_kernel, bias):
     kernel = as_real_array(kernel, "kernel")
     if kernel.dtype not in _FLOAT_DTYPES:
@@ -82,7 +80,7 @@ def _check_weights(kernel, recurrent_kernel, bias):
         array = as_real_array(value, name)
         if array.dtype != dtype:
             raise TypeError(f"{name} must have the dtype of kernel ({dtype}), got {array.dtype}")
-        _check_shape(array, name, shape, f"{meaning} for units={units}")
+        check_shape(array, name, shape, f"{meaning} for units={units}")
         weights.append(array)
     return dtype, units, weights
 
@@ -153,10 +151,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         raise TypeError(f"backend must be a str, one of {sorted(_BACKENDS)}, got {describe(backend)}")
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
-    for name, value in (("activation", activation), ("recurrent_activation", recurrent_activation)):
-        if not isinstance(value, str) or value not in _ACTIVATION_CODES:
-            raise ValueError(f"{name} must be one of {sorted(_ACTIVATION_CODES)}, got "
-                             f"{describe(value)}")
+    check_option(activation, "activation", ACTIVATIONS)
+    check_option(recurrent_activation, "recurrent_activation", ACTIVATIONS)
     dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(kernel, recurrent_kernel, bias)
     x = as_real_array(x, "x", dtype)
     if x.ndim != 3:
@@ -168,7 +164,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     if input_dim != kernel.shape[0]:
         raise ValueError(f"x has input_dim {input_dim} (last axis), but kernel has "
                          f"{kernel.shape[0]} rows; they must match")
-    _check_sizes(batch, timesteps, input_dim, units)
+    check_sizes(batch, timesteps, input_dim, units)
     go_backwards = check_bool(go_backwards, "go_backwards")
     return_cache = check_bool(return_cache, "return_cache")
 
@@ -187,29 +183,43 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         h0, c0 = (as_real_array(s, name, dtype) for s, name in
                   zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")))
         for state, name in ((h0, "initial_state[0] (h0)"), (c0, "initial_state[1] (c0)")):
-            _check_shape(state, name, (batch, units), "(batch, units)")
+            check_shape(state, name, (batch, units), "(batch, units)")
     if mask is not None:
         mask = as_real_array(mask, "mask")
         if mask.dtype != np.bool_:
             raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
-        _check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
+        check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
     if recurrent_dropout_mask is not None:
         recurrent_dropout_mask = as_real_array(recurrent_dropout_mask,
                                                 "recurrent_dropout_mask", dtype)
-        _check_shape(recurrent_dropout_mask, "recurrent_dropout_mask", (batch, units),
-                     "(batch, units)")
+        check_shape(recurrent_dropout_mask, "recurrent_dropout_mask", (batch, units),
+                    "(batch, units)")
 
-    run = _BACKENDS[backend]
-    outputs, h, c, state = run.lstm_forward(
-        x, kernel, recurrent_kernel, bias,
-        initial_state=None if h0 is None else [h0, c0], mask=mask,
+    return run_lstm_forward(backend, x, kernel, recurrent_kernel, bias,
+                            None if h0 is None else [h0, c0], mask, go_backwards, return_cache,
+                            recurrent_dropout_mask, activation, recurrent_activation)
+
+
+def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, mask,
+                     go_backwards, return_cache, recurrent_dropout_mask, activation,
+                     recurrent_activation):
+    """:func:`lstm_forward` on arguments already checked and cast.
+
+    For the layers, which check what they are given in their own terms
+    (and so name their own arguments in errors): ``x`` a (B, T, I) array of
+    the weights' dtype, the weights of agreeing shapes, ``mask`` None or
+    bool (B, T), the states and dropout multipliers (B, H) of that dtype,
+    and the sizes within :func:`check_sizes`.
+    """
+    outputs, h, c, state = _BACKENDS[backend].lstm_forward(
+        x, kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
         go_backwards=go_backwards, return_cache=return_cache,
         recurrent_dropout_mask=recurrent_dropout_mask,
         activation=activation, recurrent_activation=recurrent_activation,
     )
     cache = None
     if return_cache:
-        cache = LSTMCache(backend, dtype, (batch, timesteps, input_dim, units), state)
+        cache = LSTMCache(backend, kernel.dtype, x.shape + (recurrent_kernel.shape[0],), state)
     return outputs, h, c, cache
 
 
@@ -249,7 +259,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
         if value is not None:
             value = as_real_array(value, name, cache.dtype)
             shape, meaning = expected[name]
-            _check_shape(value, name, shape, f"{meaning} of the forward pass")
+            check_shape(value, name, shape, f"{meaning} of the forward pass")
         grads[name] = value
     cache.used = True
     result = _BACKENDS[cache.backend].lstm_backward(
@@ -257,7 +267,47 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
     return LSTMGradients(*result)
 
 
-def _check_sizes(batch, timesteps, input_dim, units):
+def matmul(a, b, transpose_a=False, transpose_b=False, out=None, accumulate=False,
+           single_threaded=True):
+    """``op(a) @ op(b)``, plus ``out`` when ``accumulate``, on fastlstm's BLAS,
+    single-threaded unless ``single_threaded`` is False.
+
+    For the layers' own products (Dense) and the benchmark's sgemm rate:
+    NumPy's ``@`` would run on NumPy's own multi-threaded BLAS, whose threads
+    keep spinning after each product and take the cores from the LSTM
+    kernels' threads (on two cores that halved the speed of a training step
+    of an LSTM followed by a Dense layer). ``a`` and ``b`` are 2-D arrays of
+    one float dtype; ``out``, when given, is C-contiguous and of that dtype.
+    """
+    rows = a.shape[1] if transpose_a else a.shape[0]
+    cols = b.shape[0] if transpose_b else b.shape[1]
+    if out is None:
+        out = np.empty((rows, cols), dtype=a.dtype)
+    with _config.single_threaded_blas(single_threaded):
+        _gemm_memview(BLAS_Trans.Trans if transpose_a else BLAS_Trans.NoTrans,
+                      BLAS_Trans.Trans if transpose_b else BLAS_Trans.NoTrans, a, b, out,
+                      1.0, 1.0 if accumulate else 0.0)
+    return out
+
+
+def dense_forward(x, kernel, bias=None):
+    """``x @ kernel + bias`` for ``x`` (rows, input_dim) C-contiguous, in the
+    kernel's dtype; ``bias`` (units,) or None."""
+    if bias is None:
+        return matmul(x, kernel)
+    z = np.repeat(bias[None, :], x.shape[0], axis=0)
+    return matmul(x, kernel, out=z, accumulate=True)
+
+
+def dense_backward(x, kernel, grad_z, use_bias=True):
+    """Gradients of :func:`dense_forward` from ``grad_z`` (rows, units),
+    C-contiguous: ``(dx, dkernel, dbias)``, dbias None without a bias."""
+    dkernel = matmul(x, grad_z, transpose_a=True)
+    dbias = grad_z.sum(axis=0) if use_bias else None
+    return matmul(grad_z, kernel, transpose_b=True), dkernel, dbias
+
+
+def check_sizes(batch, timesteps, input_dim, units):
     """Refuse sizes whose workspace indices would not fit BLAS's 32-bit ints."""
     rows = batch * timesteps
     widest = max(input_dim, 4 * units)
@@ -287,7 +337,7 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     Examples
     --------
     >>> import fastlstm as fl
-    >>> fl.workspace_nbytes(64, 100, 128, 256)      # PERF.md's "medium", float32
+    >>> fl.workspace_nbytes(64, 100, 128, 256)      # the benchmark's "medium", float32
     50987008
     """
     shape = batch, timesteps, input_dim, units = tuple(
@@ -314,7 +364,7 @@ def _forward_plan(batch, timesteps, input_dim, units):
     threads, single_blas = _config.kernel_threads(
         _forward_flops((batch, timesteps, input_dim), units))
     rows = -(-batch // max(1, min(threads, batch)))
-    return threads, single_blas, _config.kernels().hoist_input_product(rows, input_dim, units)
+    return threads, single_blas, _kernels.current().hoist_input_product(rows, input_dim, units)
 
 
 def _forward_flops(x_shape, units):
@@ -367,11 +417,12 @@ class _FastBackend:
             ) from None
         weights[:input_dim] = kernel
         weights[input_dim:] = recurrent_kernel
-        codes = (_ACTIVATION_CODES[activation], _ACTIVATION_CODES[recurrent_activation])
+        kernels = _kernels.current()
+        codes = (kernels.Activation[activation.upper()],
+                 kernels.Activation[recurrent_activation.upper()])
         with _config.single_threaded_blas(single_blas):
-            _config.kernels().forward(x, weights, bias, mask_bytes, dropout,
-                                      go_backwards, outputs, h, c, gates, states, c_prev,
-                                      h_last, return_cache, hoist, *codes, threads)
+            kernels.forward(x, weights, bias, mask_bytes, dropout, go_backwards, outputs, h, c,
+                            gates, states, c_prev, h_last, return_cache, hoist, *codes, threads)
         cache = None
         if return_cache:
             cache = dict(x_shape=x.shape, weights=weights, mask=mask_bytes,
@@ -401,11 +452,11 @@ class _FastBackend:
         # The backward pass does twice the forward pass's products.
         threads, single_blas = _config.kernel_threads(2 * _forward_flops(x_shape, units))
         with _config.single_threaded_blas(single_blas):
-            _config.kernels().backward(weights, recurrent_kernel_t, cache["mask"], dropout,
-                                       cache["go_backwards"], grad_outputs, cache["gates"],
-                                       cache["states"], cache["c_prev"], dh_rec, dh_pass, dc,
-                                       carry, dx, dweights, dbias,
-                                       *cache["activation_codes"], threads)
+            _kernels.current().backward(weights, recurrent_kernel_t, cache["mask"], dropout,
+                                        cache["go_backwards"], grad_outputs, cache["gates"],
+                                        cache["states"], cache["c_prev"], dh_rec, dh_pass, dc,
+                                        carry, dx, dweights, dbias,
+                                        *cache["activation_codes"], threads)
         if cache["has_dropout"]:
             dh_rec *= dropout
         dh0 = dh_rec + dh_pass

@@ -16,9 +16,10 @@ Examples
 array([0.1, 0.1])
 """
 import math
-import numbers
 
 import numpy as np
+
+from ._validation import check_real, is_int
 
 __all__ = [
     "Initializer", "Zeros", "Ones", "Constant", "RandomNormal", "RandomUniform",
@@ -49,12 +50,6 @@ def _truncated_standard_normal(rng, shape):
     return values
 
 
-def _check_real(value, name):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    return float(value)
-
-
 class Initializer:
     """Base class: subclasses implement ``_sample(shape, rng)`` in float64.
 
@@ -65,8 +60,7 @@ class Initializer:
     """
 
     def __init__(self, seed=None):
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
-                                 or seed < 0):
+        if seed is not None and (not is_int(seed) or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.seed = seed
 
@@ -105,7 +99,7 @@ class Constant(Initializer):
 
     def __init__(self, value=0.0):
         super().__init__()
-        self.value = _check_real(value, "value")
+        self.value = check_real(value, "value")
 
     def _sample(self, shape, rng):
         return np.full(shape, self.value)
@@ -116,7 +110,7 @@ class RandomNormal(Initializer):
 
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         super().__init__(seed)
-        self.mean, self.stddev = _check_real(mean, "mean"), _check_real(stddev, "stddev")
+        self.mean, self.stddev = check_real(mean, "mean"), check_real(stddev, "stddev")
 
     def _sample(self, shape, rng):
         return self.mean + self.stddev * rng.standard_normal(shape)
@@ -127,7 +121,7 @@ class RandomUniform(Initializer):
 
     def __init__(self, minval=-0.05, maxval=0.05, seed=None):
         super().__init__(seed)
-        self.minval, self.maxval = _check_real(minval, "minval"), _check_real(maxval, "maxval")
+        self.minval, self.maxval = check_real(minval, "minval"), check_real(maxval, "maxval")
 
     def _sample(self, shape, rng):
         return rng.uniform(self.minval, self.maxval, shape)
@@ -138,7 +132,7 @@ class TruncatedNormal(Initializer):
 
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         super().__init__(seed)
-        self.mean, self.stddev = _check_real(mean, "mean"), _check_real(stddev, "stddev")
+        self.mean, self.stddev = check_real(mean, "mean"), check_real(stddev, "stddev")
 
     def _sample(self, shape, rng):
         return self.mean + self.stddev * _truncated_standard_normal(rng, shape)
@@ -159,7 +153,7 @@ class VarianceScaling(Initializer):
 
     def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None):
         super().__init__(seed)
-        scale = _check_real(scale, "scale")
+        scale = check_real(scale, "scale")
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale!r}")
         if mode not in self._MODES:
@@ -235,7 +229,7 @@ class Orthogonal(Initializer):
 
     def __init__(self, gain=1.0, seed=None):
         super().__init__(seed)
-        self.gain = _check_real(gain, "gain")
+        self.gain = check_real(gain, "gain")
 
     def _sample(self, shape, rng):
         if len(shape) < 2:

@@ -32,7 +32,7 @@ Examples
 """
 import numpy as np
 
-from ._validation import as_real_array, check_bool, describe
+from ._validation import as_real_array, check_bool, describe, from_identifier
 
 __all__ = [
     "Loss", "MeanSquaredError", "MeanAbsoluteError", "BinaryCrossentropy",
@@ -328,12 +328,5 @@ def get(identifier):
     -------
     Loss
     """
-    if isinstance(identifier, Loss):
-        return identifier
-    if isinstance(identifier, str):
-        if identifier not in _BY_NAME:
-            raise ValueError(f"loss must be one of {sorted(_BY_NAME)} or a "
-                             f"fastlstm.losses.Loss, got {identifier!r}")
-        return _BY_NAME[identifier]()
-    raise TypeError(f"loss must be a loss name or a fastlstm.losses.Loss (training needs "
-                    f"the loss's gradient, which a Loss computes), got {describe(identifier)}")
+    return from_identifier(identifier, "loss", _BY_NAME, Loss,
+                           " (training needs the loss's gradient, which a Loss computes)")

@@ -15,11 +15,10 @@ Examples
 >>> round(accuracy.result(), 4)
 0.6667
 """
-import numbers
 
 import numpy as np
 
-from ._validation import as_real_array, describe
+from ._validation import as_real_array, check_real, describe
 from .losses import (BinaryCrossentropy, CategoricalCrossentropy, SparseCategoricalCrossentropy,
                      _check_mask, _class_indices, _dense_targets, _predictions)
 
@@ -117,9 +116,7 @@ class BinaryAccuracy(Metric):
     higher_is_better = True
 
     def __init__(self, name=None, threshold=0.5):
-        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
-            raise TypeError(f"threshold must be a real number, got {describe(threshold)}")
-        self.threshold = float(threshold)
+        self.threshold = check_real(threshold, "threshold")
         super().__init__(name)
 
     def _scores(self, y_true, y_pred):

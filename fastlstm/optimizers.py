@@ -29,11 +29,11 @@ array([0.9, 2.1])
 >>> decay = optimizers.Adam(learning_rate=lambda step: 0.01 * 0.5 ** step)
 """
 import math
-import numbers
 
 import numpy as np
 
-from ._validation import as_real_array, check_bool, describe
+from ._validation import (as_real_array, check_bool, check_real, describe, from_identifier,
+                          reject_kwargs)
 
 __all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
 
@@ -48,30 +48,10 @@ _UNSUPPORTED = {
 }
 
 
-def _check_unsupported(kwargs, owner):
-    for name in kwargs:
-        if name in _UNSUPPORTED:
-            raise TypeError(f"{owner} does not support the Keras argument {name}: "
-                            f"{_UNSUPPORTED[name]}")
-        raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
-
-
-def _check_real(value, name, low, high, low_open=False, high_open=False, meaning=""):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {describe(value)}")
-    value = float(value)
-    too_low = value <= low if low_open else value < low
-    too_high = value >= high if high_open else value > high
-    if math.isnan(value) or too_low or too_high:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}{meaning}, got {value!r}")
-    return value
-
-
 def _check_clip(value, name):
     if value is None:
         return None
-    return _check_real(value, name, 0.0, math.inf, low_open=True, high_open=True)
+    return check_real(value, name, 0.0, math.inf, low_open=True, high_open=True)
 
 
 class Optimizer:
@@ -93,7 +73,7 @@ class Optimizer:
         if callable(learning_rate):
             self._learning_rate = learning_rate
         else:
-            self._learning_rate = _check_real(learning_rate, "learning_rate", 0.0, math.inf,
+            self._learning_rate = check_real(learning_rate, "learning_rate", 0.0, math.inf,
                                               high_open=True)
         self.clipnorm = _check_clip(clipnorm, "clipnorm")
         self.clipvalue = _check_clip(clipvalue, "clipvalue")
@@ -121,7 +101,7 @@ class Optimizer:
         value = self._learning_rate(self.iterations)
         if isinstance(value, np.ndarray) and value.shape == ():
             value = value.item()
-        return _check_real(value, f"learning_rate({self.iterations}) (the schedule's value)",
+        return check_real(value, f"learning_rate({self.iterations}) (the schedule's value)",
                            0.0, math.inf, high_open=True)
 
     @property
@@ -252,10 +232,10 @@ class SGD(Optimizer):
 
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, *, clipnorm=None,
                  clipvalue=None, global_clipnorm=None, name=None, **kwargs):
-        _check_unsupported(kwargs, "SGD")
+        reject_kwargs(kwargs, "SGD", _UNSUPPORTED)
         super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name)
-        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0)
         self.nesterov = check_bool(nesterov, "nesterov")
 
     def _slots(self, variable):
@@ -301,12 +281,12 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  amsgrad=False, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  name=None, **kwargs):
-        _check_unsupported(kwargs, "Adam")
+        reject_kwargs(kwargs, "Adam", _UNSUPPORTED)
         super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name)
-        self.beta_1 = _check_real(beta_1, "beta_1", 0.0, 1.0, high_open=True)
-        self.beta_2 = _check_real(beta_2, "beta_2", 0.0, 1.0, high_open=True)
-        self.epsilon = _check_real(epsilon, "epsilon", 0.0, math.inf, high_open=True)
+        self.beta_1 = check_real(beta_1, "beta_1", 0.0, 1.0, high_open=True)
+        self.beta_2 = check_real(beta_2, "beta_2", 0.0, 1.0, high_open=True)
+        self.epsilon = check_real(epsilon, "epsilon", 0.0, math.inf, high_open=True)
         self.amsgrad = check_bool(amsgrad, "amsgrad")
 
     def _slots(self, variable):
@@ -365,12 +345,12 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  name=None, **kwargs):
-        _check_unsupported(kwargs, "RMSprop")
+        reject_kwargs(kwargs, "RMSprop", _UNSUPPORTED)
         super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name)
-        self.rho = _check_real(rho, "rho", 0.0, 1.0, high_open=True)
-        self.momentum = _check_real(momentum, "momentum", 0.0, 1.0)
-        self.epsilon = _check_real(epsilon, "epsilon", 0.0, math.inf, high_open=True)
+        self.rho = check_real(rho, "rho", 0.0, 1.0, high_open=True)
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0)
+        self.epsilon = check_real(epsilon, "epsilon", 0.0, math.inf, high_open=True)
         self.centered = check_bool(centered, "centered")
 
     def _slots(self, variable):
@@ -425,12 +405,4 @@ def get(identifier):
     -------
     Optimizer
     """
-    if isinstance(identifier, Optimizer):
-        return identifier
-    if isinstance(identifier, str):
-        if identifier.lower() not in _BY_NAME:
-            raise ValueError(f"optimizer must be one of {sorted(_BY_NAME)} or a "
-                             f"fastlstm.optimizers.Optimizer, got {identifier!r}")
-        return _BY_NAME[identifier.lower()]()
-    raise TypeError(f"optimizer must be an optimizer name or a fastlstm.optimizers.Optimizer, "
-                    f"got {describe(identifier)}")
+    return from_identifier(identifier, "optimizer", _BY_NAME, Optimizer, lower=True)

@@ -93,7 +93,7 @@ def test_dense_errors_name_the_argument():
     layer = Dense(2)
     with pytest.raises(ValueError, match=r"weights\[0\] \(kernel\) must have shape"):
         layer.set_weights([np.ones(3), np.zeros(2)])
-    with pytest.raises(ValueError, match=r"weights\[1\] \(bias\) must have shape \(units,\)"):
+    with pytest.raises(ValueError, match=r"weights\[1\] \(bias\) must have shape \(2,\) \(units,\)"):
         Dense(2).set_weights([np.ones((3, 2)), np.zeros(3)])
     layer.build(3)
     with pytest.raises(ValueError, match="x has 4 features .* built for input_dim=3"):
@@ -106,7 +106,7 @@ def test_dense_errors_name_the_argument():
         Dense(2.0)
     with pytest.raises(TypeError, match="does not support the Keras argument kernel_regularizer"):
         Dense(2, kernel_regularizer="l2")
-    with pytest.raises(ValueError, match=r"dy must have shape of what the call returned"):
+    with pytest.raises(ValueError, match=r"dy must have shape \(2, 2\) of what the call returned"):
         layer(np.ones((2, 3)))
         layer.backward(np.ones((2, 3)))
 

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastlstm
-from fastlstm import _config
+from fastlstm import _kernels
 
 GRADIENT_NAMES = ("x", "kernel", "recurrent_kernel", "bias", "h0", "c0")
 RESULT_NAMES = ("outputs", "h", "c") + tuple(f"grad_{name}" for name in GRADIENT_NAMES)
@@ -22,12 +22,12 @@ TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 DTYPES = [np.float32, np.float64]
 
 
-@pytest.fixture(params=_config.available_kernels())
+@pytest.fixture(params=_kernels.available())
 def kernel_build(request):
     """Select one kernel build for the test; the widest again afterwards."""
-    _config.use_kernels(request.param)
+    _kernels.use(request.param)
     yield request.param
-    _config.use_kernels(None)
+    _kernels.use(None)
 
 
 @pytest.fixture
@@ -277,8 +277,8 @@ def test_small_layers_compute_the_input_product_per_step():
     """The choice the kernels make: per step where a step's input product
     is small, so inference keeps no (B, T, 4H) gate buffer; hoisted for
     larger ones."""
-    kernels = _config.kernels()
-    assert not kernels.hoist_input_product(16, 32, 64)      # PERF.md's small, 2 threads
+    kernels = _kernels.current()
+    assert not kernels.hoist_input_product(16, 32, 64)      # the benchmark's small, 2 threads
     assert not kernels.hoist_input_product(8, 64, 128)      # long
     assert kernels.hoist_input_product(32, 128, 256)        # medium
     assert kernels.hoist_input_product(32, 512, 512)        # large
@@ -503,7 +503,7 @@ def _activation_grid(dtype):
 
 def _activations(x):
     sigmoid, tanh = np.empty_like(x), np.empty_like(x)
-    _config.kernels()._activations(x, sigmoid, tanh)
+    _kernels.current()._activations(x, sigmoid, tanh)
     return sigmoid, tanh
 
 

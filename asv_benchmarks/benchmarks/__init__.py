@@ -6,7 +6,7 @@
 - ``comparison``: the speed-up of "fast" over "reference" and the largest
   relative difference between their results, measured side by side.
 
-Every benchmark runs over PERF.md's five sizes and float32/float64.
+Every benchmark runs over the five sizes of docs/performance.rst and float32/float64.
 Benchmarks of features a commit lacks raise ``NotImplementedError`` in
 ``setup``, which asv records as skipped, so ``asv run`` works over history.
 """

@@ -9,7 +9,7 @@ import importlib
 
 import numpy as np
 
-# PERF.md's five sizes: (batch, timesteps, input_dim, units).
+# The five sizes of docs/performance.rst: (batch, timesteps, input_dim, units).
 SIZES = {
     "tiny": (8, 20, 16, 32),
     "small": (32, 50, 32, 64),

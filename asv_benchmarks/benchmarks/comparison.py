@@ -1,7 +1,7 @@
 """Fast against reference, measured side by side in one process.
 
-Absolute times drift by tens of per cent from run to run on a shared machine
-(PERF.md); a ratio of two timings taken interleaved in one process does not,
+Absolute times drift by tens of per cent from run to run on a shared machine;
+a ratio of two timings taken interleaved in one process does not,
 so the speed-up is tracked as its own number. The largest relative
 difference between the two backends' results is tracked too, so a
 correctness regression shows on the dashboard next to the speed it bought.

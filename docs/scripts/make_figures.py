@@ -17,8 +17,8 @@ It writes, into the output folder:
 
 fastlstm's, PyTorch's and the NumPy reference's times come from the JSON that
 ``python -m fastlstm bench --json PATH`` writes. TensorFlow is not installed
-with fastlstm's test or docs extras, so Keras/TensorFlow's times are the ones
-PERF.md gives, measured separately on the same kind of machine; the figure
+with fastlstm's test or docs extras, so Keras/TensorFlow's times are
+constants below, measured separately on the same kind of machine; the figure
 and the table say so.
 """
 import argparse
@@ -36,7 +36,7 @@ DOCS = os.path.dirname(HERE)
 DEFAULT_BENCH = os.path.join(DOCS, "_static", "bench.json")
 DEFAULT_OUT = os.path.join(DOCS, "_generated")
 
-# PERF.md, "Peers, measured on this machine": Keras 3.15 on TensorFlow 2.21,
+# Keras 3.15 on TensorFlow 2.21, on the machine of the benchmark run,
 # float32, 2 threads, median ms of a training step, measured separately.
 KERAS_LABEL = "Keras 3.15 / TF 2.21"
 KERAS_TRAIN_MS = {"tiny": 2.89, "small": 8.22, "medium": 149.0, "large": 306.0, "long": 65.1}
@@ -45,7 +45,7 @@ KERAS_TRAIN_MS = {"tiny": 2.89, "small": 8.22, "medium": 149.0, "large": 306.0, 
 STYLE = {
     "fast": dict(label="fastlstm", color="#1f77b4", marker="o"),
     "torch": dict(label="PyTorch", color="#d62728", marker="s"),
-    "keras": dict(label=f"{KERAS_LABEL} (PERF.md, measured separately)", color="#ff7f0e",
+    "keras": dict(label=f"{KERAS_LABEL} (measured separately)", color="#ff7f0e",
                   marker="^", linestyle="--", markerfacecolor="white"),
     "reference": dict(label="NumPy reference", color="#2ca02c", marker="D"),
 }
@@ -200,7 +200,7 @@ def bench_table(bench):
     if summary:
         lines += ["", summary]
     peers = ", ".join(f"{name} {version}" for name, version in bench["peers"].items())
-    lines += ["", f".. [#keras] From PERF.md: {KERAS_LABEL} measured separately on the same kind "
+    lines += ["", f".. [#keras] {KERAS_LABEL}, measured separately on the same kind "
               "of machine (TensorFlow is not installed with fastlstm), not in this run.", "",
               ".. [#sgemm] The training step's operations at the rate a 2048 × 2048 "
               "single-precision product reached in this run, on the same threads.", "",

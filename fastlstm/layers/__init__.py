@@ -1,0 +1,33 @@
+"""Keras-style layers over the functional LSTM, one per module, on one base.
+
+:class:`~fastlstm.layers.base.Layer` (``base.py``) owns what every layer
+shares; ``lstm.py`` holds :class:`LSTM`, ``bidirectional.py``
+:class:`Bidirectional`, ``core.py`` :class:`Dense`, :class:`Embedding` and
+:class:`Dropout`.
+"""
+from .._validation import describe
+from .base import Layer, no_grad
+from .bidirectional import Bidirectional
+from .core import Dense, Dropout, Embedding
+from .lstm import LSTM
+
+__all__ = ["Layer", "LSTM", "Bidirectional", "Dense", "Embedding", "Dropout", "no_grad",
+           "serialize", "deserialize"]
+
+_CLASSES = {cls.__name__: cls for cls in (LSTM, Bidirectional, Dense, Embedding, Dropout)}
+
+
+def serialize(layer):
+    """``{"class_name": ..., "config": ...}``, the layer's type and configuration."""
+    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+
+
+def deserialize(spec):
+    """A new, unbuilt layer from :func:`serialize`'s dict."""
+    if not isinstance(spec, dict) or "class_name" not in spec or "config" not in spec:
+        raise ValueError(f"a layer must be described as {{'class_name': ..., 'config': {{...}}}}, "
+                         f"got {describe(spec)}")
+    name = spec["class_name"]
+    if name not in _CLASSES:
+        raise ValueError(f"unknown layer class {name!r}; fastlstm has {sorted(_CLASSES)}")
+    return _CLASSES[name].from_config(spec["config"])

@@ -1,0 +1,358 @@
+"""Dense, Embedding and Dropout, as their Keras namesakes."""
+import numpy as np
+
+from .. import initializers
+from ..functional import dense_backward, dense_forward
+from .._validation import (as_real_array, check_bool, check_dtype, check_int, check_option,
+                           check_rate, reject_kwargs)
+from .base import REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, seed_sequence
+
+__all__ = ["Dense", "Embedding", "Dropout"]
+
+_DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
+_DENSE_UNSUPPORTED = {name: REGULARIZERS_AND_CONSTRAINTS[name] for name in (
+    "kernel_regularizer", "bias_regularizer", "activity_regularizer", "kernel_constraint",
+    "bias_constraint", "lora_rank")}
+_EMBEDDING_UNSUPPORTED = dict(
+    {name: REGULARIZERS_AND_CONSTRAINTS[name] for name in (
+        "embeddings_regularizer", "activity_regularizer", "embeddings_constraint", "lora_rank")},
+    sparse="gradients are dense arrays",
+    input_length="the layer takes sequences of any length",
+)
+
+
+def _sigmoid(z):
+    # exp of a non-positive number only, so nothing overflows.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _softmax(z):
+    e = np.exp(z - np.max(z, axis=-1, keepdims=True))
+    e /= np.sum(e, axis=-1, keepdims=True)
+    return e
+
+
+class Dense(Layer):
+    """Densely connected layer on the last axis, as ``keras.layers.Dense``.
+
+    ``y = activation(x @ kernel + bias)`` with ``kernel (input_dim, units)``
+    and ``bias (units,)``, for inputs ``(batch, features)`` or
+    ``(batch, timesteps, features)`` (any rank of at least 2: the same
+    weights apply at every position). A mask passes through unchanged, as
+    in Keras.
+
+    Parameters
+    ----------
+    units : int
+        Dimensionality of the output's last axis.
+    activation : {None, "linear", "relu", "sigmoid", "tanh", "softmax"}
+        Default None (linear). For a classifier, prefer None with a loss
+        ``from_logits=True``: it is more accurate than a softmax or sigmoid
+        followed by a cross-entropy on probabilities.
+    use_bias : bool
+        Default True.
+    kernel_initializer, bias_initializer : str, Initializer or callable
+        Defaults "glorot_uniform" and "zeros".
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the initial weights reproducible.
+    dtype : {"float32", "float64"}
+        The dtype of the weights and of the computation. Default "float32".
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> from fastlstm.layers import Dense
+    >>> Dense(3, seed=0)(np.ones((2, 5, 4))).shape
+    (2, 5, 3)
+    """
+
+    def __init__(self, units, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", *, seed=None,
+                 dtype="float32", **kwargs):
+        reject_kwargs(kwargs, "Dense", _DENSE_UNSUPPORTED)
+        super().__init__(dict(units=units, activation=activation, use_bias=use_bias,
+                              kernel_initializer=kernel_initializer,
+                              bias_initializer=bias_initializer, seed=seed, dtype=dtype))
+        self.units = check_int(units, "units")
+        self.activation = check_option(activation, "activation", _DENSE_ACTIVATIONS,
+                                       none=True) or "linear"
+        self.use_bias = check_bool(use_bias, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.seed = seed
+        self._weights_rng = np.random.default_rng(seed_sequence(seed))
+        self.dtype = check_dtype(dtype)
+
+    def _weight_names(self):
+        return ("kernel", "bias") if self.use_bias else ("kernel",)
+
+    def _weight_shapes(self, input_dim):
+        return [((input_dim, self.units), "(input_dim, units)"), ((self.units,), "(units,)")]
+
+    def _weights_note(self):
+        return f" (use_bias={self.use_bias})"
+
+    def _initial_weights(self, input_dim):
+        weights = {"kernel": initializers._draw(
+            self.kernel_initializer, (input_dim, self.units), self.dtype, self._weights_rng,
+            "kernel_initializer")}
+        if self.use_bias:
+            weights["bias"] = initializers._draw(
+                self.bias_initializer, (self.units,), self.dtype, self._weights_rng,
+                "bias_initializer")
+        return weights
+
+    def compute_output_shape(self, input_shape):
+        """``input_shape`` with its last axis replaced by ``units``."""
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def __call__(self, x, mask=None, training=False):
+        """Apply the layer to ``x`` of shape ``(batch, ..., features)``.
+
+        ``mask`` passes through (see :meth:`compute_mask`); ``training`` is
+        accepted for a uniform interface: Dense behaves the same in training
+        and inference.
+        """
+        x = as_real_array(x, "x", self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"x must have shape (batch, ..., features), got an array with "
+                             f"{x.ndim} dimension(s), shape {x.shape}")
+        if self.built and x.shape[-1] != self.input_dim:
+            raise ValueError(f"x has {x.shape[-1]} features (last axis), but the layer was "
+                             f"built for input_dim={self.input_dim}")
+        if training is not None:
+            check_bool(training, "training")
+        if not self.built:
+            self.build(x.shape[-1])
+        if x.size == 0:
+            raise ValueError(f"x must have at least one sample and one feature, got shape "
+                             f"{x.shape}")
+        x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
+        z = dense_forward(x2, self._params["kernel"], self._params.get("bias"))
+        activation = self.activation
+        if activation == "relu":
+            y = np.maximum(z, 0)
+        elif activation == "sigmoid":
+            y = _sigmoid(z).astype(self.dtype, copy=False)
+        elif activation == "tanh":
+            y = np.tanh(z)
+        elif activation == "softmax":
+            y = _softmax(z)
+        else:
+            y = z
+        # What backward needs: the input, and the output for the activation's derivative.
+        self._keep((x2, y, x.shape))
+        return y.reshape(x.shape[:-1] + (self.units,))
+
+    def backward(self, dy):
+        """Backpropagate through the last call.
+
+        Parameters
+        ----------
+        dy : array_like
+            Gradient of the loss with respect to the output.
+
+        Returns
+        -------
+        ndarray
+            ``dx``, the input's shape; ``grads`` holds ``kernel`` (and
+            ``bias``) gradients, replaced by each backward.
+        """
+        x2, y, x_shape = self._take_record()
+        dy = self._grad_array(dy, "dy", x_shape[:-1] + (self.units,)).reshape(-1, self.units)
+        activation = self.activation
+        if activation == "relu":
+            dz = dy * (y > 0)
+        elif activation == "sigmoid":
+            dz = dy * y * (1 - y)
+        elif activation == "tanh":
+            dz = dy * (1 - y * y)
+        elif activation == "softmax":
+            dz = y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+        else:
+            dz = dy
+        dx, dkernel, dbias = dense_backward(x2, self._params["kernel"],
+                                            np.ascontiguousarray(dz), self.use_bias)
+        self._grads = {"kernel": dkernel}
+        if self.use_bias:
+            self._grads["bias"] = dbias
+        return dx.reshape(x_shape)
+
+
+class Embedding(Layer):
+    """Turns integer indices into dense vectors, as ``keras.layers.Embedding``.
+
+    ``y[..., :] = embeddings[x[...]]`` with ``embeddings (input_dim, output_dim)``.
+
+    Parameters
+    ----------
+    input_dim : int
+        Size of the vocabulary: indices are in ``[0, input_dim)``.
+    output_dim : int
+        Dimension of the vectors.
+    embeddings_initializer : str, Initializer or callable
+        Default "uniform" (Keras' name for ``RandomUniform(-0.05, 0.05)``).
+    mask_zero : bool
+        Whether index 0 is padding: :meth:`compute_mask` then returns
+        ``x != 0``, the mask an LSTM consumes (``Sequential`` passes it on),
+        and ``input_dim`` must count the padding index. Default False.
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the initial vectors reproducible.
+    dtype : {"float32", "float64"}
+        Default "float32".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlstm.layers import Embedding
+    >>> embedding = Embedding(10, 4, mask_zero=True, seed=0)
+    >>> tokens = np.array([[3, 1, 0, 0]])
+    >>> embedding(tokens).shape, embedding.compute_mask(tokens).tolist()
+    ((1, 4, 4), [[True, True, False, False]])
+    """
+
+    input_is_features = False
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
+                 mask_zero=False, *, seed=None, dtype="float32", **kwargs):
+        reject_kwargs(kwargs, "Embedding", _EMBEDDING_UNSUPPORTED)
+        super().__init__(dict(input_dim=input_dim, output_dim=output_dim,
+                              embeddings_initializer=embeddings_initializer,
+                              mask_zero=mask_zero, seed=seed, dtype=dtype))
+        self.input_dim = check_int(input_dim, "input_dim")
+        self.output_dim = check_int(output_dim, "output_dim")
+        if isinstance(embeddings_initializer, str) and embeddings_initializer == "uniform":
+            embeddings_initializer = initializers.RandomUniform(-0.05, 0.05)
+        self.embeddings_initializer = initializers.get(embeddings_initializer,
+                                                       "embeddings_initializer")
+        self.mask_zero = check_bool(mask_zero, "mask_zero")
+        self.seed = seed
+        self._weights_rng = np.random.default_rng(seed_sequence(seed))
+        self.dtype = check_dtype(dtype)
+
+    def build(self, input_dim=None):
+        """Create the embeddings, ``(self.input_dim, output_dim)``.
+
+        Their shape comes from the constructor, so the argument (a uniform
+        interface with the other layers, like Keras' ``input_shape``) is
+        ignored. Building a built layer again does nothing.
+        """
+        super().build()
+
+    def _weight_names(self):
+        return ("embeddings",)
+
+    def _weight_shapes(self, input_dim):
+        return [((self.input_dim, self.output_dim), "(input_dim, output_dim)")]
+
+    def _initial_weights(self, input_dim):
+        return {"embeddings": initializers._draw(
+            self.embeddings_initializer, (self.input_dim, self.output_dim), self.dtype,
+            self._weights_rng, "embeddings_initializer")}
+
+    def compute_output_shape(self, input_shape):
+        """``input_shape`` with a last axis of ``output_dim`` added."""
+        return tuple(input_shape) + (self.output_dim,)
+
+    def compute_mask(self, x, mask=None):
+        """``x != 0`` with ``mask_zero``, else None (no mask)."""
+        if not self.mask_zero:
+            return None
+        return np.asarray(x) != 0
+
+    def _indices(self, x):
+        array = as_real_array(x, "x")
+        if array.dtype.kind == "f":
+            if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+                raise ValueError("x must hold integer indices, got non-integer values")
+        indices = array.astype(np.intp)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.input_dim):
+            bad = indices[(indices < 0) | (indices >= self.input_dim)].flat[0]
+            raise ValueError(f"x must hold indices in [0, input_dim) = [0, {self.input_dim}), "
+                             f"got {bad}")
+        return indices
+
+    def __call__(self, x, mask=None, training=False):
+        """Look up the vectors of the indices ``x`` (any shape): the result
+        has shape ``x.shape + (output_dim,)``. ``mask`` and ``training``
+        change nothing (the layer makes its own mask, see :meth:`compute_mask`)."""
+        indices = self._indices(x)
+        if training is not None:
+            check_bool(training, "training")
+        if not self.built:
+            self.build()
+        self._keep(indices)
+        return self._params["embeddings"][indices]
+
+    def backward(self, dy):
+        """Accumulate ``grads["embeddings"]`` from the last call.
+
+        Returns None: the indices have no gradient.
+        """
+        indices = self._take_record()
+        dy = self._grad_array(dy, "dy", indices.shape + (self.output_dim,))
+        grad = np.zeros_like(self._params["embeddings"])
+        np.add.at(grad, indices.reshape(-1), dy.reshape(-1, self.output_dim))
+        self._grads = {"embeddings": grad}
+        return None
+
+
+class Dropout(Layer):
+    """Sets a fraction ``rate`` of the inputs to 0 in training, as ``keras.layers.Dropout``.
+
+    Kept values are scaled by ``1 / (1 - rate)`` (inverted dropout), so
+    inference (``training=False``) is the identity. A mask passes through.
+
+    Parameters
+    ----------
+    rate : float in [0, 1)
+        Fraction of the inputs dropped.
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the dropped positions reproducible.
+    dtype : {"float32", "float64"}
+        The dtype inputs are cast to. Default "float32".
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlstm.layers import Dropout
+    >>> y = Dropout(0.5, seed=0)(np.ones((2, 4)), training=True)
+    >>> sorted(set(y.ravel().tolist()))
+    [0.0, 2.0]
+    """
+
+    def __init__(self, rate, *, seed=None, dtype="float32", **kwargs):
+        reject_kwargs(kwargs, "Dropout", {
+            "noise_shape": "one mask per value is drawn; for a mask shared over time steps "
+                           "use LSTM's dropout argument"})
+        super().__init__(dict(rate=rate, seed=seed, dtype=dtype))
+        self.rate = check_rate(rate, "rate")
+        self.seed = seed
+        self._rng = np.random.default_rng(seed_sequence(seed))
+        self.dtype = check_dtype(dtype)
+        self._built = True
+
+    def build(self, input_dim=None):
+        """Dropout has no weights: nothing to build."""
+
+    def _weights_note(self):
+        return " (Dropout has no weights)"
+
+    def __call__(self, x, mask=None, training=False):
+        """Drop values when ``training`` is True; else return ``x`` (cast).
+        ``mask`` passes through."""
+        x = as_real_array(x, "x", self.dtype)
+        training = False if training is None else check_bool(training, "training")
+        keep = None
+        if training and self.rate:
+            keep = dropout_mask(self._rng, x.shape, self.rate, self.dtype)
+            x = x * keep
+        self._keep((keep, x.shape))
+        return x
+
+    def backward(self, dy):
+        """``dy`` times the scaled mask of the last call (``dy`` itself in inference)."""
+        keep, shape = self._take_record()
+        dy = self._grad_array(dy, "dy", shape)
+        return dy if keep is None else dy * keep

@@ -1,0 +1,396 @@
+"""The LSTM layer, as ``keras.layers.LSTM``, on the functional LSTM."""
+import inspect
+
+import numpy as np
+
+from .. import initializers
+from ..functional import ACTIVATIONS, check_sizes, lstm_backward, run_lstm_forward
+from .._validation import (as_mask, as_real_array, check_bool, check_dtype, check_int,
+                           check_option, check_rate, check_shape, describe, reject_kwargs)
+from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabled,
+                   seed_children, seed_sequence)
+
+__all__ = ["LSTM"]
+
+_WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
+
+# Keras LSTM arguments with no fastlstm equivalent, and why.
+_UNSUPPORTED = dict(
+    {name: REGULARIZERS_AND_CONSTRAINTS[name] for name in (
+        "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
+        "activity_regularizer", "kernel_constraint", "recurrent_constraint", "bias_constraint")},
+    unroll="the time loop is a compiled kernel; there is nothing to unroll",
+    use_cudnn="fastlstm runs on the CPU",
+    implementation="the fused kernel is the only implementation",
+)
+
+
+class _Record:
+    """What one recorded call keeps for its ``backward``."""
+
+    __slots__ = ("cache", "input_dropout", "state_given", "zeroed_keep", "any_kept")
+
+    def __init__(self, cache, input_dropout, state_given, zeroed_keep, any_kept):
+        self.cache = cache
+        self.input_dropout = input_dropout
+        self.state_given = state_given
+        # The mask in processing order when masked outputs were zeroed.
+        self.zeroed_keep = zeroed_keep
+        # Per sequence: whether any step was kept (None without a mask).
+        self.any_kept = any_kept
+
+
+class LSTM(Layer):
+    """Long Short-Term Memory layer, as ``keras.layers.LSTM``.
+
+    Gate order i, f, c, o; ``kernel (input_dim, 4 * units)``,
+    ``recurrent_kernel (units, 4 * units)``, ``bias (4 * units,)``; at each step
+    ``z = x_t @ kernel + h_{t-1} @ recurrent_kernel + bias``,
+    ``c_t = f * c_{t-1} + i * activation(z_c)``, ``h_t = o * activation(c_t)``,
+    with ``i, f, o = recurrent_activation(z_i, z_f, z_o)``.
+
+    Parameters
+    ----------
+    units : int
+        Dimensionality of the output space (and of h and c).
+    activation : {"tanh", "sigmoid", "hard_sigmoid"}
+        Activation of the candidate and of the cell state. Default "tanh".
+    recurrent_activation : {"tanh", "sigmoid", "hard_sigmoid"}
+        Activation of the input, forget and output gates. Default "sigmoid".
+        ``hard_sigmoid`` is Keras 3's ``clip(x / 6 + 0.5, 0, 1)``.
+    use_bias : bool
+        Whether the layer has a bias. Default True.
+    kernel_initializer, recurrent_initializer, bias_initializer : str, Initializer or callable
+        See :mod:`fastlstm.initializers`. Defaults "glorot_uniform",
+        "orthogonal", "zeros".
+    unit_forget_bias : bool
+        Set the forget-gate slice of the initial bias to 1 (the other slices
+        come from ``bias_initializer``). Default True.
+    dropout : float in [0, 1)
+        Fraction of the input features dropped in training: one mask per
+        sequence, applied at every step. Default 0.
+    recurrent_dropout : float in [0, 1)
+        Fraction of ``h_{t-1}`` dropped in the recurrent product in training:
+        one mask per sequence, shared by the four gates (Keras 3's fused
+        implementation; Keras switches to one mask per gate when
+        ``recurrent_dropout > 0``), applied inside the fused kernel. Default 0.
+    seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
+        Makes the initial weights and the dropout masks reproducible.
+    return_sequences : bool
+        Return the output of every step rather than the last. Default False.
+    return_state : bool
+        Also return the final states: ``[output, h, c]``. Default False.
+    go_backwards : bool
+        Process the sequence in reverse; the outputs come in processing order
+        and the "last" output is that of the first time step. Default False.
+    stateful : bool
+        Start each call from the final states of the previous call (same
+        batch size) until :meth:`reset_state`. Default False.
+    dtype : {"float32", "float64"}
+        The dtype of the weights and of the computation; inputs are cast to
+        it. Default "float32".
+
+    Notes
+    -----
+    Keras arguments fastlstm does not support (regularizers, constraints,
+    ``unroll``, ``use_cudnn``, ``implementation``) raise ``TypeError`` saying why.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> x = np.random.default_rng(0).random((32, 10, 8))
+    >>> fl.LSTM(4, seed=0)(x).shape
+    (32, 4)
+    >>> y, h, c = fl.LSTM(4, return_sequences=True, return_state=True, seed=0)(x)
+    >>> y.shape, h.shape, c.shape
+    ((32, 10, 4), (32, 4), (32, 4))
+
+    Training: ``backward`` takes the gradient of the loss with respect to
+    what the call returned and fills ``grads``:
+
+    >>> layer = fl.LSTM(4, seed=0)
+    >>> y = layer(x)
+    >>> dx = layer.backward(np.ones_like(y))
+    >>> dx.shape, sorted(layer.grads)
+    ((32, 10, 8), ['bias', 'kernel', 'recurrent_kernel'])
+    """
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, *, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, dtype="float32", **kwargs):
+        reject_kwargs(kwargs, "LSTM", _UNSUPPORTED)
+        super().__init__(dict(
+            units=units, activation=activation, recurrent_activation=recurrent_activation,
+            use_bias=use_bias, kernel_initializer=kernel_initializer,
+            recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
+            unit_forget_bias=unit_forget_bias, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
+            return_state=return_state, go_backwards=go_backwards, stateful=stateful,
+            dtype=dtype))
+        self.units = check_int(units, "units")
+        meaning = " (the activations the kernel implements)"
+        self.activation = check_option(activation, "activation", ACTIVATIONS, meaning)
+        self.recurrent_activation = check_option(recurrent_activation, "recurrent_activation",
+                                                 ACTIVATIONS, meaning)
+        self.use_bias = check_bool(use_bias, "use_bias")
+        self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
+        self.recurrent_initializer = initializers.get(recurrent_initializer,
+                                                      "recurrent_initializer")
+        self.bias_initializer = initializers.get(bias_initializer, "bias_initializer")
+        self.unit_forget_bias = check_bool(unit_forget_bias, "unit_forget_bias")
+        self.dropout = check_rate(dropout, "dropout")
+        self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
+        self.seed = seed
+        weights_seed, dropout_seed = seed_children(seed_sequence(seed), 2)
+        self._weights_rng = np.random.default_rng(weights_seed)
+        self._dropout_rng = np.random.default_rng(dropout_seed)
+        self.return_sequences = check_bool(return_sequences, "return_sequences")
+        self.return_state = check_bool(return_state, "return_state")
+        self.go_backwards = check_bool(go_backwards, "go_backwards")
+        self.stateful = check_bool(stateful, "stateful")
+        self.dtype = check_dtype(dtype)
+        self._states = None
+        # Bidirectional sets this, as Keras does: with return_sequences, masked
+        # steps output zeros instead of repeating the previous output.
+        self._zero_output_for_mask = False
+
+    def __repr__(self):
+        defaults = inspect.signature(LSTM.__init__).parameters
+        changed = [f"{k}={v!r}" for k, v in self._config.items()
+                   if k != "units" and not (isinstance(v, type(defaults[k].default))
+                                            and v == defaults[k].default)]
+        return f"LSTM({', '.join([str(self.units)] + changed)})"
+
+    # -- weights -----------------------------------------------------------
+
+    def _weight_names(self):
+        return _WEIGHT_NAMES if self.use_bias else _WEIGHT_NAMES[:2]
+
+    def _weight_shapes(self, input_dim):
+        units = self.units
+        return [((input_dim, 4 * units), "(input_dim, 4 * units)"),
+                ((units, 4 * units), "(units, 4 * units)"),
+                ((4 * units,), "(4 * units,)")]
+
+    def _weights_note(self):
+        return f" (use_bias={self.use_bias})"
+
+    def _initial_weights(self, input_dim):
+        units, dtype, rng = self.units, self.dtype, self._weights_rng
+        kernel = initializers._draw(self.kernel_initializer, (input_dim, 4 * units), dtype, rng,
+                                    "kernel_initializer")
+        recurrent_kernel = initializers._draw(self.recurrent_initializer, (units, 4 * units),
+                                              dtype, rng, "recurrent_initializer")
+        weights = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
+        if self.use_bias:
+            if self.unit_forget_bias:
+                bias = np.concatenate([
+                    initializers._draw(self.bias_initializer, (units,), dtype, rng,
+                                       "bias_initializer"),
+                    np.ones(units, dtype),
+                    initializers._draw(self.bias_initializer, (2 * units,), dtype, rng,
+                                       "bias_initializer"),
+                ])
+            else:
+                bias = initializers._draw(self.bias_initializer, (4 * units,), dtype, rng,
+                                          "bias_initializer")
+            weights["bias"] = bias
+        return weights
+
+    # -- shapes and masks ----------------------------------------------------
+
+    @property
+    def returns_list(self):
+        return self.return_state
+
+    def compute_output_shape(self, input_shape):
+        """``(batch, timesteps, units)`` with ``return_sequences``, else ``(batch, units)``."""
+        if self.return_sequences:
+            return tuple(input_shape[:2]) + (self.units,)
+        return (input_shape[0], self.units)
+
+    def compute_mask(self, x, mask=None):
+        """The mask of the returned sequence (in processing order with
+        ``go_backwards``); None without ``return_sequences``, as in Keras."""
+        if mask is None or not self.return_sequences:
+            return None
+        return mask[:, ::-1] if self.go_backwards else mask
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def states(self):
+        """``[h, c]`` a stateful layer will start its next call from (copies),
+        or None (zeros)."""
+        return None if self._states is None else [s.copy() for s in self._states]
+
+    def reset_state(self):
+        """Make a stateful layer's next call start from zero states.
+
+        A layer that is not stateful has no state to reset; this does
+        nothing then, as in Keras.
+        """
+        self._states = None
+
+    # -- forward and backward ------------------------------------------------
+
+    def __call__(self, x, initial_state=None, mask=None, training=False):
+        """Run the layer.
+
+        Parameters
+        ----------
+        x : array_like, shape (batch, timesteps, features)
+            Real numbers, cast to the layer's dtype.
+        initial_state : [h0, c0], each (batch, units), or None
+            Zeros when None (or, for a stateful layer, its carried states).
+        mask : array_like of bool, shape (batch, timesteps), or None
+            True keeps a step; a masked step carries the states over and
+            repeats the previous output (zeros before the first kept step).
+        training : bool
+            Apply ``dropout`` and ``recurrent_dropout``.
+
+        Returns
+        -------
+        ndarray or list
+            The last output ``(batch, units)``, or every output
+            ``(batch, timesteps, units)`` with ``return_sequences``; with
+            ``return_state``, ``[output, h, c]``.
+        """
+        return self._call(as_real_array(x, "x", self.dtype), initial_state, mask, training,
+                          ("initial_state[0] (h0)", "initial_state[1] (c0)"))
+
+    def _call(self, x, initial_state, mask, training, state_names):
+        """The call, on ``x`` already an array of the layer's dtype."""
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape (batch, timesteps, features), got an array "
+                             f"with {x.ndim} dimension(s), shape {x.shape}")
+        batch, timesteps, features = x.shape
+        if min(x.shape) == 0:
+            raise ValueError(f"x must have at least one sequence, one timestep and one "
+                             f"feature, got shape {x.shape}")
+        training = False if training is None else check_bool(training, "training")
+        if self.built and features != self.input_dim:
+            raise ValueError(f"x has {features} features (last axis), but the layer was "
+                             f"built for input_dim={self.input_dim}")
+        state, state_given = self._initial_state(initial_state, batch, state_names)
+        keep = None if mask is None else as_mask(mask, "mask", (batch, timesteps))
+        if not self.built:
+            self.build(features)
+        check_sizes(batch, timesteps, features, self.units)
+
+        input_dropout = recurrent_dropout = None
+        if training and self.dropout:
+            input_dropout = dropout_mask(self._dropout_rng, (batch, features), self.dropout,
+                                         self.dtype)
+            x = x * input_dropout[:, None, :]
+        if training and self.recurrent_dropout:
+            recurrent_dropout = dropout_mask(self._dropout_rng, (batch, self.units),
+                                             self.recurrent_dropout, self.dtype)
+
+        record = grad_enabled()
+        outputs, h, c, cache = run_lstm_forward(
+            "fast", x, self._params["kernel"], self._params["recurrent_kernel"],
+            self._params.get("bias"), state, keep, self.go_backwards, record,
+            recurrent_dropout, self.activation, self.recurrent_activation)
+
+        if self.stateful:
+            # Copies: the caller owns the h and c returned below.
+            self._states = [h.copy(), c.copy()]
+        keep_in_order = None
+        if keep is not None:
+            keep_in_order = keep[:, ::-1] if self.go_backwards else keep
+            if self._zero_output_for_mask and self.return_sequences:
+                outputs[~keep_in_order] = 0.0
+        any_kept = None if keep is None else keep.any(axis=1)
+        zeroed = keep_in_order if self._zero_output_for_mask and self.return_sequences else None
+        self._keep(_Record(cache, input_dropout, state_given, zeroed, any_kept))
+        # A copy, so the returned last output does not keep every output alive.
+        output = outputs if self.return_sequences else outputs[:, -1].copy()
+        return [output, h, c] if self.return_state else output
+
+    def _initial_state(self, initial_state, batch, names):
+        if initial_state is None:
+            if self.stateful and self._states is not None:
+                carried = self._states[0].shape[0]
+                if carried != batch:
+                    raise ValueError(f"x has batch size {batch}, but this stateful layer "
+                                     f"carries states for batch size {carried}; call "
+                                     f"reset_state() to start over with another batch size")
+                return self._states, False
+            return None, False
+        if isinstance(initial_state, np.ndarray) or not isinstance(initial_state, (list, tuple)) \
+                or len(initial_state) != 2:
+            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays of shape "
+                             f"(batch, units) = {(batch, self.units)}, got "
+                             f"{describe(initial_state)}")
+        states = [as_real_array(s, name, self.dtype) for s, name in zip(initial_state, names)]
+        for array, name in zip(states, names):
+            check_shape(array, name, (batch, self.units), "(batch, units)")
+        return states, True
+
+    def backward(self, dy):
+        """Backpropagate through the last call.
+
+        Parameters
+        ----------
+        dy : array_like or list
+            Gradient of the loss with respect to what the call returned, in
+            the same structure: the output's gradient, or
+            ``[d_output, d_h, d_c]`` with ``return_state``; None entries are
+            zeros.
+
+        Returns
+        -------
+        ndarray or list
+            ``dx (batch, timesteps, features)``; ``[dx, dh0, dc0]`` when the
+            call was given an ``initial_state``. ``grads`` holds the weights'
+            gradients (replaced by each backward).
+        """
+        record = self._peek_record()
+        cache = record.cache
+        batch, timesteps, units = cache.batch, cache.timesteps, cache.units
+        if self.return_state:
+            if not isinstance(dy, (list, tuple)) or len(dy) != 3:
+                raise ValueError(f"dy must be a list [d_output, d_h, d_c] (entries may be "
+                                 f"None) because the layer has return_state=True, got "
+                                 f"{describe(dy)}")
+            d_output, d_h, d_c = dy
+        else:
+            d_output, d_h, d_c = dy, None, None
+        output_name = "dy[0] (d_output)" if self.return_state else "dy"
+        output_shape = (batch, timesteps, units) if self.return_sequences else (batch, units)
+        d_output = self._optional_grad(d_output, output_name, output_shape)
+        d_h = self._optional_grad(d_h, "dy[1] (d_h)", (batch, units))
+        d_c = self._optional_grad(d_c, "dy[2] (d_c)", (batch, units))
+
+        grad_outputs = None
+        if self.return_sequences:
+            grad_outputs = d_output
+            if d_output is not None and record.zeroed_keep is not None:
+                # Zeroed outputs are constants: their gradient goes nowhere.
+                grad_outputs = np.where(record.zeroed_keep[:, :, None], d_output, 0)
+        elif d_output is not None:
+            # The last output is h_N itself, except for a sequence with no kept
+            # step, whose output is a constant zero.
+            if record.any_kept is not None:
+                d_output = np.where(record.any_kept[:, None], d_output, 0)
+            d_h = d_output if d_h is None else d_h + d_output
+
+        self._take_record()
+        grads = lstm_backward(cache, grad_outputs, d_h, d_c)
+        dx = grads.x
+        if record.input_dropout is not None:
+            dx *= record.input_dropout[:, None, :]
+        self._grads.clear()
+        self._grads["kernel"] = grads.kernel
+        self._grads["recurrent_kernel"] = grads.recurrent_kernel
+        if self.use_bias:
+            self._grads["bias"] = grads.bias
+        if record.state_given:
+            return [dx, grads.h0, grads.c0]
+        return dx
+
+    def _optional_grad(self, value, name, shape):
+        return None if value is None else self._grad_array(value, name, shape)
