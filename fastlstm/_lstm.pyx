@@ -19,7 +19,8 @@ Backward, per thread, in reverse processing order:
   3. one fused pass turns dh, dc and the kept gates into the pre-activation
      gradients dZ_t, written over the gates, and dc_{t-1};
      then one GEMM: dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T
-  4. dx[rows] = dZ[rows] @ kernel.T
+  4. dx[rows] = dZ[rows] @ kernel.T (skipped when nothing reads dx, as for
+     the first layer of a model, whose input is data)
 and, once every thread is done, each thread takes a block of the 4H columns:
   5. [dkernel; drecurrent_kernel] = [x, h_prev].T @ dZ, one GEMM, and
      dbias = sum of dZ. The forward pass keeps each step's input beside the
@@ -462,7 +463,8 @@ cdef void _backward_rows(
     the dropped-out h_{t-1}); dh_pass the part of dh that skips the GEMM (state
     carried through masked steps); carry the gradient of an output repeated by
     later masked steps. On exit dh_rec * dropout + dh_pass is dh0, dc is dc0.
-    The gate gradients dZ replace the gates in ``gates``. recurrent_kernel_t
+    The gate gradients dZ replace the gates in ``gates``. dx may be NULL:
+    the input's gradient is then not computed (nothing reads it). recurrent_kernel_t
     is recurrent_kernel transposed, (4H, H) C-contiguous: OpenBLAS multiplies
     by it about 1.5x faster than by the transposed view of the original.
     """
@@ -508,6 +510,8 @@ cdef void _backward_rows(
              gates + (b0 * T + t) * G, <int>(T * G), recurrent_kernel_t, <int>H,
              <floating>0.0, dh_rec + b0 * H, <int>H)
 
+    if dx == NULL:
+        return
     # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I); kernel is the
     # first I rows of the stacked weights
     gemm(NoTrans, Trans, <int>(rows * T), <int>I, <int>G, <floating>1.0,
@@ -542,6 +546,11 @@ cdef void _weight_grads_columns(
         row = gates + r * G
         for j in range(c0, c1):
             dbias[j] += row[j]
+
+
+cdef tuple _dims(Py_ssize_t* shape, int ndim):
+    """A memoryview's shape as a tuple, for the entry points' checks."""
+    return tuple([shape[k] for k in range(ndim)])
 
 
 def forward(const floating[:, :, ::1] x,
@@ -626,14 +635,39 @@ def backward(const floating[:, ::1] weights,
     recurrent kernel transposed, (4H, H). dh_pass and dc come in holding the
     gradients of the final states; dh_rec and carry come in as zeros.
     dweights (I + H, 4H) receives dkernel stacked on drecurrent_kernel.
-    dropout is all ones for no dropout.
+    dropout is all ones for no dropout. dx (B, T, I) receives the input's
+    gradient, or is None to skip that product (nothing reads it).
     """
-    cdef Py_ssize_t B = dx.shape[0], T = dx.shape[1], I = dx.shape[2], H = dc.shape[1]
+    cdef Py_ssize_t B = gates.shape[0], T = gates.shape[1], H = dc.shape[1]
+    cdef Py_ssize_t I = states.shape[2] - H
     cdef Py_ssize_t G = 4 * H
     cdef const unsigned char* mask_ptr = &mask[0, 0] if mask is not None else NULL
+    cdef floating* dx_ptr = &dx[0, 0, 0] if dx is not None else NULL
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
     cdef Py_ssize_t ncolumns = max(1, min(num_threads, (G + 15) // 16))
     cdef unsigned int csr
+    # The pointer arithmetic below trusts these shapes; the caller allocates
+    # them, and a mistake must not read or write out of bounds.
+    for name, shape, expected in (
+            ("gates", _dims(gates.shape, 3), (B, T, G)),
+            ("states", _dims(states.shape, 3), (B, T, I + H)),
+            ("c_prev", _dims(c_prev.shape, 3), (B, T, H)),
+            ("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, H)),
+            ("weights", _dims(weights.shape, 2), (I + H, G)),
+            ("recurrent_kernel_t", _dims(recurrent_kernel_t.shape, 2), (G, H)),
+            ("dweights", _dims(dweights.shape, 2), (I + H, G)),
+            ("dbias", _dims(dbias.shape, 1), (G,)),
+            ("dropout", _dims(dropout.shape, 2), (B, H)),
+            ("dh_rec", _dims(dh_rec.shape, 2), (B, H)),
+            ("dh_pass", _dims(dh_pass.shape, 2), (B, H)),
+            ("dc", _dims(dc.shape, 2), (B, H)),
+            ("carry", _dims(carry.shape, 2), (B, H)),
+            ("mask", None if mask is None else _dims(mask.shape, 2), (B, T)),
+            ("dx", None if dx is None else _dims(dx.shape, 3), (B, T, I))):
+        if shape is not None and shape != expected:
+            raise ValueError(f"{name} must have shape {expected}, got {shape}")
+    if I < 1:
+        raise ValueError(f"states must have more than H = {H} columns, got {I + H}")
     with nogil, parallel(num_threads=max(nchunks, ncolumns)):
         for k in prange(nchunks, schedule="dynamic", chunksize=1):
             csr = fl_flush_denormals()
@@ -641,7 +675,7 @@ def backward(const floating[:, ::1] weights,
                 _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
                 &weights[0, 0], &recurrent_kernel_t[0, 0], mask_ptr, &dropout[0, 0],
                 go_backwards, activation, recurrent_activation, &grad_outputs[0, 0, 0], &gates[0, 0, 0], &c_prev[0, 0, 0],
-                &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], &dx[0, 0, 0])
+                &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], dx_ptr)
             fl_restore_denormals(csr)
         for k in prange(ncolumns, schedule="dynamic", chunksize=1):
             csr = fl_flush_denormals()

@@ -27,9 +27,10 @@ LSTMGradients.__doc__ = """Gradients of a loss with respect to the arguments of 
 ``bias`` is None when the forward ran without a bias. ``h0`` and ``c0`` are
 the gradients of the initial states (zeros when none were given)."""
 
-# The activations the kernels implement; each kernel build knows them by the
-# codes of its ``Activation`` enum, named as these in upper case.
-ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid")
+# The activations, by the names of the reference's definitions; each kernel
+# build knows them by the codes of its ``Activation`` enum, named as these in
+# upper case.
+ACTIVATIONS = tuple(reference.ACTIVATIONS)
 # BLAS takes 32-bit sizes and leading dimensions.
 _INT_MAX = 2**31 - 1
 
@@ -223,7 +224,7 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
     return outputs, h, c, cache
 
 
-def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
+def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
     """Backpropagate through time.
 
     Parameters
@@ -234,6 +235,12 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
         Gradient of the loss with respect to the outputs (None: zero).
     grad_h, grad_c : array_like, shape (batch, units), or None
         Gradients with respect to the final states (None: zero).
+    input_gradient : bool
+        Compute the gradient of the input ``x``. False skips its product
+        (a sixth of a training step's work when ``input_dim`` equals
+        ``units``) where nothing reads it, as for the first layer of a
+        model, whose input is data; ``x`` is then None and every other
+        gradient is the same to the bit.
 
     Returns
     -------
@@ -254,6 +261,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
         "grad_h": ((cache.batch, cache.units), "(batch, units)"),
         "grad_c": ((cache.batch, cache.units), "(batch, units)"),
     }
+    input_gradient = check_bool(input_gradient, "input_gradient")
     grads = {}
     for name, value in (("grad_outputs", grad_outputs), ("grad_h", grad_h), ("grad_c", grad_c)):
         if value is not None:
@@ -263,7 +271,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
         grads[name] = value
     cache.used = True
     result = _BACKENDS[cache.backend].lstm_backward(
-        cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"])
+        cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"], input_gradient)
     return LSTMGradients(*result)
 
 
@@ -299,12 +307,14 @@ def dense_forward(x, kernel, bias=None):
     return matmul(x, kernel, out=z, accumulate=True)
 
 
-def dense_backward(x, kernel, grad_z, use_bias=True):
+def dense_backward(x, kernel, grad_z, use_bias=True, input_gradient=True):
     """Gradients of :func:`dense_forward` from ``grad_z`` (rows, units),
-    C-contiguous: ``(dx, dkernel, dbias)``, dbias None without a bias."""
+    C-contiguous: ``(dx, dkernel, dbias)``, dbias None without a bias and
+    dx None without ``input_gradient``."""
     dkernel = matmul(x, grad_z, transpose_a=True)
     dbias = grad_z.sum(axis=0) if use_bias else None
-    return matmul(grad_z, kernel, transpose_b=True), dkernel, dbias
+    dx = matmul(grad_z, kernel, transpose_b=True) if input_gradient else None
+    return dx, dkernel, dbias
 
 
 def check_sizes(batch, timesteps, input_dim, units):
@@ -432,7 +442,7 @@ class _FastBackend:
         return outputs, h, c, cache
 
     @staticmethod
-    def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
+    def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
         weights, dropout = cache["weights"], cache["dropout"]
         dtype = weights.dtype
         batch, timesteps, input_dim = x_shape = cache["x_shape"]
@@ -442,7 +452,7 @@ class _FastBackend:
         dc = np.zeros(state_shape, dtype) if grad_c is None else np.array(grad_c, dtype, order="C")
         dh_rec = np.zeros(state_shape, dtype)
         carry = np.zeros(state_shape, dtype)
-        dx = np.empty(x_shape, dtype)
+        dx = np.empty(x_shape, dtype) if input_gradient else None
         # One product fills both weight gradients: dkernel on drecurrent_kernel.
         dweights = np.empty_like(weights)
         dbias = np.empty(4 * units, dtype)

@@ -61,7 +61,7 @@ class Sequential(Trainer):
         Layers in order: fastlstm's (``LSTM``, ``Bidirectional``, ``Dense``,
         ``Embedding``, ``Dropout``), subclasses of
         :class:`fastlstm.layers.Layer`, or any object with their interface
-        (``__call__(x, mask=..., training=...)``, ``backward(dy)``,
+        (``__call__(x, mask=..., training=...)``, ``backward(dy, input_gradient)``,
         ``params``, ``grads``, ``get_weights``, ``set_weights``,
         ``compute_mask``, ``compute_output_shape``, ``returns_list``). Each
         must return one array: an LSTM with ``return_state=True`` does not
@@ -189,13 +189,19 @@ class Sequential(Trainer):
             x = y
         return x, mask
 
-    def backward(self, dy):
+    def backward(self, dy, input_gradient=True):
         """Backpropagate ``dy`` (the gradient of the loss with respect to the
         output) through every layer; fills each layer's ``grads`` and returns
-        the input's gradient (None when the first layer is an Embedding)."""
+        the input's gradient (None when the first layer is an Embedding).
+
+        With ``input_gradient=False`` the first layer does not compute the
+        input's gradient, which training never reads (its input is data),
+        and None is returned; every weight's gradient is the same to the bit.
+        """
         self._check_layers()
+        first = self.layers[0]
         for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+            dy = layer.backward(dy, input_gradient or layer is not first)
             if dy is None:
                 break
         return dy

@@ -229,7 +229,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     return outputs, np.array(h, dtype=dtype), np.array(c, dtype=dtype), cache
 
 
-def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
+def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
     """Backpropagate through time the gradients of one `lstm_forward` call.
 
     Parameters
@@ -243,6 +243,8 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
         Gradient with respect to ``h_N``. None means zero.
     grad_c : ndarray, shape (B, H), optional
         Gradient with respect to ``c_N``. None means zero.
+    input_gradient : bool
+        Compute ``dx``; when False it is skipped and returned as None.
 
     Returns
     -------
@@ -292,7 +294,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
     grad_prev_output = np.zeros((batch, units), dtype=dtype)
 
     x_steps = x[:, ::-1] if cache.go_backwards else x
-    dx_steps = np.empty(x.shape, dtype=dtype)
+    dx_steps = np.empty(x.shape, dtype=dtype) if input_gradient else None
     dkernel = np.zeros(kernel.shape, dtype=dtype)
     drecurrent_kernel = np.zeros(recurrent_kernel.shape, dtype=dtype)
     dbias = None if cache.bias is None else np.zeros(cache.bias.shape, dtype=dtype)
@@ -332,13 +334,16 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None):
         dh = dh + dh_skip
         dc = dc_new * f + dc_skip
 
-        dx_steps[:, t] = grad_gates @ kernel.T
+        if input_gradient:
+            dx_steps[:, t] = grad_gates @ kernel.T
         dkernel += x_steps[:, t].T @ grad_gates
         drecurrent_kernel += h_recurrent.T @ grad_gates
         if dbias is not None:
             dbias += grad_gates.sum(axis=0)
 
-    dx = np.ascontiguousarray(dx_steps[:, ::-1]) if cache.go_backwards else dx_steps
+    dx = dx_steps
+    if input_gradient and cache.go_backwards:
+        dx = np.ascontiguousarray(dx_steps[:, ::-1])
     # np.array copies: with no time steps, dh and dc are still the caller's grad_h, grad_c.
     return (dx, dkernel, drecurrent_kernel, dbias,
             np.array(dh, dtype=dtype), np.array(dc, dtype=dtype))

@@ -185,7 +185,7 @@ class Trainer:
     def _train_step(self, x, y):
         y_pred, mask = self._forward(x, training=True)
         loss, d_output = self.loss.value_and_gradient(y, y_pred, mask)
-        self.backward(d_output)
+        self.backward(d_output, input_gradient=False)
         variables, grads = self._variables_and_grads()
         self.optimizer.apply(grads, variables)
         self._update_metrics(y, y_pred, mask)

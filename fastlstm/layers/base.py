@@ -118,7 +118,8 @@ class Layer:
 
     A subclass calls ``super().__init__(config)`` with its constructor
     arguments as given, sets ``dtype``, and implements ``__call__(x, mask=None,
-    training=False)`` and ``backward(dy)``; a layer with weights implements
+    training=False)`` and ``backward(dy, input_gradient=True)`` (which returns
+    None without ``input_gradient``); a layer with weights implements
     :meth:`_weight_names`, :meth:`_weight_shapes` and :meth:`_initial_weights`,
     and the base does the rest: building, getting and setting weights (every
     shape checked before anything changes), configuration, and the record a

@@ -215,7 +215,7 @@ class Bidirectional(Layer):
             return outputs + states
         return outputs[0]
 
-    def backward(self, dy):
+    def backward(self, dy, input_gradient=True):
         """Backpropagate through both directions.
 
         Parameters
@@ -225,6 +225,8 @@ class Bidirectional(Layer):
             ``[d_fw, d_bw]`` when ``merge_mode`` is None; followed by
             ``d_h_fw, d_c_fw, d_h_bw, d_c_bw`` with ``return_state``. None
             entries are zeros.
+        input_gradient : bool
+            Compute ``dx`` (see :meth:`LSTM.backward`); None when False.
 
         Returns
         -------
@@ -255,12 +257,13 @@ class Bidirectional(Layer):
             forward_dy, backward_dy = [d_y] + d_states[:2], [d_y_rev] + d_states[2:]
         else:
             forward_dy, backward_dy = d_y, d_y_rev
-        forward_grads = self.forward_layer.backward(forward_dy)
-        backward_grads = self.backward_layer.backward(backward_dy)
+        forward_grads = self.forward_layer.backward(forward_dy, input_gradient)
+        backward_grads = self.backward_layer.backward(backward_dy, input_gradient)
         self._merge_operands = None
         if isinstance(forward_grads, list):
-            return [forward_grads[0] + backward_grads[0]] + forward_grads[1:] + backward_grads[1:]
-        return forward_grads + backward_grads
+            dx = forward_grads[0] + backward_grads[0] if input_gradient else None
+            return [dx] + forward_grads[1:] + backward_grads[1:]
+        return forward_grads + backward_grads if input_gradient else None
 
     def _split_output_grad(self, d_outputs):
         """The gradients reaching the forward and (re-aligned) backward outputs."""

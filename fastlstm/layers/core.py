@@ -145,13 +145,15 @@ class Dense(Layer):
         self._keep((x2, y, x.shape))
         return y.reshape(x.shape[:-1] + (self.units,))
 
-    def backward(self, dy):
+    def backward(self, dy, input_gradient=True):
         """Backpropagate through the last call.
 
         Parameters
         ----------
         dy : array_like
             Gradient of the loss with respect to the output.
+        input_gradient : bool
+            Compute ``dx``; None when False.
 
         Returns
         -------
@@ -173,11 +175,12 @@ class Dense(Layer):
         else:
             dz = dy
         dx, dkernel, dbias = dense_backward(x2, self._params["kernel"],
-                                            np.ascontiguousarray(dz), self.use_bias)
+                                            np.ascontiguousarray(dz), self.use_bias,
+                                            input_gradient)
         self._grads = {"kernel": dkernel}
         if self.use_bias:
             self._grads["bias"] = dbias
-        return dx.reshape(x_shape)
+        return None if dx is None else dx.reshape(x_shape)
 
 
 class Embedding(Layer):
@@ -285,10 +288,11 @@ class Embedding(Layer):
         self._keep(indices)
         return self._params["embeddings"][indices]
 
-    def backward(self, dy):
+    def backward(self, dy, input_gradient=True):
         """Accumulate ``grads["embeddings"]`` from the last call.
 
-        Returns None: the indices have no gradient.
+        Returns None: the indices have no gradient (``input_gradient`` is
+        accepted for a uniform interface).
         """
         indices = self._take_record()
         dy = self._grad_array(dy, "dy", indices.shape + (self.output_dim,))
@@ -351,8 +355,11 @@ class Dropout(Layer):
         self._keep((keep, x.shape))
         return x
 
-    def backward(self, dy):
-        """``dy`` times the scaled mask of the last call (``dy`` itself in inference)."""
+    def backward(self, dy, input_gradient=True):
+        """``dy`` times the scaled mask of the last call (``dy`` itself in
+        inference); None when not ``input_gradient``."""
         keep, shape = self._take_record()
         dy = self._grad_array(dy, "dy", shape)
+        if not input_gradient:
+            return None
         return dy if keep is None else dy * keep

@@ -330,7 +330,7 @@ class LSTM(Layer):
             check_shape(array, name, (batch, self.units), "(batch, units)")
         return states, True
 
-    def backward(self, dy):
+    def backward(self, dy, input_gradient=True):
         """Backpropagate through the last call.
 
         Parameters
@@ -340,6 +340,10 @@ class LSTM(Layer):
             the same structure: the output's gradient, or
             ``[d_output, d_h, d_c]`` with ``return_state``; None entries are
             zeros.
+        input_gradient : bool
+            Compute ``dx``. False skips its product where nothing reads it
+            (the first layer of a model, whose input is data); ``dx`` is
+            then None and the weights' gradients are the same to the bit.
 
         Returns
         -------
@@ -379,9 +383,9 @@ class LSTM(Layer):
             d_h = d_output if d_h is None else d_h + d_output
 
         self._take_record()
-        grads = lstm_backward(cache, grad_outputs, d_h, d_c)
+        grads = lstm_backward(cache, grad_outputs, d_h, d_c, input_gradient)
         dx = grads.x
-        if record.input_dropout is not None:
+        if dx is not None and record.input_dropout is not None:
             dx *= record.input_dropout[:, None, :]
         self._grads.clear()
         self._grads["kernel"] = grads.kernel
