@@ -12,6 +12,8 @@ import sys
 # The benchmark's sizes, named here so that parsing the command line does not
 # import the benchmark; tests check they are fastlstm._bench.SIZES.
 _SIZES = ("tiny", "small", "medium", "large", "long")
+# Likewise the model benchmark's models (fastlstm._bench_models.MODELS).
+_MODELS = ("char", "classifier", "stack512")
 
 
 def _demo(args):
@@ -28,6 +30,13 @@ def _info(args):
 
 
 def _bench(args):
+    if args.models is not None:
+        from ._bench_models import run as run_models
+
+        results = run_models(models=args.models or None, turns=args.turns, epochs=args.epochs,
+                             threads=args.threads, keras_python=args.keras_python)
+        return 1 if any(model["errors"] for model in results["models"].values()) else 0
+
     from ._bench import run
 
     results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
@@ -89,6 +98,16 @@ def main(argv=None):
     bench.add_argument("--no-reference", dest="reference", action="store_false",
                        help="leave out the NumPy reference")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--models", nargs="*", choices=_MODELS, metavar="MODEL",
+                       help=f"instead, time one epoch of fit on whole models in fastlstm, "
+                            f"PyTorch and Keras, each in its own process: "
+                            f"{', '.join(_MODELS)} (default with no names: all)")
+    bench.add_argument("--turns", type=_positive_int, default=3, metavar="N",
+                       help="with --models: processes per framework, in turns (default: 3)")
+    bench.add_argument("--epochs", type=_positive_int, default=2, metavar="N",
+                       help="with --models: timed epochs per process (default: 2)")
+    bench.add_argument("--keras-python", metavar="PATH",
+                       help="with --models: the Python that has Keras (default: this one)")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,0 +1,306 @@
+"""``python -m fastlstm bench --models``: one epoch of ``fit`` on whole models.
+
+Users judge speed by how long an epoch takes, which counts everything a
+training step does: the LSTM layers, the Dense layer and the loss, the
+optimizer and the framework's own overhead. This times one epoch of the
+same three models, on the same synthetic data, with Adam, in fastlstm,
+PyTorch (a plain training loop) and Keras 3 (``model.fit``), each in its own
+process so that no framework's threads or memory affect another's. The
+processes run in turns (fastlstm, PyTorch, Keras, fastlstm, ...); each runs
+a warm-up epoch and then ``epochs`` timed ones, and the figure reported is
+the median over every timed epoch of every turn.
+
+Each worker is this module run as ``python -m fastlstm._bench_models MODEL
+FRAMEWORK EPOCHS THREADS``; it prints one JSON line: the epoch times in
+seconds. Keras runs in the interpreter given by ``keras_python`` (TensorFlow
+may need an environment of its own); PyTorch and Keras are skipped with a
+note when they cannot be imported there.
+"""
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["MODELS", "data", "fastlstm_model", "run"]
+
+# name: (description, batch size, batches per epoch). The targets of
+# docs/performance.rst: one epoch <= TARGETS[name] x PyTorch's, <= 0.3 x Keras'.
+MODELS = {
+    "char": ("Embedding(64, 32) -> LSTM(256, seq) -> LSTM(256, seq) -> Dense(64); "
+             "sparse CE from logits at every step; B=64, T=100", 64, 16),
+    "classifier": ("LSTM(64) -> Dense(1); binary CE from logits; B=32, T=50, I=32", 32, 32),
+    "stack512": ("LSTM(512, seq) -> LSTM(512) -> Dense(10); sparse CE from logits; "
+                 "B=64, T=50, I=512", 64, 8),
+}
+TARGETS_VS_TORCH = {"char": 0.67, "classifier": 0.67, "stack512": 0.8}
+TARGET_VS_KERAS = 0.3
+FRAMEWORKS = ("fastlstm", "torch", "keras")
+
+
+def data(name):
+    """The model's inputs and targets for one epoch, float32 (tokens int64)."""
+    rng = np.random.default_rng(0)
+    _, batch, batches = MODELS[name]
+    samples = batch * batches
+    if name == "char":
+        tokens = rng.integers(0, 64, (samples, 101))
+        return tokens[:, :-1], tokens[:, 1:]
+    if name == "classifier":
+        x = rng.standard_normal((samples, 50, 32)).astype(np.float32)
+        return x, (x[:, :, 0].sum(axis=1) > 0).astype(np.float32)[:, None]
+    x = rng.standard_normal((samples, 50, 512)).astype(np.float32)
+    return x, rng.integers(0, 10, samples)
+
+
+def fastlstm_model(name, dtype="float32"):
+    """The fastlstm model ``name`` of :data:`MODELS`, compiled with Adam."""
+    import fastlstm as fl
+
+    if name == "char":
+        layers = [fl.Embedding(64, 32, seed=0, dtype=dtype),
+                  fl.LSTM(256, return_sequences=True, seed=1, dtype=dtype),
+                  fl.LSTM(256, return_sequences=True, seed=2, dtype=dtype),
+                  fl.Dense(64, seed=3, dtype=dtype)]
+        loss = fl.losses.SparseCategoricalCrossentropy(from_logits=True)
+    elif name == "classifier":
+        layers = [fl.LSTM(64, seed=0, dtype=dtype), fl.Dense(1, seed=1, dtype=dtype)]
+        loss = fl.losses.BinaryCrossentropy(from_logits=True)
+    else:
+        layers = [fl.LSTM(512, return_sequences=True, seed=0, dtype=dtype),
+                  fl.LSTM(512, seed=1, dtype=dtype), fl.Dense(10, seed=2, dtype=dtype)]
+        loss = fl.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = fl.Sequential(layers, seed=0)
+    model.compile(optimizer=fl.optimizers.Adam(), loss=loss)
+    return model
+
+
+def _epochs_fastlstm(name, epochs, threads):
+    import fastlstm as fl
+
+    fl.set_num_threads(threads)
+    x, y = data(name)
+    model = fastlstm_model(name)
+    batch = MODELS[name][1]
+    times = []
+    for _ in range(epochs + 1):
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def _epochs_torch(name, epochs, threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x, y = data(name)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            if name == "char":
+                self.embedding = torch.nn.Embedding(64, 32)
+                self.lstm = torch.nn.LSTM(32, 256, num_layers=2, batch_first=True)
+                self.dense = torch.nn.Linear(256, 64)
+            elif name == "classifier":
+                self.lstm = torch.nn.LSTM(32, 64, batch_first=True)
+                self.dense = torch.nn.Linear(64, 1)
+            else:
+                self.lstm = torch.nn.LSTM(512, 512, num_layers=2, batch_first=True)
+                self.dense = torch.nn.Linear(512, 10)
+
+        def forward(self, inputs):
+            if name == "char":
+                inputs = self.embedding(inputs)
+            outputs, _ = self.lstm(inputs)
+            return self.dense(outputs if name == "char" else outputs[:, -1])
+
+    model = Model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
+    if name == "classifier":
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+    else:
+        loss_fn = torch.nn.CrossEntropyLoss()
+    x = torch.from_numpy(x)
+    y = torch.from_numpy(y)
+    batch = MODELS[name][1]
+    times = []
+    for _ in range(epochs + 1):
+        start = time.perf_counter()
+        order = torch.randperm(x.shape[0])
+        for first in range(0, x.shape[0], batch):
+            index = order[first:first + batch]
+            optimizer.zero_grad()
+            logits = model(x[index])
+            target = y[index]
+            if name == "char":
+                loss = loss_fn(logits.reshape(-1, 64), target.reshape(-1))
+            else:
+                loss = loss_fn(logits, target)
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def _epochs_keras(name, epochs, threads):
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    import keras
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    keras.utils.set_random_seed(0)
+    x, y = data(name)
+    if name == "char":
+        layers = [keras.Input((100,), dtype="int64"), keras.layers.Embedding(64, 32),
+                  keras.layers.LSTM(256, return_sequences=True),
+                  keras.layers.LSTM(256, return_sequences=True), keras.layers.Dense(64)]
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    elif name == "classifier":
+        layers = [keras.Input((50, 32)), keras.layers.LSTM(64), keras.layers.Dense(1)]
+        loss = keras.losses.BinaryCrossentropy(from_logits=True)
+    else:
+        layers = [keras.Input((50, 512)), keras.layers.LSTM(512, return_sequences=True),
+                  keras.layers.LSTM(512), keras.layers.Dense(10)]
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model = keras.Sequential(layers)
+    model.compile(optimizer=keras.optimizers.Adam(), loss=loss)
+    batch = MODELS[name][1]
+    times = []
+    for _ in range(epochs + 1):
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+_WORKERS = {"fastlstm": _epochs_fastlstm, "torch": _epochs_torch, "keras": _epochs_keras}
+
+
+def _worker(argv):
+    name, framework, epochs, threads = argv[0], argv[1], int(argv[2]), int(argv[3])
+    print(json.dumps(_WORKERS[framework](name, epochs, threads)))
+    return 0
+
+
+def _run_worker(python, name, framework, epochs, threads, timeout):
+    """The epoch times of one worker process, or the reason it gave none."""
+    command = [python, "-m", "fastlstm._bench_models", name, framework, str(epochs),
+               str(threads)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return None, f"{framework} on {name}: {error}"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"{framework} on {name} failed: {last}"
+    return json.loads(done.stdout.strip().splitlines()[-1]), None
+
+
+def _available(python, module):
+    """Whether ``python`` can import ``module``."""
+    try:
+        return subprocess.run([python, "-c", f"import {module}"], capture_output=True,
+                              timeout=120).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=None,
+        timeout=900):
+    """Time one epoch of ``fit`` per model and framework; print and return the medians.
+
+    Parameters
+    ----------
+    models : list of str or None
+        Names of :data:`MODELS`; None runs all.
+    turns : int
+        Processes per framework and model, run in turns.
+    epochs : int
+        Timed epochs per process, after one warm-up epoch.
+    threads : int or None
+        Threads for every framework; None: fastlstm's default
+        (:func:`fastlstm.num_threads`).
+    keras_python : str or None
+        The interpreter that runs Keras (default: this one).
+    file : file-like or None
+        Where to print; ``sys.stdout`` when None.
+
+    Returns
+    -------
+    dict
+        Per model: the median epoch seconds per framework, every epoch time,
+        the ratios, and notes on what could not run.
+    """
+    file = sys.stdout if file is None else file
+    if threads is None:
+        from . import num_threads
+
+        threads = num_threads()
+    models = list(MODELS) if models is None else list(models)
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; the models are {list(MODELS)}")
+    pythons = {"fastlstm": sys.executable, "torch": sys.executable,
+               "keras": keras_python or sys.executable}
+    frameworks = ["fastlstm"]
+    notes = []
+    for framework, module in (("torch", "torch"), ("keras", "keras")):
+        if _available(pythons[framework], module):
+            frameworks.append(framework)
+        else:
+            notes.append(f"{module} cannot be imported by {pythons[framework]}: not timed")
+    print(f"one epoch of fit, {threads} thread(s) each, {turns} process(es) per framework "
+          f"in turns, {epochs} timed epoch(s) each after a warm-up; median seconds", file=file)
+    for note in notes:
+        print(f"note: {note}", file=file)
+    results = {"threads": threads, "turns": turns, "epochs": epochs, "notes": notes,
+               "models": {}}
+    for name in models:
+        times = {framework: [] for framework in frameworks}
+        errors = []
+        for _ in range(turns):
+            for framework in frameworks:
+                epoch_times, error = _run_worker(pythons[framework], name, framework, epochs,
+                                                 threads, timeout)
+                if error:
+                    errors.append(error)
+                else:
+                    times[framework].extend(epoch_times)
+        medians = {f: statistics.median(t) for f, t in times.items() if t}
+        ratios = {f"fastlstm_over_{f}": medians["fastlstm"] / medians[f]
+                  for f in medians if f != "fastlstm" and "fastlstm" in medians}
+        results["models"][name] = {"description": MODELS[name][0], "seconds": medians,
+                                   "times": times, "ratios": ratios, "errors": errors}
+        _print_model(name, results["models"][name], file)
+        file.flush()
+    return results
+
+
+def _print_model(name, result, file):
+    seconds = result["seconds"]
+    cells = "  ".join(f"{framework} {seconds[framework]:.3f}" for framework in FRAMEWORKS
+                      if framework in seconds)
+    print(f"\n{name}: {result['description']}\n  seconds: {cells}", file=file)
+    ratios = result["ratios"]
+    if "fastlstm_over_torch" in ratios:
+        ratio, target = ratios["fastlstm_over_torch"], TARGETS_VS_TORCH[name]
+        print(f"  fastlstm / PyTorch {ratio:.2f} (target <= {target}: "
+              f"{'met' if ratio <= target else 'missed'})", file=file)
+    if "fastlstm_over_keras" in ratios:
+        ratio = ratios["fastlstm_over_keras"]
+        print(f"  fastlstm / Keras {ratio:.2f} (target <= {TARGET_VS_KERAS}: "
+              f"{'met' if ratio <= TARGET_VS_KERAS else 'missed'})", file=file)
+    for error in result["errors"]:
+        print(f"  error: {error}", file=file)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))
