@@ -77,19 +77,22 @@ def fastlstm_model(name, dtype="float32"):
     return model
 
 
-def _epochs_fastlstm(name, epochs, threads):
-    import fastlstm as fl
-
-    fl.set_num_threads(threads)
-    x, y = data(name)
-    model = fastlstm_model(name)
-    batch = MODELS[name][1]
+def _fit_epochs(model, x, y, batch, epochs):
+    """Seconds of each of ``epochs`` epochs of Keras-style ``model.fit``, after a warm-up one."""
     times = []
     for _ in range(epochs + 1):
         start = time.perf_counter()
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
         times.append(time.perf_counter() - start)
     return times[1:]
+
+
+def _epochs_fastlstm(name, epochs, threads):
+    import fastlstm as fl
+
+    fl.set_num_threads(threads)
+    x, y = data(name)
+    return _fit_epochs(fastlstm_model(name), x, y, MODELS[name][1], epochs)
 
 
 def _epochs_torch(name, epochs, threads):
@@ -172,13 +175,7 @@ def _epochs_keras(name, epochs, threads):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = keras.Sequential(layers)
     model.compile(optimizer=keras.optimizers.Adam(), loss=loss)
-    batch = MODELS[name][1]
-    times = []
-    for _ in range(epochs + 1):
-        start = time.perf_counter()
-        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
-        times.append(time.perf_counter() - start)
-    return times[1:]
+    return _fit_epochs(model, x, y, MODELS[name][1], epochs)
 
 
 _WORKERS = {"fastlstm": _epochs_fastlstm, "torch": _epochs_torch, "keras": _epochs_keras}
