@@ -10,13 +10,15 @@ processes run in turns (fastlstm, PyTorch, Keras, fastlstm, ...); each runs
 a warm-up epoch and then ``epochs`` timed ones, and the figure reported is
 the median over every timed epoch of every turn.
 
-Each worker is this module run as ``python -m fastlstm._bench_models MODEL
-FRAMEWORK EPOCHS THREADS``; it prints one JSON line: the epoch times in
-seconds. Keras runs in the interpreter given by ``keras_python`` (TensorFlow
-may need an environment of its own); PyTorch and Keras are skipped with a
-note when they cannot be imported there.
+Each worker is this file run as a script, ``MODEL FRAMEWORK EPOCHS
+THREADS`` its last arguments; it prints one JSON line: the epoch times in
+seconds. It needs only NumPy and its framework, so Keras can run in another
+interpreter, given by ``keras_python`` (TensorFlow may need an environment of
+its own); PyTorch and Keras are skipped with a note when they cannot be
+imported there.
 """
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -189,8 +191,11 @@ def _worker(argv):
 
 def _run_worker(python, name, framework, epochs, threads, timeout):
     """The epoch times of one worker process, or the reason it gave none."""
-    command = [python, "-m", "fastlstm._bench_models", name, framework, str(epochs),
-               str(threads)]
+    # run_path, not the file as a script: fastlstm's own directory must not come
+    # first on sys.path, where fastlstm/torch.py would hide PyTorch.
+    command = [python, "-c", "import runpy, sys; runpy.run_path(sys.argv[1], "
+               "run_name='__main__')", os.path.abspath(__file__), name, framework,
+               str(epochs), str(threads)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -300,4 +305,4 @@ def _print_model(name, result, file):
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1:]))
+    sys.exit(_worker(sys.argv[-4:]))
