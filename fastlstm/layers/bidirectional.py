@@ -58,7 +58,9 @@ class Bidirectional(Layer):
             raise ValueError("layer must have go_backwards=False: Bidirectional makes the "
                              "backward direction itself, got go_backwards=True")
         config = layer.get_config()
-        super().__init__({"layer": layer, "merge_mode": merge_mode})
+        # The wrapped layer as Keras serialises it: {"class_name": ..., "config": ...}.
+        super().__init__({"layer": {"class_name": "LSTM", "config": config},
+                          "merge_mode": merge_mode})
         self._layer_repr = repr(layer)
         forward_seed, backward_seed = self._direction_seeds(config["seed"])
         self.forward_layer = LSTM(**dict(config, seed=forward_seed))
@@ -86,7 +88,8 @@ class Bidirectional(Layer):
     def get_config(self):
         """``{"layer": ..., "merge_mode": ...}``, the wrapped layer as
         ``{"class_name": "LSTM", "config": {...}}``, as Keras serialises it."""
-        return {"layer": {"class_name": "LSTM", "config": self._config["layer"].get_config()},
+        layer = self._config["layer"]
+        return {"layer": {"class_name": "LSTM", "config": dict(layer["config"])},
                 "merge_mode": self.merge_mode}
 
     @classmethod
