@@ -14,7 +14,8 @@ _config.prepare_blas()
 
 from ._config import PerformanceWarning, num_threads, set_num_threads, show_config  # noqa: E402
 from .functional import LSTMCache, LSTMGradients, lstm_backward, lstm_forward, workspace_nbytes  # noqa: E402
-from .layers import LSTM, Bidirectional, Dense, Dropout, Embedding, no_grad  # noqa: E402
+from .layers import (LSTM, Bidirectional, Dense, Dropout, Embedding,  # noqa: E402
+                     LayerNormalization, Masking, no_grad)
 from .models import Sequential  # noqa: E402
 from . import (callbacks, convert, initializers, losses, metrics, models,  # noqa: E402
                optimizers, saving)
@@ -28,6 +29,8 @@ __all__ = [
     "LSTM",
     "LSTMCache",
     "LSTMGradients",
+    "LayerNormalization",
+    "Masking",
     "PerformanceWarning",
     "Sequential",
     "lstm_backward",

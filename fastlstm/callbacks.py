@@ -1,4 +1,6 @@
-"""Callbacks with Keras' hooks: History, EarlyStopping, ModelCheckpoint.
+"""Callbacks with Keras' hooks and names: History, EarlyStopping,
+ModelCheckpoint, ReduceLROnPlateau, LearningRateScheduler, CSVLogger,
+TerminateOnNaN, LambdaCallback.
 
 ``Sequential.fit`` calls, in this order: ``on_train_begin``; per epoch
 ``on_epoch_begin``, per batch ``on_train_batch_begin`` and
@@ -20,14 +22,22 @@ Examples
 >>> callbacks = [EarlyStopping(patience=3, restore_best_weights=True),
 ...              ModelCheckpoint("best.npz", save_best_only=True)]
 """
+import csv
+import inspect
 import math
+import os
 import sys
 import time
 import warnings
 
-from ._validation import check_bool, check_int, check_path, check_real, check_str, describe
+import numpy as np
 
-__all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "ProgbarLogger"]
+from ._validation import (check_bool, check_int, check_path, check_real, check_str, describe,
+                          is_real)
+
+__all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "ProgbarLogger",
+           "ReduceLROnPlateau", "LearningRateScheduler", "CSVLogger", "TerminateOnNaN",
+           "LambdaCallback"]
 
 
 class Callback:
@@ -406,7 +416,8 @@ class Progbar:
     ``verbose=1`` redraws one line in place (carriage return) with the step,
     a bar, the ETA and the logs, at most every ``interval`` seconds, and ends
     it with the total time and the time per step; ``verbose=2`` prints only
-    that final line.
+    that final line. ``steps=None`` (data from an iterator of unknown
+    length) shows the step count as ``12/Unknown``, with no bar or ETA.
     """
 
     width = 30
@@ -430,24 +441,26 @@ class Progbar:
             return
         self._last_draw = now
         elapsed = now - self._start
-        digits = len(str(self.steps))
-        counter = f"{step:>{digits}}/{self.steps}"
+        digits = len(str(self.steps if self.steps is not None else step))
+        counter = f"{step:>{digits}}/{self.steps if self.steps is not None else 'Unknown'}"
         per_step = elapsed / max(step, 1)
         if self.verbose == 2:
             line = f"{counter} - {_format_duration(elapsed)} - {_format_per_step(per_step)}"
             sys.stdout.write(line + _format_logs(logs) + "\n")
             sys.stdout.flush()
             return
-        done = int(self.width * step / self.steps) if self.steps else self.width
-        bar = "=" * done
-        if step < self.steps:
-            bar = bar[:-1] + ">" if bar else ">"
-        bar = f"[{bar:.<{self.width}}]"
-        if finalize:
+        if finalize or self.steps is None:
             timing = f"{_format_duration(elapsed)} {_format_per_step(per_step)}"
         else:
             timing = f"ETA: {_format_duration(per_step * (self.steps - step))}"
-        line = f"{counter} {bar} - {timing}{_format_logs(logs)}"
+        if self.steps is None:
+            line = f"{counter} - {timing}{_format_logs(logs)}"
+        else:
+            done = int(self.width * step / self.steps) if self.steps else self.width
+            bar = "=" * done
+            if step < self.steps:
+                bar = bar[:-1] + ">" if bar else ">"
+            line = f"{counter} [{bar:.<{self.width}}] - {timing}{_format_logs(logs)}"
         # Spaces wipe what a longer previous line left on the terminal.
         padding = " " * max(self._drawn_width - len(line), 0)
         self._drawn_width = len(line)
@@ -478,3 +491,322 @@ class ProgbarLogger(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._bar.update(self._last_step, logs, finalize=True)
+
+
+def _optimizer_of(model, owner):
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "learning_rate"):
+        raise RuntimeError(f"{owner} needs a compiled model whose optimizer has a "
+                           f"learning_rate: call compile() first")
+    return optimizer
+
+
+class ReduceLROnPlateau(Callback):
+    """Reduce the learning rate when a monitored quantity stops improving,
+    as ``keras.callbacks.ReduceLROnPlateau``.
+
+    At the end of each epoch: an improvement is ``current < best - min_delta``
+    (``current > best + min_delta`` in mode "max"). After ``patience``
+    epochs without one, and outside a cooldown, the rate becomes
+    ``max(rate * factor, min_lr)`` (if it is above ``min_lr``), the wait
+    restarts and ``cooldown`` epochs follow in which no epoch counts as a
+    wait. The epoch's logs gain ``learning_rate``, the rate it trained with.
+
+    Parameters
+    ----------
+    monitor : str
+        Default "val_loss".
+    factor : float in [0, 1)
+        Default 0.1.
+    patience : int
+        Epochs without improvement before a reduction. Default 10.
+    verbose : {0, 1}
+        1 prints each reduction.
+    mode : {"auto", "min", "max"}
+        "auto" maximises names containing "acc", as Keras does.
+    min_delta : float
+        Default 1e-4.
+    cooldown : int
+        Epochs to wait after a reduction. Default 0.
+    min_lr : float
+        The lowest rate. Default 0.
+
+    Examples
+    --------
+    >>> from fastlstm.callbacks import ReduceLROnPlateau
+    >>> reduce = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2)
+    """
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
+                 min_delta=1e-4, cooldown=0, min_lr=0.0):
+        super().__init__()
+        self.monitor = _check_monitor(monitor)
+        self.factor = check_real(factor, "factor", 0.0, 1.0, high_open=True,
+                                 meaning=" (the rate is multiplied by it)")
+        self.patience = check_int(patience, "patience", minimum=0)
+        self.verbose = _check_verbose(verbose)
+        self.mode = _check_mode(mode)
+        self.min_delta = check_real(min_delta, "min_delta")
+        self.cooldown = check_int(cooldown, "cooldown", minimum=0)
+        self.min_lr = check_real(min_lr, "min_lr", 0.0)
+        self._reset()
+
+    def _reset(self):
+        self._maximize = self.mode == "max" or (self.mode == "auto" and "acc" in self.monitor)
+        self.best = -math.inf if self._maximize else math.inf
+        self.cooldown_counter = 0
+        self.wait = 0
+
+    def _improves(self, current):
+        if self._maximize:
+            return current > self.best + self.min_delta
+        return current < self.best - self.min_delta
+
+    def in_cooldown(self):
+        """Whether reductions are paused after the last one."""
+        return self.cooldown_counter > 0
+
+    def on_train_begin(self, logs=None):
+        self._reset()
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = _optimizer_of(self.model, "ReduceLROnPlateau")
+        if logs is not None:
+            logs["learning_rate"] = float(optimizer.learning_rate)
+        current = _monitored(self.monitor, logs, "ReduceLROnPlateau")
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._improves(current):
+            self.best = current
+            self.wait = 0
+            return
+        if self.in_cooldown():
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        old_lr = float(optimizer.learning_rate)
+        # Compared in float32, as Keras does, so a rate at min_lr stays put.
+        if old_lr > np.float32(self.min_lr):
+            new_lr = max(old_lr * self.factor, self.min_lr)
+            optimizer.learning_rate = new_lr
+            if self.verbose:
+                print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
+                      f"{new_lr}.")
+            self.cooldown_counter = self.cooldown
+            self.wait = 0
+
+
+class LearningRateScheduler(Callback):
+    """Set the learning rate at the start of each epoch, as
+    ``keras.callbacks.LearningRateScheduler``.
+
+    Parameters
+    ----------
+    schedule : callable
+        ``schedule(epoch, learning_rate) -> float`` (``epoch`` from 0,
+        ``learning_rate`` the current rate), or ``schedule(epoch)``.
+    verbose : {0, 1}
+        1 prints the rate set at each epoch.
+
+    Notes
+    -----
+    The epoch's logs gain ``learning_rate``. The optimizer must have a float
+    rate: one made with a schedule raises ``TypeError`` (as in Keras).
+
+    Examples
+    --------
+    >>> from fastlstm.callbacks import LearningRateScheduler
+    >>> halve = LearningRateScheduler(lambda epoch, rate: rate if epoch < 2 else rate / 2)
+    """
+
+    def __init__(self, schedule, verbose=0):
+        super().__init__()
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a callable schedule(epoch, learning_rate) -> "
+                            f"float, got {describe(schedule)}")
+        self.schedule = schedule
+        self.verbose = _check_verbose(verbose)
+        self._takes_rate = _accepts_two_arguments(schedule)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = _optimizer_of(self.model, "LearningRateScheduler")
+        if self._takes_rate:
+            rate = self.schedule(epoch, float(optimizer.learning_rate))
+        else:
+            rate = self.schedule(epoch)
+        if isinstance(rate, np.ndarray) and rate.shape == ():
+            rate = rate.item()
+        if not is_real(rate):
+            raise ValueError(f"the schedule must return a float, got {describe(rate)} for "
+                             f"epoch {epoch}")
+        optimizer.learning_rate = float(rate)
+        if self.verbose:
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to "
+                  f"{float(rate)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(_optimizer_of(self.model, "LearningRateScheduler")
+                                          .learning_rate)
+
+
+def _accepts_two_arguments(function):
+    """Whether ``function`` can be called with two positional arguments."""
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(0, 0.0)
+    except TypeError:
+        return False
+    return True
+
+
+class CSVLogger(Callback):
+    """Write each epoch's logs as a row of a CSV file, as ``keras.callbacks.CSVLogger``.
+
+    The first row is the header: ``epoch`` and the log entries in sorted
+    order; then one row per epoch (``epoch`` from 0). An entry missing from
+    an epoch's logs is written ``NA``.
+
+    Parameters
+    ----------
+    filename : str or os.PathLike
+    separator : str
+        One character. Default ",".
+    append : bool
+        Append to an existing file (without a second header if it has
+        rows) rather than overwrite it. Default False.
+
+    Examples
+    --------
+    >>> from fastlstm.callbacks import CSVLogger
+    >>> logger = CSVLogger("training.csv")
+    """
+
+    def __init__(self, filename, separator=",", append=False):
+        super().__init__()
+        try:
+            self.filename = os.fspath(filename)
+        except TypeError:
+            raise TypeError(f"filename must be a str or os.PathLike, got "
+                            f"{describe(filename)}") from None
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"separator must be one character, got {describe(separator)}")
+        self.sep = separator
+        self.append = check_bool(append, "append")
+        self.keys = None
+        self._file = None
+        self._writer = None
+        self._write_header = True
+
+    def on_train_begin(self, logs=None):
+        self._write_header = True
+        if self.append and os.path.exists(self.filename):
+            with open(self.filename, newline="") as existing:
+                self._write_header = not existing.readline()
+        self._file = open(self.filename, "a" if self.append else "w", newline="")
+        self._writer = None
+        self.keys = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.keys is None:
+            self.keys = sorted(logs)
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys,
+                                          delimiter=self.sep, lineterminator="\n",
+                                          extrasaction="ignore")
+            if self._write_header:
+                self._writer.writeheader()
+        row = {"epoch": epoch}
+        row.update({key: _csv_value(logs[key]) if key in logs else "NA" for key in self.keys})
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+        self._file = None
+        self._writer = None
+
+
+def _csv_value(value):
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return value.item()
+    return value
+
+
+class TerminateOnNaN(Callback):
+    """Stop training when the loss becomes NaN or infinite, as
+    ``keras.callbacks.TerminateOnNaN``: checked after every training batch;
+    prints ``Batch <i>: Invalid loss, terminating training`` and sets
+    ``model.stop_training``."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            print(f"Batch {batch}: Invalid loss, terminating training")
+            self.model.stop_training = True
+
+
+_HOOKS = tuple(name for name in vars(Callback) if name.startswith("on_"))
+
+
+class LambdaCallback(Callback):
+    """A callback made of functions, as ``keras.callbacks.LambdaCallback``.
+
+    Each keyword argument names a hook and gives the function it calls, with
+    the hook's arguments: ``on_epoch_begin`` / ``on_epoch_end`` get
+    ``(epoch, logs)``, the ``on_*_batch_*`` hooks ``(batch, logs)``, the
+    others ``(logs)``.
+
+    Parameters
+    ----------
+    on_epoch_begin, on_epoch_end : callable or None
+        Called with ``(epoch, logs)``.
+    on_train_begin, on_train_end : callable or None
+        Called with ``(logs)``.
+    on_train_batch_begin, on_train_batch_end : callable or None
+        Called with ``(batch, logs)``.
+    **kwargs
+        Any other hook of :class:`Callback` (``on_test_end=...``, ...).
+
+    Examples
+    --------
+    >>> from fastlstm.callbacks import LambdaCallback
+    >>> losses = []
+    >>> record = LambdaCallback(on_epoch_end=lambda epoch, logs: losses.append(logs["loss"]))
+    """
+
+    def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
+                 on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None,
+                 **kwargs):
+        super().__init__()
+        hooks = dict(on_epoch_begin=on_epoch_begin, on_epoch_end=on_epoch_end,
+                     on_train_begin=on_train_begin, on_train_end=on_train_end,
+                     on_train_batch_begin=on_train_batch_begin,
+                     on_train_batch_end=on_train_batch_end, **kwargs)
+        for name, function in hooks.items():
+            if name not in _HOOKS:
+                raise TypeError(f"LambdaCallback got an unexpected keyword argument {name!r}; "
+                                f"the hooks are {', '.join(_HOOKS)}")
+            if function is None:
+                continue
+            if not callable(function):
+                raise TypeError(f"{name} must be callable or None, got {describe(function)}")
+            setattr(self, name, _hook(function, name))
+
+
+def _hook(function, name):
+    """``function`` called as Keras calls a LambdaCallback's hooks: with the
+    epoch or batch index, if the hook has one, and the logs (None if the
+    loop passes none)."""
+    if name.startswith("on_epoch_") or "_batch_" in name:
+        return lambda index, logs=None: function(index, logs)
+    return lambda logs=None: function(logs)

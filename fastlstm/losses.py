@@ -8,6 +8,12 @@ does: a prediction of shape ``(batch, timesteps, classes)`` has
 (``y_pred.shape[:-1]``) averages over the kept positions only, as Keras does
 with the mask an ``Embedding(mask_zero=True)`` makes.
 
+``sample_weight`` multiplies each position's loss before that average, and
+the divisor stays the number of (kept) positions, as in Keras 3's
+``"sum_over_batch_size"``: ``sum(weight * loss) / positions``, not a
+division by the weights' sum. Weights of shape ``(batch,)`` apply to every
+position of a sample; ``(batch, timesteps)`` weigh each position.
+
 Training needs the gradient as well as the value, so every loss computes
 both in one pass: :meth:`Loss.value_and_gradient` returns the loss and its
 gradient with respect to ``y_pred``, which is what ``backward`` of the last
@@ -97,6 +103,19 @@ def _check_mask(mask, positions):
     return mask
 
 
+def _sample_weights(sample_weight, positions, dtype):
+    """``sample_weight`` broadcast over the positions: its shape must be the
+    leading axes of ``positions`` (``(batch,)`` or the positions' own), with
+    an optional trailing axis of 1, as Keras' rank matching allows."""
+    weights = as_real_array(sample_weight, "sample_weight", dtype)
+    if weights.ndim == len(positions) + 1 and weights.shape[-1] == 1:
+        weights = weights[..., 0]
+    if weights.ndim == 0 or weights.shape != positions[:weights.ndim]:
+        raise ValueError(f"sample_weight must have shape (batch,) = {positions[:1]} or "
+                         f"y_pred.shape[:-1] = {positions}, got {weights.shape}")
+    return weights.reshape(weights.shape + (1,) * (len(positions) - weights.ndim))
+
+
 def _position_weights(mask, positions, dtype):
     """Weights over the positions (shape ``positions``) that average the kept
     ones: ``mask / mask.sum()``, all zeros when nothing is kept; uniform when
@@ -118,11 +137,11 @@ class Loss:
 
     name = "loss"
 
-    def __call__(self, y_true, y_pred, mask=None):
+    def __call__(self, y_true, y_pred, mask=None, sample_weight=None):
         """The loss averaged over the (kept) positions, a float."""
-        return self.value_and_gradient(y_true, y_pred, mask)[0]
+        return self.value_and_gradient(y_true, y_pred, mask, sample_weight)[0]
 
-    def value_and_gradient(self, y_true, y_pred, mask=None):
+    def value_and_gradient(self, y_true, y_pred, mask=None, sample_weight=None):
         """The loss and its gradient with respect to ``y_pred``.
 
         Parameters
@@ -135,6 +154,10 @@ class Loss:
             Predictions; the last axis holds one position's values.
         mask : array_like of bool or None
             Shape ``y_pred.shape[:-1]``; only True positions count.
+        sample_weight : array_like or None
+            Shape ``(batch,)`` or ``y_pred.shape[:-1]``: multiplies each
+            position's loss; the sum is still divided by the number of
+            (kept) positions, as Keras 3 does.
 
         Returns
         -------
@@ -144,6 +167,8 @@ class Loss:
         """
         y_pred = _predictions(y_pred)
         weights = _position_weights(mask, y_pred.shape[:-1], y_pred.dtype)
+        if sample_weight is not None:
+            weights = weights * _sample_weights(sample_weight, y_pred.shape[:-1], y_pred.dtype)
         losses, gradient = self._positions(y_true, y_pred)
         value = float(np.sum(losses * weights))
         gradient *= weights[..., None]

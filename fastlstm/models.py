@@ -48,6 +48,15 @@ _LAYER_INTERFACE = ("backward", "params", "grads", "get_weights", "set_weights",
                     "compute_mask", "compute_output_shape", "returns_list")
 
 
+def _is_recurrent(layer):
+    return hasattr(layer, "return_sequences")
+
+
+def _label(layer, index):
+    """``'lstm_1' (LSTM)``: a layer as summaries and errors name it."""
+    return f"{getattr(layer, 'name', f'layer_{index}')!r} ({type(layer).__name__})"
+
+
 def _format_shape(shape):
     return "?" if shape is None else str(tuple(shape)).replace(",)", ")")
 
@@ -72,6 +81,10 @@ class Sequential(Trainer):
         weights bit for bit, run after run.
     name : str
         Shown by :meth:`summary`. Default "sequential".
+    trainable : bool
+        Whether training updates any weight. Setting a model's ``trainable``
+        sets every layer's, as in Keras; a model with ``trainable = False``
+        is frozen whatever its layers say. Default True.
 
     Attributes
     ----------
@@ -81,11 +94,12 @@ class Sequential(Trainer):
         A callback sets it to end ``fit`` after the current batch.
     """
 
-    def __init__(self, layers=None, *, seed=None, name="sequential"):
+    def __init__(self, layers=None, *, seed=None, name="sequential", trainable=True):
         super().__init__()
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {describe(name)}")
         self.name = name
+        self._trainable = check_bool(trainable, "trainable")
         self.seed = seed
         self.layers = []
         self._rng = np.random.default_rng(seed_sequence(seed))
@@ -101,9 +115,9 @@ class Sequential(Trainer):
         return f"Sequential([{', '.join(repr(layer) for layer in self.layers)}])"
 
     def get_config(self):
-        """``{"name": ..., "seed": ..., "layers": [...]}``, each layer as
-        ``{"class_name": ..., "config": ...}``."""
-        return {"name": self.name, "seed": self.seed,
+        """``{"name": ..., "seed": ..., "trainable": ..., "layers": [...]}``,
+        each layer as ``{"class_name": ..., "config": ...}``."""
+        return {"name": self.name, "seed": self.seed, "trainable": self.trainable,
                 "layers": [serialize(layer) for layer in self.layers]}
 
     @classmethod
@@ -112,8 +126,11 @@ class Sequential(Trainer):
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ValueError(f"config must be a dict with a list of 'layers', got "
                              f"{describe(config)}")
-        return cls([deserialize(spec) for spec in config["layers"]],
-                   seed=config.get("seed"), name=config.get("name", "sequential"))
+        # Set after the layers: the model's flag would overwrite theirs.
+        model = cls([deserialize(spec) for spec in config["layers"]],
+                    seed=config.get("seed"), name=config.get("name", "sequential"))
+        model._trainable = check_bool(config.get("trainable", True), "config['trainable']")
+        return model
 
     # -- structure ---------------------------------------------------------
 
@@ -129,6 +146,11 @@ class Sequential(Trainer):
             raise ValueError(f"every layer of a Sequential model must return one array, got "
                              f"{layer!r}, which returns a list; use return_state=False (and a "
                              f"merge_mode), or the layers directly")
+        name = getattr(layer, "name", None)
+        if name is not None and any(getattr(other, "name", None) == name
+                                    for other in self.layers):
+            raise ValueError(f"every layer of a Sequential model must have its own name, got a "
+                             f"second layer named {name!r}; pass another name=")
         self.layers.append(layer)
 
     def pop(self):
@@ -183,7 +205,14 @@ class Sequential(Trainer):
         self._check_layers()
         if self._input_shape is None:
             self._input_shape = (None,) + tuple(np.shape(x)[1:])
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i and np.ndim(x) == 2 and _is_recurrent(layer) \
+                    and _is_recurrent(self.layers[i - 1]):
+                previous = self.layers[i - 1]
+                raise ValueError(
+                    f"layer {_label(layer, i)} needs sequences (batch, timesteps, features), "
+                    f"but the layer before it, {_label(previous, i - 1)}, returns only its "
+                    f"last output, shape {np.shape(x)}: give that layer return_sequences=True")
             y = layer(x, mask=mask, training=training)
             mask = layer.compute_mask(x, mask)
             x = y
@@ -209,9 +238,40 @@ class Sequential(Trainer):
     # -- weights -----------------------------------------------------------
 
     @property
+    def trainable(self):
+        """Whether training updates the weights of the trainable layers."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = check_bool(value, "trainable")
+        for layer in self.layers:
+            if hasattr(layer, "trainable"):
+                layer.trainable = self._trainable
+
+    def _layer_trains(self, layer):
+        """Whether training updates ``layer``'s weights."""
+        return self._trainable and getattr(layer, "trainable", True)
+
+    @property
+    def trainable_weights(self):
+        """The arrays training updates, layer after layer."""
+        return [array for layer in self.layers if self._layer_trains(layer)
+                for array in layer.params.values()]
+
+    @property
+    def non_trainable_weights(self):
+        """The arrays of frozen layers (all of them when the model is frozen)."""
+        return [array for layer in self.layers if not self._layer_trains(layer)
+                for array in layer.params.values()]
+
+    @property
     def params(self):
         """Every layer's weights, keyed ``"layer_<i>/<name>"`` (the layers'
-        own arrays, not copies): the names of the weights file."""
+        own arrays, not copies): the names of the weights file. The keys
+        count layers by position, not by name, so that renaming a layer
+        (or a default name numbered differently in another process) keeps
+        its weights file readable."""
         return {f"layer_{i}/{name}": array for i, layer in enumerate(self.layers)
                 for name, array in layer.params.items()}
 
@@ -319,12 +379,14 @@ class Sequential(Trainer):
         for i, layer in enumerate(self.layers):
             shape = None if shape is None else tuple(layer.compute_output_shape(shape))
             count = sum(array.size for array in layer.params.values())
-            rows.append((f"layer_{i} ({type(layer).__name__})", _format_shape(shape),
+            name = getattr(layer, "name", f"layer_{i}")
+            rows.append((f"{name} ({type(layer).__name__})", _format_shape(shape),
                          f"{count:,}"))
         widths = [max(28, *(len(r[0]) + 2 for r in rows)),
                   max(26, *(len(r[1]) + 2 for r in rows)), 12]
         width = sum(widths) + 1
         total = self.count_params()
+        trainable = sum(array.size for array in self.trainable_weights)
         print_fn(f'Model: "{self.name}"')
         print_fn("_" * width)
         print_fn(" " + "Layer (type)".ljust(widths[0]) + "Output Shape".ljust(widths[1])
@@ -335,6 +397,6 @@ class Sequential(Trainer):
                      + count.rjust(widths[2]))
         print_fn("=" * width)
         print_fn(f"Total params: {total:,}")
-        print_fn(f"Trainable params: {total:,}")
-        print_fn("Non-trainable params: 0")
+        print_fn(f"Trainable params: {trainable:,}")
+        print_fn(f"Non-trainable params: {total - trainable:,}")
         print_fn("_" * width)

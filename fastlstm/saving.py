@@ -1,7 +1,9 @@
 """Saving and loading: a model's weights (``.npz``), or the whole model (``.fastlstm``).
 
 Weights files hold one named array per weight (``"layer_0/kernel"``,
-``"layer_1/forward_bias"``, ...: the keys of ``Sequential.params``), in
+``"layer_1/forward_bias"``, ...: the keys of ``Sequential.params``, which
+count layers by position, not by their names, so files written before layers
+had names load unchanged), in
 NumPy's ``.npz`` format, which any NumPy program can read. A model file is
 a zip archive of two members: ``config.json``, the model's
 :meth:`~fastlstm.Sequential.get_config` (each layer's class and
@@ -216,5 +218,6 @@ def _build_for(model, loaded, what):
         try:
             layer.set_weights(arrays)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"the weights in {what} do not fit layer {i} "
-                             f"({type(layer).__name__}): {error}") from None
+            raise ValueError(f"the weights in {what} do not fit layer {i}, "
+                             f"{getattr(layer, 'name', '')!r} ({type(layer).__name__}): "
+                             f"{error}") from None

@@ -1,22 +1,34 @@
-"""The training loop: ``compile``, ``fit``, ``evaluate``, ``predict``.
+"""The training loop: ``compile``, ``fit``, ``evaluate``, ``predict`` and
+their one-batch forms.
 
 :class:`Trainer` is what :class:`fastlstm.Sequential` trains with. It asks
 the model for three things only: ``_forward(x, training)`` returning the
 output and its mask, ``backward(dy)`` filling the layers' ``grads``, and
-``layers``, whose ``params`` and ``grads`` the optimizer pairs up. One
-training step is the forward pass, the loss and its gradient, the backward
-pass and one optimizer update; ``evaluate`` and ``predict`` run in batches
-inside :func:`fastlstm.no_grad`. Callbacks see every hook Keras calls
-(see :mod:`fastlstm.callbacks`).
+``layers``, whose ``params`` and ``grads`` the optimizer pairs up (a layer
+with ``trainable = False``, or every layer of a model with
+``trainable = False``, gets no update). One training step is the forward
+pass, the loss and its gradient, the backward pass and one optimizer
+update; ``evaluate`` and ``predict`` run in batches inside
+:func:`fastlstm.no_grad`. Callbacks see every hook Keras calls (see
+:mod:`fastlstm.callbacks`).
+
+Data comes as arrays, which the loop cuts into batches, or already in
+batches, as Keras takes it: a sequence of batches (an object with
+``__len__`` and ``__getitem__``, like ``keras.utils.PyDataset``) or an
+iterator such as a generator, each batch a tuple ``(x, y)`` or
+``(x, y, sample_weight)``.
 """
 import math
+import sys
+import warnings
 
 import numpy as np
 
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
-from ._validation import as_real_array, check_bool, check_int, check_real, describe, is_int
+from ._validation import (as_real_array, check_bool, check_int, check_real, describe, is_int,
+                          is_real)
 from .callbacks import CallbackList, History, Progbar, ProgbarLogger
 from .layers.base import no_grad
 
@@ -24,8 +36,10 @@ __all__ = ["Trainer"]
 
 
 def _check_verbose(verbose):
+    """0, 1 or 2; "auto" is 1 on a terminal and 2 (one line per epoch) otherwise, as in Keras."""
     if isinstance(verbose, str) and verbose == "auto":
-        return 1
+        isatty = getattr(sys.stdout, "isatty", None)
+        return 1 if isatty is not None and isatty() else 2
     if not is_int(verbose) or verbose not in (0, 1, 2):
         raise ValueError(f"verbose must be 'auto', 0 (silent), 1 (progress bar) or 2 (one "
                          f"line per epoch), got {describe(verbose)}")
@@ -39,6 +53,10 @@ def _check_batch_size(batch_size):
         raise TypeError(f"batch_size must be a positive int or None (32), got "
                         f"{describe(batch_size)}")
     return check_int(batch_size, "batch_size")
+
+
+def _check_steps(steps, name):
+    return None if steps is None else check_int(steps, name)
 
 
 def _data(x, y, x_name="x", y_name="y"):
@@ -56,40 +74,223 @@ def _data(x, y, x_name="x", y_name="y"):
     return x, y
 
 
-def _targets(x, y):
+def _targets(x, y, x_name="x", y_name="y"):
     """:func:`_data`, with targets required."""
-    x, y = _data(x, y)
+    x, y = _data(x, y, x_name, y_name)
     if y is None:
-        raise TypeError("y must be an array of targets, got None")
+        raise TypeError(f"{y_name} must be an array of targets, got None")
     return x, y
 
 
-def _batches(count, batch_size, order=None):
-    for start in range(0, count, batch_size):
-        stop = min(start + batch_size, count)
-        yield slice(start, stop) if order is None else order[start:stop]
+def _sample_weights(sample_weight, samples, name="sample_weight"):
+    """``sample_weight`` as an array with ``samples`` rows, or None."""
+    if sample_weight is None:
+        return None
+    weights = as_real_array(sample_weight, name)
+    if weights.ndim == 0 or weights.shape[0] != samples:
+        raise ValueError(f"{name} must hold one weight per sample (first axis {samples}), got "
+                         f"{describe(weights)}")
+    return weights
 
 
-def _split_validation(x, y, validation_split, validation_data):
-    """``(x, y, validation)``: the training data and the validation pair, or None."""
+def _check_class_weight(class_weight):
+    if class_weight is None:
+        return None
+    if not isinstance(class_weight, dict) or not all(
+            is_int(k) and is_real(v) for k, v in class_weight.items()):
+        raise TypeError(f"class_weight must be a dict mapping class indices (ints) to weights "
+                        f"(floats), got {describe(class_weight)}")
+    return {int(k): float(v) for k, v in class_weight.items()}
+
+
+def _class_sample_weights(y, class_weight, loss):
+    """Each sample's weight from the class of its target, as Keras computes
+    it: targets ``(samples,)`` or ``(samples, 1)`` hold the class, one-hot
+    ``(samples, classes)`` its argmax; a class missing from the dict weighs 1."""
+    if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1
+                      and isinstance(loss, losses_module.SparseCategoricalCrossentropy)):
+        raise ValueError(f"class_weight needs one class per sample (targets of shape "
+                         f"(samples,), (samples, 1) or one-hot (samples, classes)), got targets "
+                         f"of shape {y.shape}; weight the positions of sequence targets with "
+                         f"sample_weight of shape (samples, timesteps)")
+    if y.ndim == 2:
+        y = y[:, 0] if y.shape[1] == 1 else np.argmax(y, axis=1)
+    classes = np.round(y).astype(np.int64)
+    return np.array([class_weight.get(int(c), 1.0) for c in classes])
+
+
+def _is_dataset(x):
+    """Whether ``x`` holds batches (a sequence of batches or an iterator)
+    rather than samples."""
+    if x is None or isinstance(x, (np.ndarray, list, tuple)) or np.isscalar(x):
+        return False
+    if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
+        return False
+    return hasattr(x, "__next__") or (hasattr(x, "__len__") and hasattr(x, "__getitem__"))
+
+
+def _unpack(batch, index, need_targets):
+    """``(x, y, sample_weight)`` of one batch a dataset gave."""
+    where = f"batch {index} of x"
+    if isinstance(batch, tuple) and 1 <= len(batch) <= 3:
+        parts = list(batch) + [None] * (3 - len(batch))
+    elif not need_targets and not isinstance(batch, tuple):
+        parts = [batch, None, None]
+    else:
+        raise ValueError(f"{where} must be a tuple (x, y) or (x, y, sample_weight), got "
+                         f"{describe(batch)}")
+    if need_targets:
+        x, y = _targets(parts[0], parts[1], f"{where}: x", f"{where}: y")
+    else:
+        x, y = _data(parts[0], None, f"{where}: x")
+    return x, y, _sample_weights(parts[2], x.shape[0], f"{where}: sample_weight")
+
+
+class _Batches:
+    """Where a loop's batches come from: arrays cut into batches, a sequence
+    of batches read in order (or shuffled order), or an iterator.
+
+    :meth:`next` gives the next ``(x, y, sample_weight)`` or None at the end
+    of a pass. For ``fit``, arrays and sequences start a new pass
+    (reshuffled) when asked for a batch after one ends; ``evaluate`` and
+    ``predict`` read one pass at most; an iterator is read once.
+    """
+
+    def __init__(self, x, y, sample_weight, batch_size, shuffle, rng, need_targets,
+                 owner):
+        # Training reads passes after passes; evaluation and prediction one at most.
+        self._cycles = owner == "fit"
+        self._rng = rng
+        self._shuffle = shuffle
+        self._need_targets = need_targets
+        self._pass = None
+        self.exhausted = False
+        # Batches an iterator has given (for messages).
+        self.read = 0
+        if _is_dataset(x):
+            for name, value in (("y", y), ("sample_weight", sample_weight),
+                                ("batch_size", batch_size)):
+                if value is not None:
+                    raise ValueError(f"{name} must be None when x gives batches ({owner} "
+                                     f"reads them from x), got {describe(value)}")
+            self._dataset = x
+            self._arrays = None
+            self.is_iterator = hasattr(x, "__next__")
+            self.num_batches = None if self.is_iterator else len(x)
+            if self.num_batches == 0:
+                raise ValueError(f"x must give at least one batch, got {describe(x)} of length 0")
+            return
+        self._dataset = None
+        self.is_iterator = False
+        if need_targets:
+            x, y = _targets(x, y)
+        else:
+            x, y = _data(x, None)
+        if x.shape[0] == 0:
+            raise ValueError("x must hold at least one sample")
+        self._arrays = (x, y, _sample_weights(sample_weight, x.shape[0]))
+        self._batch_size = _check_batch_size(batch_size)
+        self.num_batches = math.ceil(x.shape[0] / self._batch_size)
+
+    def _new_pass(self):
+        if self.is_iterator:
+            return self._dataset
+        order = self._rng.permutation(self.num_batches if self._arrays is None
+                                      else self._arrays[0].shape[0]) if self._shuffle else None
+        if self._arrays is None:
+            indices = range(self.num_batches) if order is None else order
+            return (_unpack(self._dataset[int(k)], int(k), self._need_targets) for k in indices)
+        x, y, weights = self._arrays
+        count, size = x.shape[0], self._batch_size
+
+        def cut():
+            for start in range(0, count, size):
+                stop = min(start + size, count)
+                batch = slice(start, stop) if order is None else order[start:stop]
+                yield (x[batch], None if y is None else y[batch],
+                       None if weights is None else weights[batch])
+        return cut()
+
+    def next(self):
+        """The next batch, or None when the pass (or the iterator) ends."""
+        if self.exhausted:
+            return None
+        if self._pass is None:
+            self._pass = self._new_pass()
+        try:
+            batch = next(self._pass)
+        except StopIteration:
+            self._pass = None
+            if self.is_iterator:
+                self.exhausted = True
+            return None
+        if self.is_iterator:
+            self.read += 1
+            return _unpack(batch, self.read - 1, self._need_targets)
+        return batch
+
+    def epoch(self, steps):
+        """The batches of one epoch: ``steps`` of them (continuing the pass
+        the previous epoch left, starting new passes as needed), or one
+        pass when ``steps`` is None."""
+        if steps is not None and not self._cycles and self.num_batches is not None:
+            steps = min(steps, self.num_batches)
+        count = 0
+        while steps is None or count < steps:
+            batch = self.next()
+            if batch is None:
+                if steps is None or self.is_iterator or not self._cycles:
+                    return
+                batch = self.next()
+            count += 1
+            yield batch
+
+    def on_epoch_end(self):
+        """Tell a sequence of batches that an epoch ended, as Keras does."""
+        hook = getattr(self._dataset, "on_epoch_end", None)
+        if self._dataset is not None and not self.is_iterator and callable(hook):
+            hook()
+
+
+def _ran_out(batches_read):
+    warnings.warn(f"the data ran out after {batches_read} batches, so training stops: an "
+                  f"iterator is read once, so it must give steps_per_epoch * epochs batches "
+                  f"(a sequence of batches, with __len__ and __getitem__, is read again "
+                  f"every epoch)", RuntimeWarning, stacklevel=3)
+
+
+def _split_validation(x, y, sample_weight, validation_split, validation_data):
+    """``(x, y, sample_weight, validation)``: the training data and the
+    validation ``(x, y, sample_weight)`` (weighted as the training samples
+    are, for a split), or None."""
     validation_split = check_real(validation_split, "validation_split", 0.0, 1.0,
                                   high_open=True)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError(f"validation_data must be a tuple (x_val, y_val), got "
                              f"{describe(validation_data)}")
-        validation = _data(*validation_data, x_name="validation_data[0] (x_val)",
-                           y_name="validation_data[1] (y_val)")
-        return x, y, validation
+        validation = _targets(*validation_data, x_name="validation_data[0] (x_val)",
+                              y_name="validation_data[1] (y_val)")
+        return x, y, sample_weight, validation + (None,)
     if not validation_split:
-        return x, y, None
+        return x, y, sample_weight, None
+    if _is_dataset(x):
+        raise ValueError("validation_split needs x as an array (it holds out the last "
+                         "samples); with batches from a sequence or an iterator, give "
+                         "validation_data")
+    x, y = _targets(x, y)
+    sample_weight = _sample_weights(sample_weight, x.shape[0])
     # The last samples, before shuffling, as in Keras.
     split_at = int(math.floor(x.shape[0] * (1.0 - validation_split)))
     if split_at == 0 or split_at == x.shape[0]:
         raise ValueError(f"validation_split={validation_split} of {x.shape[0]} samples "
                          f"leaves {split_at} to train on and {x.shape[0] - split_at} to "
                          f"validate; both need at least one")
-    return x[:split_at], y[:split_at], (x[split_at:], y[split_at:])
+    train_weights = val_weights = None
+    if sample_weight is not None:
+        train_weights, val_weights = sample_weight[:split_at], sample_weight[split_at:]
+    return (x[:split_at], y[:split_at], train_weights,
+            (x[split_at:], y[split_at:], val_weights))
 
 
 class Trainer:
@@ -103,6 +304,8 @@ class Trainer:
         self.metrics = []
         self.history = None
         self.stop_training = False
+        self._loss_total = 0.0
+        self._loss_seen = 0
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
         """Choose how ``fit`` trains and what it reports.
@@ -157,70 +360,148 @@ class Trainer:
                                                      y_pred=y_pred)
 
     def _reset_metrics(self):
+        self._loss_total = 0.0
+        self._loss_seen = 0
         for metric in self.metrics:
             if metric is not None:
                 metric.reset_state()
 
-    def _update_metrics(self, y, y_pred, mask):
+    def reset_metrics(self):
+        """Forget the running loss and metrics (``fit`` and ``evaluate`` do
+        this at their start, ``train_on_batch`` and ``test_on_batch`` at each
+        call)."""
+        self._reset_metrics()
+
+    def _update_metrics(self, y, y_pred, mask, loss, samples):
+        self._loss_total += loss * samples
+        self._loss_seen += samples
         self._resolve_metrics(y, y_pred)
         for metric in self.metrics:
             metric.update_state(y, y_pred, mask)
 
-    def _logs(self, loss):
-        logs = {"loss": loss}
+    def _logs(self):
+        """The loss (the mean over the samples seen, as Keras' loss tracker
+        weighs each batch by its size) and the metrics since the last reset."""
+        logs = {"loss": self._loss_total / self._loss_seen if self._loss_seen else 0.0}
         for metric in self.metrics:
             if metric is not None:
                 logs[metric.name] = metric.result()
         return logs
 
+    @staticmethod
+    def _returned(logs, return_dict):
+        """What evaluate and the batch methods return: the dict, the loss
+        alone without metrics, else ``[loss, *metrics]``."""
+        if return_dict:
+            return dict(logs)
+        if len(logs) == 1:
+            return logs["loss"]
+        return list(logs.values())
+
+    def _layer_trains(self, layer):
+        """Whether training updates ``layer``'s weights."""
+        return getattr(self, "trainable", True) and getattr(layer, "trainable", True)
+
     def _variables_and_grads(self):
+        """Every weight and its gradient, None for a frozen layer's: the
+        optimizer leaves those weights alone, and its slots stay paired
+        with the same arrays when ``trainable`` changes between calls."""
         variables, grads = [], []
         for layer in self.layers:
+            trains = self._layer_trains(layer)
             layer_grads = layer.grads
             for name, array in layer.params.items():
                 variables.append(array)
-                grads.append(layer_grads.get(name))
+                grads.append(layer_grads.get(name) if trains else None)
         return variables, grads
 
-    def _train_step(self, x, y):
+    def _loss_value_and_gradient(self, y, y_pred, mask, sample_weight):
+        if sample_weight is None:
+            return self.loss.value_and_gradient(y, y_pred, mask)
+        return self.loss.value_and_gradient(y, y_pred, mask, sample_weight)
+
+    def _train_step(self, x, y, sample_weight=None):
         y_pred, mask = self._forward(x, training=True)
-        loss, d_output = self.loss.value_and_gradient(y, y_pred, mask)
+        loss, d_output = self._loss_value_and_gradient(y, y_pred, mask, sample_weight)
         self.backward(d_output, input_gradient=False)
         variables, grads = self._variables_and_grads()
         self.optimizer.apply(grads, variables)
-        self._update_metrics(y, y_pred, mask)
+        self._update_metrics(y, y_pred, mask, loss, x.shape[0])
         return loss
 
-    def fit(self, x, y, batch_size=None, epochs=1, verbose="auto", callbacks=None,
-            validation_split=0.0, validation_data=None, shuffle=True, initial_epoch=0):
-        """Train for ``epochs`` passes over ``(x, y)`` in mini-batches.
+    def _test_step(self, x, y, sample_weight=None):
+        with no_grad():
+            y_pred, mask = self._forward(x, training=False)
+        loss = self._loss_value_and_gradient(y, y_pred, mask, sample_weight)[0]
+        self._update_metrics(y, y_pred, mask, loss, x.shape[0])
+        return loss
+
+    def _weighted(self, y, sample_weight, class_weight):
+        """The batch's sample weights, from ``class_weight`` when it is given."""
+        if class_weight is None:
+            return sample_weight
+        if sample_weight is not None:
+            raise ValueError("class_weight and sample_weight cannot both be given (Keras' "
+                             "rule): fold the class weights into sample_weight")
+        return _class_sample_weights(y, class_weight, self.loss)
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None):
+        """Train for ``epochs`` passes over the data in mini-batches.
 
         Parameters
         ----------
-        x : array_like
+        x : array_like, sequence of batches or iterator
             Inputs, samples first: ``(samples, timesteps, features)``, or
             integer indices ``(samples, timesteps)`` for an ``Embedding``.
-        y : array_like
+            Or the data already in batches (then ``y``, ``sample_weight``
+            and ``batch_size`` must be None): an object with ``__len__`` and
+            ``__getitem__`` (like ``keras.utils.PyDataset``; its
+            ``on_epoch_end()``, if any, is called after each epoch), or an
+            iterator such as a generator, each batch a tuple ``(x, y)`` or
+            ``(x, y, sample_weight)``.
+        y : array_like or None
             Targets, samples first (see :mod:`fastlstm.losses`).
         batch_size : int or None
-            Samples per update. Default (None) 32.
+            Samples per update for array data. Default (None) 32.
         epochs : int
             The epoch to stop at (counting ``initial_epoch``). Default 1.
         verbose : {"auto", 0, 1, 2}
-            0 silent; 1 (and "auto") a progress bar per epoch showing the
-            step, the ETA, the loss and the metrics, redrawn in place; 2 one
-            line per epoch.
+            0 silent; 1 a progress bar per epoch showing the step, the ETA,
+            the loss and the metrics, redrawn in place; 2 one line per epoch.
+            "auto" (the default) is 1 when standard output is a terminal
+            and 2 otherwise (a log file), as in Keras.
         callbacks : list of fastlstm.callbacks.Callback or None
         validation_split : float in [0, 1)
             Fraction of the samples (the last ones, before shuffling, as in
             Keras) held out to compute ``val_*`` logs after each epoch.
-            Ignored when ``validation_data`` is given.
+            Ignored when ``validation_data`` is given; needs array data.
         validation_data : tuple (x_val, y_val) or None
         shuffle : bool
-            Shuffle the training samples before each epoch (with the
-            model's seeded generator). Default True.
+            Shuffle the training samples (or the order of a sequence's
+            batches) before each pass, with the model's seeded generator.
+            An iterator is read in its own order. Default True.
+        class_weight : dict or None
+            ``{class index: weight}``: each sample's loss is weighted by the
+            weight of its target's class (the class index, or the argmax of
+            a one-hot target); classes not in the dict weigh 1. Cannot be
+            combined with ``sample_weight``.
+        sample_weight : array_like or None
+            A weight per sample ``(samples,)``, or per position
+            ``(samples, timesteps)`` for sequence outputs, multiplying each
+            loss term (see :meth:`fastlstm.losses.Loss.value_and_gradient`).
+            Metrics are not weighted (Keras weights only
+            ``weighted_metrics``).
         initial_epoch : int
             The epoch to start counting from (to resume training).
+        steps_per_epoch : int or None
+            Batches per epoch. None: one pass over the data (an iterator:
+            until it ends). Given, an epoch continues the pass the previous
+            one left and starts new (reshuffled) passes over arrays or a
+            sequence as needed; an iterator that ends before
+            ``steps_per_epoch * epochs`` batches stops training with a
+            ``RuntimeWarning``.
 
         Returns
         -------
@@ -228,19 +509,23 @@ class Trainer:
             ``history.history`` maps each log entry to its value per epoch.
         """
         self._require_compiled("fit")
-        x, y = _targets(x, y)
-        batch_size = _check_batch_size(batch_size)
         epochs = check_int(epochs, "epochs", minimum=0)
         initial_epoch = check_int(initial_epoch, "initial_epoch", minimum=0)
         verbose = _check_verbose(verbose)
         shuffle = check_bool(shuffle, "shuffle")
-        x, y, validation = _split_validation(x, y, validation_split, validation_data)
-        if x.shape[0] == 0:
-            raise ValueError("x must hold at least one sample")
+        steps_per_epoch = _check_steps(steps_per_epoch, "steps_per_epoch")
+        class_weight = _check_class_weight(class_weight)
+        if class_weight is not None and sample_weight is not None:
+            raise ValueError("class_weight and sample_weight cannot both be given (Keras' "
+                             "rule): fold the class weights into sample_weight")
+        x, y, sample_weight, validation = _split_validation(
+            x, y, sample_weight, validation_split, validation_data)
+        data = _Batches(x, y, sample_weight, batch_size, shuffle, self._rng, True, "fit")
+        steps = steps_per_epoch or data.num_batches
 
         self.history = History()
         callback_list = CallbackList(callbacks, self, {
-            "epochs": epochs, "steps": math.ceil(x.shape[0] / batch_size), "verbose": verbose})
+            "epochs": epochs, "steps": steps, "verbose": verbose})
         # After the user's callbacks, as in Keras: the bar's epoch line comes last.
         callback_list.append(self.history)
         if verbose:
@@ -250,48 +535,110 @@ class Trainer:
         callback_list.on_train_begin()
         epoch_logs = {}
         for epoch in range(initial_epoch, epochs):
+            if data.exhausted:
+                _ran_out(data.read)
+                break
             self._reset_metrics()
             callback_list.on_epoch_begin(epoch)
-            order = self._rng.permutation(x.shape[0]) if shuffle else None
-            epoch_logs = self._train_epoch(x, y, batch_size, order, callback_list)
+            epoch_logs, count = self._train_epoch(data, steps_per_epoch, class_weight,
+                                                  callback_list)
+            if count == 0:
+                raise ValueError(f"x gave no batch in epoch {epoch + 1}: give data with at "
+                                 f"least one batch")
             if validation is not None:
-                val_logs = self._evaluate(*validation, batch_size, 0, callback_list)
+                val_logs = self._evaluate(_Batches(*validation, batch_size, False, None, True,
+                                                   "fit"), None, 0, callback_list)
                 epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
+            data.on_epoch_end()
             callback_list.on_epoch_end(epoch, epoch_logs)
+            if steps_per_epoch is not None and count < steps_per_epoch:
+                _ran_out(data.read)
+                break
             if self.stop_training:
                 break
         callback_list.on_train_end(epoch_logs)
         return self.history
 
-    def _train_epoch(self, x, y, batch_size, order, callback_list):
-        """One pass over ``x`` in the batches of ``order``; the epoch's logs."""
-        loss_total = 0.0
-        seen = 0
+    def _train_epoch(self, data, steps, class_weight, callback_list):
+        """One epoch's batches of ``data``; the epoch's logs and its number of batches."""
         logs = {}
-        for step, batch in enumerate(_batches(x.shape[0], batch_size, order)):
+        count = 0
+        for step, (x_batch, y_batch, weights) in enumerate(data.epoch(steps)):
             callback_list.on_train_batch_begin(step)
-            x_batch, y_batch = x[batch], y[batch]
-            loss = self._train_step(x_batch, y_batch)
-            loss_total += loss * x_batch.shape[0]
-            seen += x_batch.shape[0]
-            logs = self._logs(loss_total / seen)
+            self._train_step(x_batch, y_batch, self._weighted(y_batch, weights, class_weight))
+            count += 1
+            logs = self._logs()
             callback_list.on_train_batch_end(step, logs)
             if self.stop_training:
                 break
-        return dict(logs)
+        return dict(logs), count
 
-    def evaluate(self, x, y, batch_size=None, verbose="auto", callbacks=None,
-                 return_dict=False):
-        """The loss and metrics on ``(x, y)``, in batches inside ``no_grad()``.
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        """One training step on one batch, as Keras' ``train_on_batch``.
 
         Parameters
         ----------
         x, y : array_like
+            One batch of inputs and targets.
+        sample_weight : array_like or None
+            As for :meth:`fit`.
+        class_weight : dict or None
+            As for :meth:`fit`.
+        return_dict : bool
+            Return ``{"loss": ..., <metric>: ...}``.
+
+        Returns
+        -------
+        float, list or dict
+            The batch's loss when there are no metrics, else
+            ``[loss, *metrics]`` (compile's order), or the dict: values of
+            this batch alone (the running loss and metrics are reset first).
+        """
+        self._require_compiled("train_on_batch")
+        x, y = _targets(x, y)
+        sample_weight = _sample_weights(sample_weight, x.shape[0])
+        class_weight = _check_class_weight(class_weight)
+        return_dict = check_bool(return_dict, "return_dict")
+        self._reset_metrics()
+        self._train_step(x, y, self._weighted(y, sample_weight, class_weight))
+        return self._returned(self._logs(), return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """The loss and metrics of one batch, inside ``no_grad()``, as Keras'
+        ``test_on_batch`` (returns as :meth:`train_on_batch`)."""
+        self._require_compiled("test_on_batch")
+        x, y = _targets(x, y)
+        sample_weight = _sample_weights(sample_weight, x.shape[0])
+        return_dict = check_bool(return_dict, "return_dict")
+        self._reset_metrics()
+        self._test_step(x, y, sample_weight)
+        return self._returned(self._logs(), return_dict)
+
+    def predict_on_batch(self, x):
+        """The outputs for one batch ``x``, inside ``no_grad()`` with
+        ``training=False``, as Keras' ``predict_on_batch``."""
+        x, _ = _data(x, None)
+        with no_grad():
+            y_pred, _ = self._forward(x, training=False)
+        return y_pred
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        """The loss and metrics on the data, in batches inside ``no_grad()``.
+
+        Parameters
+        ----------
+        x, y : array_like, or x a sequence of batches or an iterator
             As for :meth:`fit`.
         batch_size : int or None
-            Default (None) 32.
+            Default (None) 32, for array data.
         verbose : {"auto", 0, 1, 2}
             As for :meth:`fit` (one bar, no epoch line).
+        sample_weight : array_like or None
+            Weights of the loss terms, as for :meth:`fit`.
+        steps : int or None
+            Batches to evaluate; default all.
         callbacks : list of fastlstm.callbacks.Callback or None
             Their ``on_test_*`` hooks are called.
         return_dict : bool
@@ -304,56 +651,50 @@ class Trainer:
             (in compile's order), or the dict.
         """
         self._require_compiled("evaluate")
-        x, y = _targets(x, y)
-        batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
+        steps = _check_steps(steps, "steps")
         return_dict = check_bool(return_dict, "return_dict")
-        steps = math.ceil(x.shape[0] / batch_size)
-        callback_list = CallbackList(callbacks, self, {"steps": steps, "verbose": verbose})
-        logs = self._evaluate(x, y, batch_size, verbose, callback_list)
-        if return_dict:
-            return logs
-        if len(logs) == 1:
-            return logs["loss"]
-        return list(logs.values())
+        data = _Batches(x, y, sample_weight, batch_size, False, None, True, "evaluate")
+        callback_list = CallbackList(callbacks, self, {
+            "steps": steps or data.num_batches, "verbose": verbose})
+        logs = self._evaluate(data, steps, verbose, callback_list)
+        return self._returned(logs, return_dict)
 
-    def _evaluate(self, x, y, batch_size, verbose, callback_list):
-        if x.shape[0] == 0:
-            raise ValueError("x must hold at least one sample")
+    def _evaluate(self, data, steps, verbose, callback_list):
         self._reset_metrics()
-        steps = math.ceil(x.shape[0] / batch_size)
-        bar = Progbar(steps, verbose) if verbose else None
+        total = steps or data.num_batches
+        bar = Progbar(total, verbose) if verbose else None
         callback_list.on_test_begin()
-        loss_total = 0.0
-        seen = 0
         logs = {}
-        with no_grad():
-            for step, batch in enumerate(_batches(x.shape[0], batch_size)):
-                callback_list.on_test_batch_begin(step)
-                x_batch, y_batch = x[batch], y[batch]
-                y_pred, mask = self._forward(x_batch, training=False)
-                loss_total += self.loss(y_batch, y_pred, mask) * x_batch.shape[0]
-                seen += x_batch.shape[0]
-                self._update_metrics(y_batch, y_pred, mask)
-                logs = self._logs(loss_total / seen)
-                callback_list.on_test_batch_end(step, logs)
-                if bar is not None:
-                    bar.update(step + 1, logs, finalize=step + 1 == steps)
+        for step, (x_batch, y_batch, weights) in enumerate(data.epoch(steps)):
+            callback_list.on_test_batch_begin(step)
+            self._test_step(x_batch, y_batch, weights)
+            logs = self._logs()
+            callback_list.on_test_batch_end(step, logs)
+            if bar is not None:
+                bar.update(step + 1, logs, finalize=step + 1 == total)
+        if not logs:
+            raise ValueError("x gave no batch to evaluate")
+        if bar is not None and total is None:
+            bar.update(step + 1, logs, finalize=True)
         callback_list.on_test_end(logs)
         return logs
 
-    def predict(self, x, batch_size=None, verbose="auto", callbacks=None):
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         """The model's outputs for ``x``, in batches inside ``no_grad()``
         with ``training=False`` (dropout off).
 
         Parameters
         ----------
-        x : array_like
-            Inputs, samples first.
+        x : array_like, sequence of batches or iterator
+            Inputs, samples first; or batches as for :meth:`fit`, each the
+            inputs alone or a tuple whose first entry is the inputs.
         batch_size : int or None
-            Default (None) 32.
+            Default (None) 32, for array data.
         verbose : {"auto", 0, 1, 2}
             A progress bar as in :meth:`evaluate`.
+        steps : int or None
+            Batches to predict; default all.
         callbacks : list of fastlstm.callbacks.Callback or None
             Their ``on_predict_*`` hooks are called.
 
@@ -362,23 +703,25 @@ class Trainer:
         ndarray
             The outputs of every batch, concatenated on the first axis.
         """
-        x, _ = _data(x, None)
-        if x.shape[0] == 0:
-            raise ValueError("x must hold at least one sample")
-        batch_size = _check_batch_size(batch_size)
         verbose = _check_verbose(verbose)
-        steps = math.ceil(x.shape[0] / batch_size)
-        callback_list = CallbackList(callbacks, self, {"steps": steps, "verbose": verbose})
-        bar = Progbar(steps, verbose) if verbose else None
+        steps = _check_steps(steps, "steps")
+        data = _Batches(x, None, None, batch_size, False, None, False, "predict")
+        total = steps or data.num_batches
+        callback_list = CallbackList(callbacks, self, {"steps": total, "verbose": verbose})
+        bar = Progbar(total, verbose) if verbose else None
         callback_list.on_predict_begin()
         outputs = []
         with no_grad():
-            for step, batch in enumerate(_batches(x.shape[0], batch_size)):
+            for step, (x_batch, _, _) in enumerate(data.epoch(steps)):
                 callback_list.on_predict_batch_begin(step)
-                y_pred, _ = self._forward(x[batch], training=False)
+                y_pred, _ = self._forward(x_batch, training=False)
                 outputs.append(y_pred)
                 callback_list.on_predict_batch_end(step, {"outputs": y_pred})
                 if bar is not None:
-                    bar.update(step + 1, finalize=step + 1 == steps)
+                    bar.update(step + 1, finalize=step + 1 == total)
+        if not outputs:
+            raise ValueError("x gave no batch to predict")
+        if bar is not None and total is None:
+            bar.update(len(outputs), finalize=True)
         callback_list.on_predict_end()
         return np.concatenate(outputs, axis=0)

@@ -5,6 +5,7 @@ and training is reproducible bit for bit."""
 import copy
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -192,22 +193,30 @@ def test_verbose_2_prints_one_line_per_epoch(capsys):
     assert "\r" not in "".join(lines)
 
 
-def test_verbose_0_and_auto(capsys):
+def test_verbose_0_and_auto(capsys, monkeypatch):
     x, y = regression_data(32)
     model = small_regressor()
     model.fit(x, y, epochs=1, verbose=0)
     model.predict(x, verbose=0)
     model.evaluate(x, y, verbose=0)
     assert capsys.readouterr().out == ""
+    # "auto" draws the bar on a terminal, and writes one line per epoch elsewhere (Keras).
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
     model.fit(x, y, epochs=1)
     assert "\r1/1 [" in capsys.readouterr().out
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    model.fit(x, y, epochs=1)
+    out = capsys.readouterr().out
+    assert "\r" not in out and len(out.splitlines()) == 2
     with pytest.raises(ValueError, match="verbose must be 'auto', 0"):
         model.fit(x, y, verbose=3)
 
 
 def test_summary_shows_shapes_and_parameter_counts(capsys):
-    model = Sequential([Embedding(20, 8), fl.LSTM(16, return_sequences=True),
-                        fl.Bidirectional(fl.LSTM(4)), Dense(3)])
+    # Named as the rows were before layers had names (default names: test_keras_surface.py).
+    model = Sequential([Embedding(20, 8, name="layer_0"),
+                        fl.LSTM(16, return_sequences=True, name="layer_1"),
+                        fl.Bidirectional(fl.LSTM(4), name="layer_2"), Dense(3, name="layer_3")])
     with pytest.raises(RuntimeError, match="not built yet"):
         model.summary()
     model.build((None, 10))

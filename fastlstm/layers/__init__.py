@@ -2,19 +2,22 @@
 
 :class:`~fastlstm.layers.base.Layer` (``base.py``) owns what every layer
 shares; ``lstm.py`` holds :class:`LSTM`, ``bidirectional.py``
-:class:`Bidirectional`, ``core.py`` :class:`Dense`, :class:`Embedding` and
-:class:`Dropout`.
+:class:`Bidirectional`, ``core.py`` :class:`Dense`, :class:`Embedding`,
+:class:`Dropout` and :class:`Masking`, ``normalization.py``
+:class:`LayerNormalization`.
 """
 from .._validation import describe
 from .base import Layer, no_grad
 from .bidirectional import Bidirectional
-from .core import Dense, Dropout, Embedding
+from .core import Dense, Dropout, Embedding, Masking
 from .lstm import LSTM
+from .normalization import LayerNormalization
 
-__all__ = ["Layer", "LSTM", "Bidirectional", "Dense", "Embedding", "Dropout", "no_grad",
-           "serialize", "deserialize"]
+__all__ = ["Layer", "LSTM", "Bidirectional", "Dense", "Embedding", "Dropout", "Masking",
+           "LayerNormalization", "no_grad", "serialize", "deserialize"]
 
-_CLASSES = {cls.__name__: cls for cls in (LSTM, Bidirectional, Dense, Embedding, Dropout)}
+_CLASSES = {cls.__name__: cls for cls in (LSTM, Bidirectional, Dense, Embedding, Dropout,
+                                          Masking, LayerNormalization)}
 
 
 def serialize(layer):

@@ -12,17 +12,23 @@ layer the same questions: ``build``, ``get_weights`` / ``set_weights``,
 ``compute_output_shape``, and the record a call keeps for ``backward``
 (nothing inside :func:`no_grad`).
 """
+import collections
 import contextlib
+import re
 import threading
 
 import numpy as np
 
-from .._validation import (as_real_array, check_int, check_shape, describe, describe_list,
-                           is_int)
+from .._validation import (as_real_array, check_bool, check_int, check_shape, describe,
+                           describe_list, is_int)
 
 __all__ = ["Layer", "no_grad"]
 
 _grad_mode = threading.local()
+
+# How many layers of each default name this process has made (Keras' get_uid).
+_name_counts = collections.Counter()
+_name_lock = threading.Lock()
 
 _NO_CALL = "backward() needs a forward call first: call the layer"
 _INSIDE_NO_GRAD = ("the last call ran inside fastlstm.no_grad(), which records nothing for "
@@ -40,6 +46,10 @@ REGULARIZERS_AND_CONSTRAINTS = {
                         "gradient to layer.grads",
     "embeddings_regularizer": "a regularizer is a term of the loss: add it to your loss and "
                               "its gradient to layer.grads",
+    "gamma_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
+                         "gradient to layer.grads",
+    "beta_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
+                        "gradient to layer.grads",
     "activity_regularizer": "a regularizer is a term of the loss: add it to your loss and its "
                             "gradient to the upstream gradient",
     "kernel_constraint": "constraints belong to the optimizer step: apply them to "
@@ -50,6 +60,10 @@ REGULARIZERS_AND_CONSTRAINTS = {
                        "layer.params after each update",
     "embeddings_constraint": "constraints belong to the optimizer step: apply them to "
                              "layer.params after each update",
+    "gamma_constraint": "constraints belong to the optimizer step: apply them to "
+                        "layer.params after each update",
+    "beta_constraint": "constraints belong to the optimizer step: apply them to "
+                       "layer.params after each update",
     "lora_rank": "fastlstm has no low-rank adaptation",
 }
 
@@ -107,6 +121,33 @@ def seed_children(sequence, count):
                                    pool_size=sequence.pool_size) for k in range(count)]
 
 
+def snake_case(class_name):
+    """``"LayerNormalization"`` -> ``"layer_normalization"``, ``"LSTM"`` -> ``"lstm"``."""
+    words = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
+
+
+def unique_name(prefix):
+    """``prefix`` the first time this process asks, then ``prefix_1``,
+    ``prefix_2``, ...: the default names of Keras' layers."""
+    with _name_lock:
+        count = _name_counts[prefix]
+        _name_counts[prefix] += 1
+    return prefix if count == 0 else f"{prefix}_{count}"
+
+
+def check_name(name, class_name):
+    """A layer's ``name`` argument, or a fresh default from its class name."""
+    if name is None:
+        return unique_name(snake_case(class_name))
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str or None, got {describe(name)}")
+    if "/" in name:
+        raise ValueError(f"name must not contain '/' (it separates a layer from its weights "
+                         f"in weight names), got {name!r}")
+    return name
+
+
 def dropout_mask(rng, shape, rate, dtype):
     """Inverted dropout: zeros with probability ``rate``, else ``1 / (1 - rate)``."""
     keep = rng.random(shape) >= rate
@@ -116,14 +157,20 @@ def dropout_mask(rng, shape, rate, dtype):
 class Layer:
     """The base of every fastlstm layer.
 
-    A subclass calls ``super().__init__(config)`` with its constructor
-    arguments as given, sets ``dtype``, and implements ``__call__(x, mask=None,
-    training=False)`` and ``backward(dy, input_gradient=True)`` (which returns
-    None without ``input_gradient``); a layer with weights implements
+    A subclass calls ``super().__init__(config, name, trainable)`` with its
+    constructor arguments as given, sets ``dtype``, and implements
+    ``__call__(x, mask=None, training=False)`` and
+    ``backward(dy, input_gradient=True)`` (which returns None without
+    ``input_gradient``); a layer with weights implements
     :meth:`_weight_names`, :meth:`_weight_shapes` and :meth:`_initial_weights`,
     and the base does the rest: building, getting and setting weights (every
     shape checked before anything changes), configuration, and the record a
     call keeps for ``backward``.
+
+    Every layer has a ``name`` (Keras' default: the class name in snake case,
+    numbered from the second layer of a class on, ``lstm``, ``lstm_1``, ...)
+    and a ``trainable`` flag: a layer with ``trainable = False`` keeps its
+    weights through ``fit`` and ``train_on_batch``.
     """
 
     #: Whether the input's last axis holds features, whose number builds the
@@ -132,8 +179,10 @@ class Layer:
     # The number of input features the layer is built for (None before).
     input_dim = None
 
-    def __init__(self, config):
+    def __init__(self, config, name=None, trainable=True):
         self._config = config
+        self.name = check_name(name, type(self).__name__)
+        self.trainable = trainable
         self._built = False
         self._params = {}
         self._grads = {}
@@ -143,9 +192,10 @@ class Layer:
     # -- configuration -------------------------------------------------------
 
     def get_config(self):
-        """The constructor arguments, as given: ``type(layer)(**layer.get_config())``
+        """The constructor arguments, as given, with the layer's ``name`` and
+        its current ``trainable`` flag: ``type(layer)(**layer.get_config())``
         makes a new, unbuilt layer with the same configuration."""
-        return dict(self._config)
+        return dict(name=self.name, trainable=self.trainable, **self._config)
 
     @classmethod
     def from_config(cls, config):
@@ -158,6 +208,22 @@ class Layer:
     def __repr__(self):
         arguments = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({arguments})"
+
+    @property
+    def trainable(self):
+        """Whether training updates the layer's weights (Keras' flag). A
+        frozen layer still passes gradients on to the layers below it."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = check_bool(value, "trainable")
+        for layer in self._sublayers():
+            layer.trainable = self._trainable
+
+    def _sublayers(self):
+        """The layers inside this one, whose ``trainable`` follows its own."""
+        return []
 
     # -- weights -------------------------------------------------------------
 
@@ -234,6 +300,8 @@ class Layer:
     def _assign(self, weights, labels):
         """:meth:`set_weights`, with each weight called by its ``labels`` entry in errors."""
         names = self._weight_names()
+        if isinstance(weights, (list, tuple)) and not names and not weights:
+            return
         if not isinstance(weights, (list, tuple)) or len(weights) != len(names):
             plural = "" if len(names) == 1 else "s"
             raise ValueError(f"weights must be a list of {len(names)} array{plural} "
@@ -242,11 +310,7 @@ class Layer:
         arrays = [as_real_array(w, label, self.dtype) for w, label in zip(weights, labels)]
         input_dim = self.input_dim
         if self.input_is_features and not self.built:
-            shape, meaning = self._weight_shapes(None)[0]
-            if arrays[0].ndim != 2 or arrays[0].shape[0] < 1:
-                raise ValueError(f"{labels[0]} must have shape {meaning} = (input_dim, "
-                                 f"{shape[1]}), got {arrays[0].shape}")
-            input_dim = arrays[0].shape[0]
+            input_dim = self._input_dim_of(arrays[0], labels[0])
         for array, label, (shape, meaning) in zip(arrays, labels,
                                                   self._weight_shapes(input_dim)):
             check_shape(array, label, shape, meaning)
@@ -257,6 +321,26 @@ class Layer:
         else:
             for name, array in zip(names, arrays):
                 np.copyto(self._params[name], array)
+
+    @property
+    def trainable_weights(self):
+        """The weights training updates: all of ``params`` (in their order)
+        when the layer is trainable, else none."""
+        return list(self.params.values()) if self.trainable else []
+
+    @property
+    def non_trainable_weights(self):
+        """The weights training leaves alone: all of ``params`` when the
+        layer is frozen, else none."""
+        return [] if self.trainable else list(self.params.values())
+
+    def _input_dim_of(self, first_weight, label):
+        """The ``input_dim`` an unbuilt layer's first weight says (its rows)."""
+        shape, meaning = self._weight_shapes(None)[0]
+        if first_weight.ndim != 2 or first_weight.shape[0] < 1:
+            raise ValueError(f"{label} must have shape {meaning} = (input_dim, {shape[1]}), "
+                             f"got {first_weight.shape}")
+        return first_weight.shape[0]
 
     def count_params(self):
         """The number of weights."""

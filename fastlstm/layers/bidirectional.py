@@ -1,7 +1,7 @@
 """The Bidirectional wrapper, as ``keras.layers.Bidirectional``."""
 import numpy as np
 
-from .._validation import as_real_array, check_option, describe, describe_list
+from .._validation import as_real_array, check_bool, check_option, describe, describe_list
 from .base import Layer, grad_enabled, seed_children, seed_sequence
 from .lstm import LSTM
 
@@ -25,6 +25,14 @@ class Bidirectional(Layer):
     merge_mode : {"concat", "sum", "mul", "ave", None}
         How the two outputs combine; None returns them as a list
         ``[forward, backward]``. Default "concat".
+    name : str or None
+        Default ``bidirectional``, numbered as other layers' names. The
+        directions are named ``forward_<layer.name>`` and
+        ``backward_<layer.name>``, as in Keras.
+    trainable : bool
+        Whether training updates both directions' weights; a wrapped layer
+        made with ``trainable=False`` makes the wrapper frozen too. Setting
+        the wrapper's ``trainable`` sets both directions'. Default True.
 
     Notes
     -----
@@ -50,7 +58,7 @@ class Bidirectional(Layer):
     ((2, 16), (2, 8))
     """
 
-    def __init__(self, layer, merge_mode="concat"):
+    def __init__(self, layer, merge_mode="concat", *, name=None, trainable=True):
         if not isinstance(layer, LSTM):
             raise TypeError(f"layer must be a fastlstm.LSTM, got {describe(layer)}")
         check_option(merge_mode, "merge_mode", _MERGE_MODES)
@@ -58,13 +66,16 @@ class Bidirectional(Layer):
             raise ValueError("layer must have go_backwards=False: Bidirectional makes the "
                              "backward direction itself, got go_backwards=True")
         config = layer.get_config()
+        trainable = check_bool(trainable, "trainable") and layer.trainable
         # The wrapped layer as Keras serialises it: {"class_name": ..., "config": ...}.
         super().__init__({"layer": {"class_name": "LSTM", "config": config},
-                          "merge_mode": merge_mode})
+                          "merge_mode": merge_mode}, name, trainable)
         self._layer_repr = repr(layer)
         forward_seed, backward_seed = self._direction_seeds(config["seed"])
-        self.forward_layer = LSTM(**dict(config, seed=forward_seed))
-        self.backward_layer = LSTM(**dict(config, seed=backward_seed, go_backwards=True))
+        self.forward_layer = LSTM(**dict(config, seed=forward_seed, trainable=trainable,
+                                         name=f"forward_{layer.name}"))
+        self.backward_layer = LSTM(**dict(config, seed=backward_seed, go_backwards=True,
+                                          trainable=trainable, name=f"backward_{layer.name}"))
         self.merge_mode = merge_mode
         self.return_sequences = layer.return_sequences
         self.return_state = layer.return_state
@@ -86,11 +97,18 @@ class Bidirectional(Layer):
         return f"Bidirectional({self._layer_repr}, merge_mode={self.merge_mode!r})"
 
     def get_config(self):
-        """``{"layer": ..., "merge_mode": ...}``, the wrapped layer as
-        ``{"class_name": "LSTM", "config": {...}}``, as Keras serialises it."""
+        """``{"name": ..., "trainable": ..., "layer": ..., "merge_mode": ...}``,
+        the wrapped layer as ``{"class_name": "LSTM", "config": {...}}``, as
+        Keras serialises it."""
         layer = self._config["layer"]
-        return {"layer": {"class_name": "LSTM", "config": dict(layer["config"])},
+        return {"name": self.name, "trainable": self.trainable,
+                "layer": {"class_name": "LSTM", "config": dict(layer["config"])},
                 "merge_mode": self.merge_mode}
+
+    def _sublayers(self):
+        # The base's constructor sets the flag before the directions exist.
+        return [layer for layer in (getattr(self, "forward_layer", None),
+                                    getattr(self, "backward_layer", None)) if layer is not None]
 
     @classmethod
     def from_config(cls, config):

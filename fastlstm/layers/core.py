@@ -1,13 +1,13 @@
-"""Dense, Embedding and Dropout, as their Keras namesakes."""
+"""Dense, Embedding, Dropout and Masking, as their Keras namesakes."""
 import numpy as np
 
 from .. import initializers
 from ..functional import dense_backward, dense_forward
 from .._validation import (as_real_array, check_bool, check_dtype, check_int, check_option,
-                           check_rate, reject_kwargs)
+                           check_rate, check_real, reject_kwargs)
 from .base import REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, seed_sequence
 
-__all__ = ["Dense", "Embedding", "Dropout"]
+__all__ = ["Dense", "Embedding", "Dropout", "Masking"]
 
 _DENSE_ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh", "softmax")
 _DENSE_UNSUPPORTED = {name: REGULARIZERS_AND_CONSTRAINTS[name] for name in (
@@ -58,6 +58,9 @@ class Dense(Layer):
         Makes the initial weights reproducible.
     dtype : {"float32", "float64"}
         The dtype of the weights and of the computation. Default "float32".
+    name, trainable
+        See :class:`~fastlstm.layers.Layer`; the default names are
+        ``dense``, ``dense_1``, ...
 
     Examples
     --------
@@ -69,11 +72,12 @@ class Dense(Layer):
 
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", *, seed=None,
-                 dtype="float32", **kwargs):
+                 dtype="float32", name=None, trainable=True, **kwargs):
         reject_kwargs(kwargs, "Dense", _DENSE_UNSUPPORTED)
         super().__init__(dict(units=units, activation=activation, use_bias=use_bias,
                               kernel_initializer=kernel_initializer,
-                              bias_initializer=bias_initializer, seed=seed, dtype=dtype))
+                              bias_initializer=bias_initializer, seed=seed, dtype=dtype),
+                         name, trainable)
         self.units = check_int(units, "units")
         self.activation = check_option(activation, "activation", _DENSE_ACTIVATIONS,
                                        none=True) or "linear"
@@ -204,6 +208,9 @@ class Embedding(Layer):
         Makes the initial vectors reproducible.
     dtype : {"float32", "float64"}
         Default "float32".
+    name, trainable
+        See :class:`~fastlstm.layers.Layer`; the default names are
+        ``embedding``, ``embedding_1``, ...
 
     Examples
     --------
@@ -218,11 +225,12 @@ class Embedding(Layer):
     input_is_features = False
 
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
-                 mask_zero=False, *, seed=None, dtype="float32", **kwargs):
+                 mask_zero=False, *, seed=None, dtype="float32", name=None, trainable=True,
+                 **kwargs):
         reject_kwargs(kwargs, "Embedding", _EMBEDDING_UNSUPPORTED)
         super().__init__(dict(input_dim=input_dim, output_dim=output_dim,
                               embeddings_initializer=embeddings_initializer,
-                              mask_zero=mask_zero, seed=seed, dtype=dtype))
+                              mask_zero=mask_zero, seed=seed, dtype=dtype), name, trainable)
         self.input_dim = check_int(input_dim, "input_dim")
         self.output_dim = check_int(output_dim, "output_dim")
         if isinstance(embeddings_initializer, str) and embeddings_initializer == "uniform":
@@ -316,6 +324,9 @@ class Dropout(Layer):
         Makes the dropped positions reproducible.
     dtype : {"float32", "float64"}
         The dtype inputs are cast to. Default "float32".
+    name, trainable
+        See :class:`~fastlstm.layers.Layer`; the default names are
+        ``dropout``, ``dropout_1``, ...
 
     Examples
     --------
@@ -326,11 +337,12 @@ class Dropout(Layer):
     [0.0, 2.0]
     """
 
-    def __init__(self, rate, *, seed=None, dtype="float32", **kwargs):
+    def __init__(self, rate, *, seed=None, dtype="float32", name=None, trainable=True,
+                 **kwargs):
         reject_kwargs(kwargs, "Dropout", {
             "noise_shape": "one mask per value is drawn; for a mask shared over time steps "
                            "use LSTM's dropout argument"})
-        super().__init__(dict(rate=rate, seed=seed, dtype=dtype))
+        super().__init__(dict(rate=rate, seed=seed, dtype=dtype), name, trainable)
         self.rate = check_rate(rate, "rate")
         self.seed = seed
         self._rng = np.random.default_rng(seed_sequence(seed))
@@ -363,3 +375,83 @@ class Dropout(Layer):
         if not input_gradient:
             return None
         return dy if keep is None else dy * keep
+
+
+class Masking(Layer):
+    """Masks the time steps whose features all equal ``mask_value``, as
+    ``keras.layers.Masking``.
+
+    A step ``t`` of sample ``b`` is masked when ``x[b, t, :] == mask_value``
+    everywhere; :meth:`compute_mask` returns the kept steps,
+    ``any(x != mask_value, axis=-1)``, which the layers after it consume as
+    they consume an ``Embedding(mask_zero=True)``'s mask (an LSTM carries
+    its state over masked steps; a mask reaching the output restricts the
+    loss). The output is ``x`` with masked steps set to 0, as in Keras. This
+    is how padded sequences of real values are fed to an LSTM.
+
+    Parameters
+    ----------
+    mask_value : float
+        Default 0.0.
+    dtype : {"float32", "float64"}
+        The dtype inputs are cast to (and compared in). Default "float32".
+    name : str or None
+        Default ``masking``, numbered as other layers' names.
+    trainable : bool
+        Accepted for a uniform interface: Masking has no weights. Default True.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> x = np.array([[[1.0, 2.0], [-1.0, -1.0], [0.5, -1.0]]])
+    >>> masking = fl.Masking(mask_value=-1.0)
+    >>> masking.compute_mask(x).tolist()
+    [[True, False, True]]
+    >>> masking(x)[0].tolist()
+    [[1.0, 2.0], [0.0, 0.0], [0.5, -1.0]]
+    """
+
+    def __init__(self, mask_value=0.0, *, dtype="float32", name=None, trainable=True,
+                 **kwargs):
+        reject_kwargs(kwargs, "Masking")
+        super().__init__(dict(mask_value=mask_value, dtype=dtype), name, trainable)
+        self.mask_value = check_real(mask_value, "mask_value")
+        self.dtype = check_dtype(dtype)
+        self._built = True
+
+    def build(self, input_dim=None):
+        """Masking has no weights: nothing to build."""
+
+    def _weights_note(self):
+        return " (Masking has no weights)"
+
+    def _kept_steps(self, x):
+        return np.any(x != self.dtype.type(self.mask_value), axis=-1)
+
+    def _features(self, x):
+        x = as_real_array(x, "x", self.dtype)
+        if x.ndim < 2:
+            raise ValueError(f"layer {self.name!r} (Masking): x must have shape (batch, "
+                             f"timesteps, features), got shape {x.shape}")
+        return x
+
+    def compute_mask(self, x, mask=None):
+        """The kept steps of ``x``, ``any(x != mask_value, axis=-1)``; the
+        incoming ``mask`` is replaced, as in Keras."""
+        return self._kept_steps(self._features(x))
+
+    def __call__(self, x, mask=None, training=False):
+        """``x`` with its masked steps set to 0 (a new array)."""
+        x = self._features(x)
+        if training is not None:
+            check_bool(training, "training")
+        kept = self._kept_steps(x)
+        self._keep((kept, x.shape))
+        return x * kept[..., None]
+
+    def backward(self, dy, input_gradient=True):
+        """``dy`` with the masked steps' gradients set to 0 (None when not
+        ``input_gradient``)."""
+        kept, shape = self._take_record()
+        dy = self._grad_array(dy, "dy", shape)
+        return dy * kept[..., None] if input_gradient else None

@@ -89,6 +89,9 @@ class LSTM(Layer):
     dtype : {"float32", "float64"}
         The dtype of the weights and of the computation; inputs are cast to
         it. Default "float32".
+    name, trainable
+        See :class:`~fastlstm.layers.Layer`; the default names are
+        ``lstm``, ``lstm_1``, ...
 
     Notes
     -----
@@ -119,7 +122,8 @@ class LSTM(Layer):
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", unit_forget_bias=True, *, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
-                 go_backwards=False, stateful=False, dtype="float32", **kwargs):
+                 go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
+                 **kwargs):
         reject_kwargs(kwargs, "LSTM", _UNSUPPORTED)
         super().__init__(dict(
             units=units, activation=activation, recurrent_activation=recurrent_activation,
@@ -128,7 +132,7 @@ class LSTM(Layer):
             unit_forget_bias=unit_forget_bias, dropout=dropout,
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful,
-            dtype=dtype))
+            dtype=dtype), name, trainable)
         self.units = check_int(units, "units")
         meaning = " (the activations the kernel implements)"
         self.activation = check_option(activation, "activation", ACTIVATIONS, meaning)
@@ -264,16 +268,21 @@ class LSTM(Layer):
     def _call(self, x, initial_state, mask, training, state_names):
         """The call, on ``x`` already an array of the layer's dtype."""
         if x.ndim != 3:
-            raise ValueError(f"x must have shape (batch, timesteps, features), got an array "
-                             f"with {x.ndim} dimension(s), shape {x.shape}")
+            hint = ""
+            if x.ndim == 2:
+                hint = ("; a 2-D input is usually the last output of an LSTM below this one: "
+                        "give that layer return_sequences=True so that it returns every step")
+            raise ValueError(f"layer {self.name!r} (LSTM): x must have shape (batch, "
+                             f"timesteps, features), got an array with {x.ndim} "
+                             f"dimension(s), shape {x.shape}{hint}")
         batch, timesteps, features = x.shape
         if min(x.shape) == 0:
             raise ValueError(f"x must have at least one sequence, one timestep and one "
                              f"feature, got shape {x.shape}")
         training = False if training is None else check_bool(training, "training")
         if self.built and features != self.input_dim:
-            raise ValueError(f"x has {features} features (last axis), but the layer was "
-                             f"built for input_dim={self.input_dim}")
+            raise ValueError(f"layer {self.name!r} (LSTM): x has {features} features (last "
+                             f"axis), but the layer was built for input_dim={self.input_dim}")
         state, state_given = self._initial_state(initial_state, batch, state_names)
         keep = None if mask is None else as_mask(mask, "mask", (batch, timesteps))
         if not self.built:

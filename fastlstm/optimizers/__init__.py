@@ -15,7 +15,14 @@ Before the update, gradients may be clipped, as Keras does (at most one of):
 - ``clipvalue``: each entry is clipped to ``[-clipvalue, clipvalue]``.
 
 ``learning_rate`` is a float or a schedule: a callable of the step number
-(``optimizer.iterations``, 0 for the first update) returning the rate.
+(``optimizer.iterations``, 0 for the first update) returning the rate, such
+as those of :mod:`fastlstm.optimizers.schedules`. A float rate can be
+assigned (``optimizer.learning_rate = 0.01``), as callbacks such as
+:class:`~fastlstm.callbacks.ReduceLROnPlateau` do.
+
+:class:`AdamW` adds Keras' decoupled weight decay to Adam: before each
+update, every updated variable shrinks by ``variable -= learning_rate *
+weight_decay * variable``.
 
 Examples
 --------
@@ -32,14 +39,16 @@ import math
 
 import numpy as np
 
-from ._validation import (as_real_array, check_bool, check_real, describe, from_identifier,
-                          reject_kwargs)
+from .._validation import (as_real_array, check_bool, check_real, describe, from_identifier,
+                           reject_kwargs)
+from . import schedules
 
-__all__ = ["Optimizer", "SGD", "Adam", "RMSprop", "get"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "get", "schedules"]
 
 # Keras optimizer arguments with no fastlstm equivalent, and why.
 _UNSUPPORTED = {
-    "weight_decay": "add an L2 term to your loss (and its gradient to the layers' grads)",
+    "weight_decay": "use AdamW for decoupled weight decay, or add an L2 term to your loss "
+                    "(and its gradient to the layers' grads)",
     "use_ema": "keep a moving average of layer.params yourself",
     "ema_momentum": "keep a moving average of layer.params yourself",
     "ema_overwrite_frequency": "keep a moving average of layer.params yourself",
@@ -65,16 +74,18 @@ class Optimizer:
         the number of updates applied so far.
     clipnorm, clipvalue, global_clipnorm : float or None
         Gradient clipping (see the module docstring); at most one may be set.
+    weight_decay : float or None
+        Decoupled weight decay (see the module docstring), which
+        :class:`AdamW` sets. Default None.
     name : str or None
     """
 
     def __init__(self, learning_rate, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 name=None):
-        if callable(learning_rate):
-            self._learning_rate = learning_rate
-        else:
-            self._learning_rate = check_real(learning_rate, "learning_rate", 0.0, math.inf,
-                                              high_open=True)
+                 weight_decay=None, name=None):
+        self._learning_rate = None
+        self.learning_rate = learning_rate
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0, math.inf,
+                                       high_open=True, none=True)
         self.clipnorm = _check_clip(clipnorm, "clipnorm")
         self.clipvalue = _check_clip(clipvalue, "clipvalue")
         self.global_clipnorm = _check_clip(global_clipnorm, "global_clipnorm")
@@ -103,6 +114,17 @@ class Optimizer:
             value = value.item()
         return check_real(value, f"learning_rate({self.iterations}) (the schedule's value)",
                            0.0, math.inf, high_open=True)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if callable(value):
+            self._learning_rate = value
+            return
+        if callable(self._learning_rate):
+            raise TypeError("this optimizer's learning_rate is a schedule, so it cannot be set "
+                            "to a number (as in Keras): assign another schedule, or make the "
+                            "optimizer with a float learning_rate")
+        self._learning_rate = check_real(value, "learning_rate", 0.0, math.inf, high_open=True)
 
     @property
     def variables(self):
@@ -168,6 +190,11 @@ class Optimizer:
             return
         clipped = self._clip([g for _, g in pairs])
         learning_rate = self.learning_rate
+        if self.weight_decay:
+            for k, _ in pairs:
+                variable = self._variables[k]
+                variable -= variable * variable.dtype.type(self.weight_decay) \
+                    * variable.dtype.type(learning_rate)
         for (k, _), gradient in zip(pairs, clipped):
             self._update(self._variables[k], gradient, self._slot_list[k], learning_rate)
         self.iterations += 1
@@ -281,7 +308,7 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  amsgrad=False, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  name=None, **kwargs):
-        reject_kwargs(kwargs, "Adam", _UNSUPPORTED)
+        reject_kwargs(kwargs, type(self).__name__, _UNSUPPORTED)
         super().__init__(learning_rate, clipnorm=clipnorm, clipvalue=clipvalue,
                          global_clipnorm=global_clipnorm, name=name)
         self.beta_1 = check_real(beta_1, "beta_1", 0.0, 1.0, high_open=True)
@@ -315,6 +342,47 @@ class Adam(Optimizer):
         np.divide(m, scratch, out=scratch)
         scratch *= alpha
         variable -= scratch
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay, as ``keras.optimizers.AdamW``.
+
+    Before each Adam update, ``w -= learning_rate * weight_decay * w`` (the
+    decay does not pass through the moment estimates, unlike an L2 term in
+    the loss).
+
+    Parameters
+    ----------
+    learning_rate : float or callable
+        Default 0.001.
+    weight_decay : float
+        Default 0.004.
+    beta_1, beta_2, epsilon, amsgrad
+        As for :class:`Adam`.
+    clipnorm, clipvalue, global_clipnorm, name
+        See :class:`Optimizer`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastlstm import optimizers
+    >>> weight = np.array([1.0])
+    >>> optimizers.AdamW(learning_rate=0.1, weight_decay=0.5).apply([np.array([0.0])], [weight])
+    >>> weight
+    array([0.95])
+    """
+
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-7, amsgrad=False, *, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, name=None, **kwargs):
+        if weight_decay is None:
+            raise TypeError("weight_decay must be a real number for AdamW (Keras' rule), got "
+                            "None; use Adam for no decay")
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, clipnorm=clipnorm,
+                         clipvalue=clipvalue, global_clipnorm=global_clipnorm, name=name,
+                         **kwargs)
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0, math.inf,
+                                       high_open=True)
 
 
 class RMSprop(Optimizer):
@@ -389,7 +457,7 @@ class RMSprop(Optimizer):
             variable -= scratch
 
 
-_BY_NAME = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop}
 
 
 def get(identifier):
@@ -398,8 +466,8 @@ def get(identifier):
     Parameters
     ----------
     identifier : str or Optimizer
-        ``"sgd"``, ``"adam"`` or ``"rmsprop"`` (Keras' defaults), or an
-        :class:`Optimizer`.
+        ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"`` (Keras'
+        defaults), or an :class:`Optimizer`.
 
     Returns
     -------
