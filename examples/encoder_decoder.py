@@ -22,7 +22,9 @@ Run ``python examples/encoder_decoder.py`` (under 10 s on two cores);
 ``--quick`` trains a few steps only, as the tests do.
 """
 import argparse
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -37,6 +39,10 @@ START = 10
 UNITS = 128
 BATCH_SIZE = 64
 TARGET_EXACT = 0.95
+
+# Outputs go to the temporary directory unless --output-dir says otherwise, so that running an
+# example leaves nothing in the directory it is run from.
+OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "fastlstm-examples")
 
 
 class Reverser:
@@ -117,10 +123,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="train a few steps only (a smoke test, no quality target)")
-    parser.add_argument("--plot", default="encoder_decoder_loss.png",
-                        help="where to save the loss curve (PNG)")
+    parser.add_argument("--output-dir", default=OUTPUT_DIR,
+                        help="directory for the loss curve (default: %(default)s)")
+    parser.add_argument("--plot", default=None,
+                        help="where to save the loss curve (PNG); default "
+                             "<output-dir>/encoder_decoder_loss.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    plot = args.plot or os.path.join(args.output_dir, "encoder_decoder_loss.png")
+    os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
 
     rng = np.random.default_rng(args.seed)
     train_count, test_count, epochs = (128, 64, 1) if args.quick else (20000, 2000, 12)
@@ -150,7 +161,7 @@ def main(argv=None):
           f"{per_digit:.1%} of digits right")
     for digits, guess in zip(x_test[:3], predicted[:3]):
         print(f"  {''.join(map(str, digits))} -> {''.join(map(str, guess))}")
-    save_loss_plot(losses, steps_per_epoch, args.plot)
+    save_loss_plot(losses, steps_per_epoch, plot)
     if args.quick:
         return 0
     reached = exact >= TARGET_EXACT

@@ -35,6 +35,10 @@ MOTIF = (3, 1, 4)
 MAX_LENGTH = 30
 TARGET_ACCURACY = 0.99
 
+# Outputs go to the temporary directory unless --output-dir says otherwise, so that running an
+# example leaves nothing in the directory it is run from.
+OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "fastlstm-examples")
+
 
 def contains_motif(sequence):
     return any(tuple(sequence[k:k + len(MOTIF)]) == MOTIF
@@ -87,10 +91,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="train a few steps only (a smoke test, no quality target)")
-    parser.add_argument("--plot", default="sequence_classification_loss.png",
-                        help="where to save the loss curve (PNG)")
+    parser.add_argument("--output-dir", default=OUTPUT_DIR,
+                        help="directory for the loss curve (default: %(default)s)")
+    parser.add_argument("--plot", default=None,
+                        help="where to save the loss curve (PNG); default "
+                             "<output-dir>/sequence_classification_loss.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    plot = args.plot or os.path.join(args.output_dir, "sequence_classification_loss.png")
+    os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
 
     rng = np.random.default_rng(args.seed)
     train_count, test_count, epochs = (256, 64, 2) if args.quick else (4000, 2000, 30)
@@ -121,7 +130,7 @@ def main(argv=None):
     loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
     print(f"\ntrained {len(history.epoch)} epochs in {elapsed:.1f} s; held-out loss "
           f"{loss:.4f}, accuracy {accuracy:.4f}")
-    save_loss_plot(history.history, args.plot)
+    save_loss_plot(history.history, plot)
     if args.quick:
         return 0
     reached = accuracy >= TARGET_ACCURACY

@@ -20,7 +20,9 @@ needs statsmodels: ``pip install statsmodels`` or ``fastlstm[examples]``);
 ``--quick`` trains a few steps only, as the tests do.
 """
 import argparse
+import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -34,6 +36,10 @@ from fastlstm.optimizers import Adam
 LOOKBACK = 24
 FIRST_TEST_YEAR = 1959
 TARGET_RATIO = 0.60
+
+# Outputs go to the temporary directory unless --output-dir says otherwise, so that running an
+# example leaves nothing in the directory it is run from.
+OUTPUT_DIR = os.path.join(tempfile.gettempdir(), "fastlstm-examples")
 
 
 def load_sunspots():
@@ -88,10 +94,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="train a few steps only (a smoke test, no quality target)")
-    parser.add_argument("--plot", default="sunspots_forecasting_loss.png",
-                        help="where to save the loss curve and forecasts (PNG)")
+    parser.add_argument("--output-dir", default=OUTPUT_DIR,
+                        help="directory for the loss curve and forecasts (default: %(default)s)")
+    parser.add_argument("--plot", default=None,
+                        help="where to save the loss curve and forecasts (PNG); default "
+                             "<output-dir>/sunspots_forecasting_loss.png")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    plot = args.plot or os.path.join(args.output_dir, "sunspots_forecasting_loss.png")
+    os.makedirs(os.path.dirname(os.path.abspath(plot)), exist_ok=True)
 
     years, activity = load_sunspots()
     # Scaled by the training years' spread, so the network sees values near 1.
@@ -131,7 +142,7 @@ def main(argv=None):
     print(f"  LSTM                  {mae:6.2f}")
     print(f"  persistence           {persistence:6.2f}")
     print(f"  AR({LOOKBACK}) least squares   {linear_mae:6.2f}")
-    save_plots(history.history, years[LOOKBACK:][~train], actual, forecast, args.plot)
+    save_plots(history.history, years[LOOKBACK:][~train], actual, forecast, plot)
     if args.quick:
         return 0
     reached = mae <= TARGET_RATIO * persistence

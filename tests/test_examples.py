@@ -46,3 +46,15 @@ def test_encoder_decoder_quick(tmp_path):
 def test_every_example_is_tested():
     tested = {"sequence_classification", "sunspots_forecasting", "encoder_decoder"}
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
+
+
+def test_an_example_leaves_its_plot_in_the_output_directory(tmp_path):
+    run, output = tmp_path / "run", tmp_path / "output"
+    run.mkdir()
+    result = subprocess.run([sys.executable, str(EXAMPLES / "sequence_classification.py"),
+                             "--quick", "--output-dir", str(output)],
+                            capture_output=True, text=True, cwd=run, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(run.iterdir()) == []
+    if HAS_MATPLOTLIB:
+        assert (output / "sequence_classification_loss.png").read_bytes().startswith(b"\x89PNG")
