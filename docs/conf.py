@@ -40,6 +40,7 @@ autosummary_generate = False
 exclude_patterns = ["_build", "scripts", "_generated/*.rst"]
 templates_path = []
 html_static_path = ["_static"]
+html_css_files = ["tables.css"]
 html_theme = "alabaster"
 html_title = f"fastlstm {release}"
 html_theme_options = {"description": "Fast CPU training of LSTMs", "page_width": "1100px"}

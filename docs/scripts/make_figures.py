@@ -13,7 +13,7 @@ It writes, into the output folder:
     Median time of a training step against its size for fastlstm, PyTorch,
     Keras/TensorFlow and the NumPy reference (the performance page).
 ``bench_table.rst``
-    The peer table of the performance page.
+    The peer tables (training, inference) of the performance page.
 
 fastlstm's, PyTorch's and the NumPy reference's times come from the JSON that
 ``python -m fastlstm bench --json PATH`` writes. TensorFlow is not installed
@@ -170,32 +170,41 @@ def _ms(value):
     return f"{value:.3g}" if value < 100 else f"{value:.0f}"
 
 
-def bench_table(bench):
-    """The peer table as an RST list-table."""
-    header = ["size", "B", "T", "I", "H",
-              "fastlstm train", "PyTorch train", f"{KERAS_LABEL} train [#keras]_",
-              "NumPy train", "ceiling train", "sgemm-rate train [#sgemm]_",
-              "fastlstm / PyTorch",
-              "fastlstm infer", "PyTorch infer", "ONNX Runtime infer"]
-    rows = []
-    for name in bench["sizes"]:
-        result = bench["sizes"][name]
-        shape, train = result["shape"], training_ms(bench, name)
-        infer = result["median_ms"]["inference"]
-        ratio = result["ratios"].get("training_fast_over_torch")
-        rows.append([name, shape["batch"], shape["timesteps"], shape["input_dim"], shape["units"],
-                     _ms(train.get("fast")), _ms(train.get("torch")), _ms(train.get("keras")),
-                     _ms(train.get("reference")), _ms(result.get("ceiling_ms")),
-                     _ms(result.get("sgemm_ms")),
-                     "–" if ratio is None else f"{ratio:.2f}",
-                     _ms(infer.get("fast")), _ms(infer.get("torch")),
-                     _ms(infer.get("onnxruntime"))])
-    lines = [".. list-table:: Median milliseconds, float32, "
-             f"{bench['threads']} threads",
-             "   :header-rows: 1", ""]
+def _list_table(title, header, rows):
+    lines = [f".. list-table:: {title}", "   :header-rows: 1", ""]
     for row in [header] + rows:
         lines.append(f"   * - {row[0]}")
         lines.extend(f"     - {cell}" for cell in row[1:])
+    return lines
+
+
+def bench_table(bench):
+    """The peer tables as RST list-tables: training, then inference, each
+    narrow enough for the page."""
+    training_header = ["size (B, T, I, H)", "fastlstm", "PyTorch",
+                       f"{KERAS_LABEL} [#keras]_", "NumPy", "ceiling",
+                       "sgemm rate [#sgemm]_", "fastlstm / PyTorch"]
+    inference_header = ["size (B, T, I, H)", "fastlstm", "PyTorch", "ONNX Runtime"]
+    training_rows, inference_rows = [], []
+    for name in bench["sizes"]:
+        result = bench["sizes"][name]
+        shape, train = result["shape"], training_ms(bench, name)
+        size = (f"{name} ({shape['batch']}, {shape['timesteps']}, {shape['input_dim']}, "
+                f"{shape['units']})")
+        infer = result["median_ms"]["inference"]
+        ratio = result["ratios"].get("training_fast_over_torch")
+        training_rows.append([size, _ms(train.get("fast")), _ms(train.get("torch")),
+                              _ms(train.get("keras")), _ms(train.get("reference")),
+                              _ms(result.get("ceiling_ms")), _ms(result.get("sgemm_ms")),
+                              "–" if ratio is None else f"{ratio:.2f}"])
+        inference_rows.append([size, _ms(infer.get("fast")), _ms(infer.get("torch")),
+                               _ms(infer.get("onnxruntime"))])
+    threads = f"float32, {bench['threads']} threads"
+    lines = (_list_table(f"Training step: median milliseconds, {threads}", training_header,
+                         training_rows)
+             + [""]
+             + _list_table(f"Inference: median milliseconds, {threads}", inference_header,
+                           inference_rows))
     summary = _summary(bench)
     if summary:
         lines += ["", summary]
