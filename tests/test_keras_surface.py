@@ -204,6 +204,8 @@ def test_masking_backward_zeroes_masked_steps_and_checks_against_differences():
     dx = layer.backward(upstream)
     kept = np.any(x != -1.0, axis=-1)
     assert np.array_equal(dx, upstream * kept[..., None])
+    layer(x)
+    assert layer.backward(upstream, input_gradient=False) is None
     # Finite differences at kept steps: moving a masked step's feature would unmask it.
     probe = x.copy()
     eps = 1e-6
@@ -269,6 +271,11 @@ def test_layer_normalization_gradients_match_finite_differences(center, scale):
     assert_gradient(dx, loss, x, "x", count=30)
     for name, array in layer.params.items():
         assert_gradient(layer.grads[name], loss, array, name)
+    # Without the input's gradient (a model's first layer) the weights' are the same.
+    grads = {name: grad.copy() for name, grad in layer.grads.items()}
+    layer(x)
+    assert layer.backward(upstream, input_gradient=False) is None
+    assert all(np.array_equal(grads[name], layer.grads[name]) for name in grads)
     assert sorted(layer.params) == sorted(
         [n for n, used in (("gamma", scale), ("beta", center)) if used])
 
