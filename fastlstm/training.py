@@ -2,11 +2,12 @@
 their one-batch forms.
 
 :class:`Trainer` is what :class:`fastlstm.Sequential` trains with. It asks
-the model for three things only: ``_forward(x, training)`` returning the
-output and its mask, ``backward(dy)`` filling the layers' ``grads``, and
-``layers``, whose ``params`` and ``grads`` the optimizer pairs up (a layer
-with ``trainable = False``, or every layer of a model with
-``trainable = False``, gets no update). One training step is the forward
+the model for two things only: ``_forward(x, training)`` returning the
+output and its mask, and ``layers``, whose ``backward`` fills their
+``grads`` and whose ``params`` and ``grads`` the optimizer pairs up. A layer
+with ``trainable = False`` (or every layer, with the model's
+``trainable = False``) gets no update, and the backward pass stops at the
+lowest layer that trains. One training step is the forward
 pass, the loss and its gradient, the backward pass and one optimizer
 update; ``evaluate`` and ``predict`` run in batches inside
 :func:`fastlstm.no_grad`. Callbacks see every hook Keras calls (see
@@ -415,6 +416,21 @@ class Trainer:
                 grads.append(layer_grads.get(name) if trains else None)
         return variables, grads
 
+    def _backward_for_update(self, d_output):
+        """Backpropagate only as far as the update needs: down to the lowest
+        layer that trains, which computes no input gradient (the layers
+        below it are frozen, or it is the first, whose input is data). With
+        every layer trainable this is ``backward(d_output,
+        input_gradient=False)``."""
+        layers = self.layers
+        lowest = next((i for i, layer in enumerate(layers) if self._layer_trains(layer)), None)
+        if lowest is None:
+            return
+        for i in range(len(layers) - 1, lowest - 1, -1):
+            d_output = layers[i].backward(d_output, i != lowest)
+            if d_output is None:
+                break
+
     def _loss_value_and_gradient(self, y, y_pred, mask, sample_weight):
         if sample_weight is None:
             return self.loss.value_and_gradient(y, y_pred, mask)
@@ -423,7 +439,7 @@ class Trainer:
     def _train_step(self, x, y, sample_weight=None):
         y_pred, mask = self._forward(x, training=True)
         loss, d_output = self._loss_value_and_gradient(y, y_pred, mask, sample_weight)
-        self.backward(d_output, input_gradient=False)
+        self._backward_for_update(d_output)
         variables, grads = self._variables_and_grads()
         self.optimizer.apply(grads, variables)
         self._update_metrics(y, y_pred, mask, loss, x.shape[0])

@@ -121,6 +121,15 @@ def test_a_frozen_layer_is_bitwise_unchanged_by_fit_while_the_others_train(optim
         assert not np.array_equal(before[k], after[k])
 
 
+def test_backward_stops_at_the_lowest_layer_that_trains():
+    x, y = _regression()
+    model = _classifier(trainable_encoder=False)
+    model.compile("adam", "mse")
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    # The frozen encoder at the bottom ran no backward: it has no gradients at all.
+    assert model.layers[0].grads == {} and model.layers[1].grads != {}
+
+
 def test_freezing_between_fits_keeps_the_optimizer_paired_with_its_weights():
     x, y = _regression()
     model = _classifier()
