@@ -68,7 +68,8 @@ class Sequential(Trainer):
     ----------
     layers : list or None
         Layers in order: fastlstm's (``LSTM``, ``Bidirectional``, ``Dense``,
-        ``Embedding``, ``Dropout``), subclasses of
+        ``Embedding``, ``Dropout``, ``Masking``, ``LayerNormalization``),
+        subclasses of
         :class:`fastlstm.layers.Layer`, or any object with their interface
         (``__call__(x, mask=..., training=...)``, ``backward(dy, input_gradient)``,
         ``params``, ``grads``, ``get_weights``, ``set_weights``,

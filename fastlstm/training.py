@@ -123,7 +123,8 @@ def _class_sample_weights(y, class_weight, loss):
 def _is_dataset(x):
     """Whether ``x`` holds batches (a sequence of batches or an iterator)
     rather than samples."""
-    if x is None or isinstance(x, (np.ndarray, list, tuple)) or np.isscalar(x):
+    if x is None or isinstance(x, (np.ndarray, list, tuple, dict, str, bytes)) \
+            or np.isscalar(x):
         return False
     if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
         return False

@@ -236,6 +236,8 @@ def test_data_in_batches_is_checked():
         model.fit(Batches(x, y, 8), y, verbose=0)
     with pytest.raises(ValueError, match=r"batch 0 of x must be a tuple \(x, y\)"):
         model.fit(iter([x]), verbose=0)
+    with pytest.raises(TypeError, match="x must hold real numbers"):
+        model.fit({"x": x}, y, verbose=0)
     with pytest.raises(ValueError, match="validation_split needs x as an array"):
         model.fit(Batches(x, y, 8), validation_split=0.5, verbose=0)
     assert model.evaluate(Batches(x, y, 8), verbose=0) == pytest.approx(
