@@ -89,6 +89,7 @@ def test_summary_names_layers_and_counts_frozen_weights(capsys):
     model.trainable = False
     assert all(not layer.trainable for layer in model.layers)
     assert model.trainable_weights == [] and len(model.non_trainable_weights) == 6
+    assert not Sequential.from_config(model.get_config()).trainable
 
 
 # -- trainable ----------------------------------------------------------------------------
