@@ -171,6 +171,10 @@ def test_stacking_without_return_sequences_names_both_layers_and_the_fix():
     with pytest.raises(ValueError, match=r"layer 'alone' \(LSTM\): x must have shape \(batch, "
                                          r"timesteps, features\).*return_sequences=True"):
         fl.LSTM(3, name="alone")(np.ones((8, 4)))
+    dense = Dense(2, name="head")
+    dense(np.ones((3, 4)))
+    with pytest.raises(ValueError, match=r"layer 'head' \(Dense\): x has 5 features"):
+        dense(np.ones((3, 5)))
 
 
 # -- Masking ------------------------------------------------------------------------------

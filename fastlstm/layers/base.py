@@ -205,6 +205,10 @@ class Layer:
                             f"{describe(config)}")
         return cls(**config)
 
+    def _label(self):
+        """``layer 'lstm_1' (LSTM)``: how errors name the layer."""
+        return f"layer {self.name!r} ({type(self).__name__})"
+
     def __repr__(self):
         arguments = ", ".join(f"{k}={v!r}" for k, v in self._config.items())
         return f"{type(self).__name__}({arguments})"

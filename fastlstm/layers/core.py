@@ -123,8 +123,8 @@ class Dense(Layer):
             raise ValueError(f"x must have shape (batch, ..., features), got an array with "
                              f"{x.ndim} dimension(s), shape {x.shape}")
         if self.built and x.shape[-1] != self.input_dim:
-            raise ValueError(f"x has {x.shape[-1]} features (last axis), but the layer was "
-                             f"built for input_dim={self.input_dim}")
+            raise ValueError(f"{self._label()}: x has {x.shape[-1]} features (last axis), but "
+                             f"the layer was built for input_dim={self.input_dim}")
         if training is not None:
             check_bool(training, "training")
         if not self.built:
@@ -431,7 +431,7 @@ class Masking(Layer):
     def _features(self, x):
         x = as_real_array(x, "x", self.dtype)
         if x.ndim < 2:
-            raise ValueError(f"layer {self.name!r} (Masking): x must have shape (batch, "
+            raise ValueError(f"{self._label()}: x must have shape (batch, "
                              f"timesteps, features), got shape {x.shape}")
         return x
 

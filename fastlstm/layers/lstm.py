@@ -272,7 +272,7 @@ class LSTM(Layer):
             if x.ndim == 2:
                 hint = ("; a 2-D input is usually the last output of an LSTM below this one: "
                         "give that layer return_sequences=True so that it returns every step")
-            raise ValueError(f"layer {self.name!r} (LSTM): x must have shape (batch, "
+            raise ValueError(f"{self._label()}: x must have shape (batch, "
                              f"timesteps, features), got an array with {x.ndim} "
                              f"dimension(s), shape {x.shape}{hint}")
         batch, timesteps, features = x.shape
@@ -281,7 +281,7 @@ class LSTM(Layer):
                              f"feature, got shape {x.shape}")
         training = False if training is None else check_bool(training, "training")
         if self.built and features != self.input_dim:
-            raise ValueError(f"layer {self.name!r} (LSTM): x has {features} features (last "
+            raise ValueError(f"{self._label()}: x has {features} features (last "
                              f"axis), but the layer was built for input_dim={self.input_dim}")
         state, state_given = self._initial_state(initial_state, batch, state_names)
         keep = None if mask is None else as_mask(mask, "mask", (batch, timesteps))

@@ -107,13 +107,13 @@ class LayerNormalization(Layer):
         axis; ``mask`` passes through and ``training`` changes nothing."""
         x = as_real_array(x, "x", self.dtype)
         if x.ndim < 2 or x.size == 0:
-            raise ValueError(f"layer {self.name!r} (LayerNormalization): x must have shape "
+            raise ValueError(f"{self._label()}: x must have shape "
                              f"(batch, ..., features) with at least one value, got shape "
                              f"{x.shape}")
         if training is not None:
             check_bool(training, "training")
         if self.built and x.shape[-1] != self.input_dim:
-            raise ValueError(f"layer {self.name!r} (LayerNormalization): x has {x.shape[-1]} "
+            raise ValueError(f"{self._label()}: x has {x.shape[-1]} "
                              f"features (last axis), but the layer was built for "
                              f"input_dim={self.input_dim}")
         if not self.built:
