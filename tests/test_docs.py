@@ -220,3 +220,12 @@ def test_every_public_name_is_in_the_api_reference(built_docs):
         if not candidates & documented:
             missing.append(f"{module_name}.{name}")
     assert missing == []
+
+
+def test_installation_gives_the_readme_s_test_command():
+    readme = (DOCS.parent / "README.md").read_text()
+    command = next(line for line in readme.splitlines()
+                   if "pip install" in line and "python -m pytest" in line)
+    bash = [code.strip() for language, code, _ in code_blocks(DOCS / "installation.rst")
+            if language == "bash"]
+    assert command in bash
