@@ -447,11 +447,12 @@ class Masking(Layer):
             check_bool(training, "training")
         kept = self._kept_steps(x)
         self._keep((kept, x.shape))
-        return x * kept[..., None]
+        # where, not a product: a masked negative value becomes 0.0, not -0.0
+        return np.where(kept[..., None], x, 0)
 
     def backward(self, dy, input_gradient=True):
         """``dy`` with the masked steps' gradients set to 0 (None when not
         ``input_gradient``)."""
         kept, shape = self._take_record()
         dy = self._grad_array(dy, "dy", shape)
-        return dy * kept[..., None] if input_gradient else None
+        return np.where(kept[..., None], dy, 0) if input_gradient else None
