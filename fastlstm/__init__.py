@@ -38,6 +38,7 @@ __all__ = [
     "no_grad",
     "num_threads",
     "set_num_threads",
+    "search_seeds",
     "show_config",
     "workspace_nbytes",
     "callbacks",
@@ -49,3 +50,11 @@ __all__ = [
     "optimizers",
     "saving",
 ]
+
+
+def __getattr__(name):
+    # Imported on first use, so that importing fastlstm does not import joblib.
+    if name == "search_seeds":
+        from ._seed_search import search_seeds
+        return search_seeds
+    raise AttributeError(f"module 'fastlstm' has no attribute {name!r}")
