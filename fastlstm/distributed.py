@@ -62,10 +62,16 @@ __all__ = ["DistributedOptimizer", "broadcast_weights", "BroadcastWeights", "Ave
            "shard"]
 
 
+# mpiexec ends the whole job as soon as one rank aborts, and drops what the
+# ranks printed that it has not yet passed on: the traceback needs a moment.
+_ABORT_DELAY_SECONDS = 0.5
+
+
 def _abort_on_uncaught_exception(kind, value, traceback):
     _previous_excepthook(kind, value, traceback)
     sys.stdout.flush()
     sys.stderr.flush()
+    time.sleep(_ABORT_DELAY_SECONDS)
     MPI.COMM_WORLD.Abort(1)
 
 

@@ -43,8 +43,8 @@ def _mpiexec():
     return launcher
 
 
-def run_script(name, *args, ranks=RANKS, timeout=120):
-    command = [sys.executable, str(SCRIPTS / name), *map(str, args)]
+def run_script(name, *args, ranks=RANKS, timeout=120, folder=SCRIPTS):
+    command = [sys.executable, str(folder / name), *map(str, args)]
     if ranks:
         command = [_mpiexec(), "-n", str(ranks)] + command
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
@@ -127,6 +127,14 @@ def test_a_failing_rank_ends_the_whole_job_quickly(mode, message):
     assert message in result.stderr
     # Starting two Python processes with fastlstm takes about a second.
     assert elapsed < 10
+
+
+def test_the_example_trains_on_two_ranks():
+    result = run_script("distributed_training.py", "--quick",
+                        folder=SCRIPTS.parent.parent / "examples")
+    assert result.returncode == 0, result.stderr
+    assert "2 rank(s) trained 2 epochs" in result.stdout
+    assert "checkpoint written: True" in result.stdout
 
 
 def test_importing_fastlstm_imports_neither_mpi4py_nor_joblib():

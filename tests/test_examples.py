@@ -44,7 +44,9 @@ def test_encoder_decoder_quick(tmp_path):
 
 
 def test_every_example_is_tested():
-    tested = {"sequence_classification", "sunspots_forecasting", "encoder_decoder"}
+    # distributed_training runs under mpiexec in tests/test_distributed.py.
+    tested = {"sequence_classification", "sunspots_forecasting", "encoder_decoder",
+              "distributed_training"}
     assert {path.stem for path in EXAMPLES.glob("*.py")} == tested
 
 
