@@ -11,15 +11,16 @@ import numbers
 
 import numpy as np
 
-from . import _config
+from . import num_threads, set_num_threads
 from ._validation import describe
 
 SeedResult = collections.namedtuple("SeedResult", ["seed", "val_loss", "model", "history"])
 
 
 def _train(build_fn, seed, x, y, validation, threads, fit_kwargs):
-    previous = _config._threads["num_threads"]
-    _config.set_num_threads(threads)
+    # joblib may run a job in the caller's process, whose setting comes back after.
+    previous = num_threads()
+    set_num_threads(threads)
     try:
         model = build_fn(seed)
         if not all(hasattr(model, name) for name in ("fit", "evaluate")):
@@ -32,7 +33,7 @@ def _train(build_fn, seed, x, y, validation, threads, fit_kwargs):
                                   verbose=0, return_dict=True)["loss"]
         return SeedResult(seed, float(val_loss), model, history)
     finally:
-        _config.set_num_threads(previous)
+        set_num_threads(previous)
 
 
 def search_seeds(build_fn, seeds, x, y, *, validation_data=None, validation_split=0.0,

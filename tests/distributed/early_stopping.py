@@ -1,6 +1,7 @@
 """Each rank validates on its own share, so its own val_loss differs from
 the others'; with AverageMetrics first, EarlyStopping sees the mean on every
-rank and stops every rank at the same epoch. Only rank 0 has the
+rank and stops every rank at the same epoch (and restores the same best
+weights). Only rank 0 has the
 ModelCheckpoint and the progress bar. Rank 0 prints a JSON line last.
 
     mpiexec -n 2 python early_stopping.py CHECKPOINT_DIR
@@ -25,10 +26,11 @@ def main():
     y = x[:, :, 0].sum(axis=1, keepdims=True) + rng.standard_normal((160, 1))
     x_train, y_train = distributed.shard(x[:96], y[:96])
     x_val, y_val = distributed.shard(x[96:], y[96:])
-    model = fl.Sequential([fl.LSTM(8, seed=0), fl.Dense(1, seed=1)], seed=0)
+    model = fl.Sequential([fl.LSTM(8, seed=0), fl.Dropout(0.1, seed=2), fl.Dense(1, seed=1)],
+                          seed=0)
     model.compile(optimizer=distributed.DistributedOptimizer(fl.optimizers.Adam(0.05)),
                   loss="mse")
-    stopping = fl.callbacks.EarlyStopping(patience=1, min_delta=0.05)
+    stopping = fl.callbacks.EarlyStopping(patience=1, min_delta=0.05, restore_best_weights=True)
     callbacks = [distributed.AverageMetrics(), stopping]
     if rank == 0:
         callbacks.append(fl.callbacks.ModelCheckpoint(
@@ -38,7 +40,8 @@ def main():
                         callbacks=callbacks)
     own_val_loss = model.evaluate(x_val, y_val, verbose=0)
     every_rank = comm.gather({"history": history.history, "stopped_epoch": stopping.stopped_epoch,
-                              "own_val_loss": own_val_loss}, root=0)
+                              "own_val_loss": own_val_loss,
+                              "weights": [w.tolist() for w in model.get_weights()]}, root=0)
     if rank == 0:
         print(json.dumps(every_rank))
 
