@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 
 from . import num_threads, set_num_threads
-from ._validation import describe
+from ._validation import check_int, check_real, describe
 
 SeedResult = collections.namedtuple("SeedResult", ["seed", "val_loss", "model", "history"])
 
@@ -112,11 +112,9 @@ def search_seeds(build_fn, seeds, x, y, *, validation_data=None, validation_spli
         raise ValueError(f"seeds must be distinct, got {seeds}")
     x, y = np.asarray(x), np.asarray(y)
     if validation_data is None:
-        if isinstance(validation_split, (bool, np.bool_)) or \
-                not isinstance(validation_split, numbers.Real) or not 0 < validation_split < 1:
-            raise ValueError(f"validation_split must be in (0, 1) when validation_data is not "
-                             f"given (the models are ranked on held-out data), got "
-                             f"{describe(validation_split)}")
+        check_real(validation_split, "validation_split", 0.0, 1.0, low_open=True,
+                   high_open=True, meaning=" when validation_data is not given (the models "
+                   "are ranked on held-out data)")
         split_at = int(math.floor(len(x) * (1.0 - validation_split)))
         validation = (x[split_at:], y[split_at:])
         x, y = x[:split_at], y[:split_at]
@@ -132,12 +130,9 @@ def search_seeds(build_fn, seeds, x, y, *, validation_data=None, validation_spli
     jobs = min(joblib.effective_n_jobs(n_jobs), len(seeds))
     if threads_per_job is None:
         threads_per_job = max(1, joblib.cpu_count() // jobs)
-    elif isinstance(threads_per_job, (bool, np.bool_)) or \
-            not isinstance(threads_per_job, numbers.Integral) or threads_per_job < 1:
-        raise ValueError(f"threads_per_job must be a positive int or None, got "
-                         f"{describe(threads_per_job)}")
+    else:
+        threads_per_job = check_int(threads_per_job, "threads_per_job")
     results = joblib.Parallel(n_jobs=n_jobs)(
-        joblib.delayed(_train)(build_fn, seed, x, y, validation, int(threads_per_job),
-                               fit_kwargs)
+        joblib.delayed(_train)(build_fn, seed, x, y, validation, threads_per_job, fit_kwargs)
         for seed in seeds)
     return sorted(results, key=lambda r: (math.isnan(r.val_loss), r.val_loss))

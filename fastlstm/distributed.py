@@ -41,7 +41,6 @@ gradient itself):
 >>> weight, sgd.allreduce_count
 (array([0.9, 2.1]), 1)
 """
-import numbers
 import sys
 import time
 
@@ -55,7 +54,7 @@ except ImportError as error:
                       'built against its MPI)') from error
 
 from . import optimizers as optimizers_module
-from ._validation import as_real_array, describe
+from ._validation import as_real_array, check_int, describe
 from .callbacks import Callback
 
 __all__ = ["DistributedOptimizer", "broadcast_weights", "BroadcastWeights", "AverageMetrics",
@@ -90,11 +89,10 @@ def _communicator(comm):
 
 
 def _check_root(root, comm):
-    if isinstance(root, (bool, np.bool_)) or not isinstance(root, numbers.Integral):
-        raise TypeError(f"root must be an int (a rank), got {describe(root)}")
-    if not 0 <= root < comm.Get_size():
+    root = check_int(root, "root", minimum=0)
+    if root >= comm.Get_size():
         raise ValueError(f"root must be a rank in [0, {comm.Get_size()}), got {root}")
-    return int(root)
+    return root
 
 
 def _wrapped(attribute, doc):

@@ -12,7 +12,8 @@ makes the same 16 updates from the same 64-sequence batches. ::
 Rank 0 prints the median epoch time over ``--epochs`` epochs (after one
 warm-up epoch) and, on several ranks, the time spent in the gradients'
 Allreduce (each rank's mean over the epochs; it includes waiting for the
-slower rank) and its share of the epoch.
+slower rank) and its share of the epoch, then the time of one Allreduce of
+all the gradients when the ranks enter it together.
 """
 import argparse
 import statistics
@@ -62,6 +63,14 @@ def main():
             epochs.append(time.perf_counter() - started)
             allreduce.append(getattr(optimizer, "allreduce_seconds", 0.0) - spent)
     allreduce = comm.gather(statistics.mean(allreduce), root=0)
+    # The Allreduce alone, the ranks entering it together: what the
+    # communication costs without the waiting for a slower rank.
+    gradients = np.zeros(model.count_params(), np.float32)
+    comm.Barrier()
+    started = time.perf_counter()
+    for _ in range(20):
+        comm.Allreduce(MPI.IN_PLACE, gradients, op=MPI.SUM)
+    alone = (time.perf_counter() - started) / 20
     if comm.Get_rank() == 0:
         epoch_time = statistics.median(epochs)
         line = f"{ranks} rank(s) x {args.threads} thread(s): epoch {epoch_time:.2f} s"
@@ -69,7 +78,9 @@ def main():
             share = statistics.mean(allreduce) / epoch_time
             line += (f", Allreduce {statistics.mean(allreduce) * 1e3:.0f} ms per epoch "
                      f"({share:.1%}), {optimizer.allreduce_count} calls for "
-                     f"{(args.epochs + 1) * BATCHES} steps")
+                     f"{(args.epochs + 1) * BATCHES} steps; alone {alone * 1e3:.2f} ms per "
+                     f"call of {gradients.nbytes / 1e6:.1f} MB ({BATCHES * alone / epoch_time:.2%}"
+                     f" of an epoch)")
         print(line)
 
 
