@@ -1,8 +1,9 @@
 """Time an epoch of the character model on several ranks, or on one.
 
-The model: Embedding(64, 32) -> LSTM(256) -> LSTM(256) -> Dense(64), both
-LSTMs returning sequences, sparse categorical cross-entropy from logits at
-every step; 16 batches of 64 sequences of 100 steps per epoch, float32. On R
+The model is the character model of ``python -m fastlstm bench --models``:
+Embedding(64, 32) -> LSTM(256) -> LSTM(256) -> Dense(64), both LSTMs
+returning sequences, sparse categorical cross-entropy from logits at every
+step, Adam; 16 batches of 64 sequences of 100 steps per epoch, float32. On R
 ranks each one trains on its shard with batches of 64 / R, so every epoch
 makes the same 16 updates from the same 64-sequence batches. ::
 
@@ -22,8 +23,7 @@ import time
 import numpy as np
 
 import fastlstm as fl
-
-BATCH, TIMESTEPS, BATCHES, VOCABULARY = 64, 100, 16, 64
+from fastlstm._bench_models import MODELS, data, fastlstm_model
 
 
 def main():
@@ -38,26 +38,19 @@ def main():
 
     comm = MPI.COMM_WORLD
     ranks = comm.Get_size()
-    rng = np.random.default_rng(0)
-    text = rng.integers(0, VOCABULARY, size=(BATCH * BATCHES, TIMESTEPS + 1))
-    x, y = distributed.shard(text[:, :-1], text[:, 1:])
-    model = fl.Sequential([
-        fl.Embedding(VOCABULARY, 32, seed=0),
-        fl.LSTM(256, return_sequences=True, seed=1),
-        fl.LSTM(256, return_sequences=True, seed=2),
-        fl.Dense(VOCABULARY, seed=3),
-    ], seed=0)
-    optimizer = fl.optimizers.Adam(1e-3)
+    _, batch, batches = MODELS["char"]
+    x, y = distributed.shard(*data("char"))
+    model = fastlstm_model("char")
+    optimizer = model.optimizer
     if ranks > 1:
         optimizer = distributed.DistributedOptimizer(optimizer)
-    model.compile(optimizer=optimizer,
-                  loss=fl.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer=optimizer, loss=model.loss)
     epochs, allreduce = [], []
     for epoch in range(args.epochs + 1):
         comm.Barrier()
         spent = getattr(optimizer, "allreduce_seconds", 0.0)
         started = time.perf_counter()
-        model.fit(x, y, batch_size=BATCH // ranks, epochs=1, shuffle=False, verbose=0)
+        model.fit(x, y, batch_size=batch // ranks, epochs=1, shuffle=False, verbose=0)
         comm.Barrier()
         if epoch:
             epochs.append(time.perf_counter() - started)
@@ -78,8 +71,8 @@ def main():
             share = statistics.mean(allreduce) / epoch_time
             line += (f", Allreduce {statistics.mean(allreduce) * 1e3:.0f} ms per epoch "
                      f"({share:.1%}), {optimizer.allreduce_count} calls for "
-                     f"{(args.epochs + 1) * BATCHES} steps; alone {alone * 1e3:.2f} ms per "
-                     f"call of {gradients.nbytes / 1e6:.1f} MB ({BATCHES * alone / epoch_time:.2%}"
+                     f"{(args.epochs + 1) * batches} steps; alone {alone * 1e3:.2f} ms per "
+                     f"call of {gradients.nbytes / 1e6:.1f} MB ({batches * alone / epoch_time:.2%}"
                      f" of an epoch)")
         print(line)
 
