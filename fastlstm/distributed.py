@@ -161,11 +161,21 @@ class DistributedOptimizer(optimizers_module.Optimizer):
 
     name = _wrapped("name", "The wrapped optimizer's name.")
     iterations = _wrapped("iterations", "The number of updates applied.")
-    learning_rate = _wrapped("learning_rate", "The rate of the next update.")
+    weight_decay = _wrapped("weight_decay", "The wrapped optimizer's decoupled weight decay.")
     variables = _wrapped("variables", "The arrays the optimizer was built for.")
     clipnorm = _wrapped("clipnorm", "Clipping of each averaged gradient's norm.")
     clipvalue = _wrapped("clipvalue", "Clipping of each averaged gradient's entries.")
     global_clipnorm = _wrapped("global_clipnorm", "Clipping of the averaged gradients' norm.")
+
+    @property
+    def learning_rate(self):
+        """The wrapped optimizer's rate of the next update; setting it sets
+        theirs (as ``ReduceLROnPlateau`` does)."""
+        return self.optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.optimizer.learning_rate = value
 
     def build(self, variables):
         """Build the wrapped optimizer for ``variables`` (see :meth:`Optimizer.build`)."""

@@ -65,7 +65,7 @@ def equivalence(tmp_path_factory):
 
 
 CASES = ["sgd_clipnorm_float64", "adam_global_clipnorm_float64", "rmsprop_float64",
-         "rmsprop_embedding_mask_float64", "adam_float32"]
+         "rmsprop_embedding_mask_float64", "adamw_float64", "adam_float32"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -203,6 +203,14 @@ def test_distributed_optimizer_applies_as_the_wrapped_one_on_one_rank():
         assert (gradient is None) == (original is None)
         if gradient is not None:
             np.testing.assert_array_equal(gradient, original)
+
+
+def test_distributed_optimizer_learning_rate_is_the_wrapped_one():
+    optimizer = distributed.DistributedOptimizer(fl.optimizers.SGD(0.1))
+    optimizer.learning_rate = 0.05
+    assert optimizer.optimizer.learning_rate == optimizer.learning_rate == 0.05
+    with pytest.raises(ValueError, match="learning_rate must be in"):
+        optimizer.learning_rate = -1.0
 
 
 def test_broadcast_weights_needs_a_built_model():

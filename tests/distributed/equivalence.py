@@ -52,6 +52,7 @@ CASES = {
     "rmsprop_float64": (regression, "float64", lambda: fl.optimizers.RMSprop(0.01)),
     "rmsprop_embedding_mask_float64": (masked_tokens, "float64",
                                        lambda: fl.optimizers.RMSprop(0.01, clipvalue=0.2)),
+    "adamw_float64": (regression, "float64", lambda: fl.optimizers.AdamW(0.01)),
     "adam_float32": (regression, "float32", lambda: fl.optimizers.Adam(0.01)),
 }
 
