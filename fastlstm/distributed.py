@@ -324,8 +324,11 @@ class AverageMetrics(Callback):
 
     It also checks what would otherwise leave ranks waiting for each other
     forever: that every rank runs as many steps per epoch (one ``Allreduce``
-    each), and that they begin each epoch, and stop, together. A mismatch
-    raises ``RuntimeError`` on every rank.
+    each), and that they begin every step and epoch, and stop, together (a
+    callback that stopped one rank alone, in the middle of an epoch or at
+    its end). A mismatch raises ``RuntimeError`` on every rank. The check of
+    each step gathers one short string from every rank, a small fraction of
+    the gradients' ``Allreduce``.
 
     Parameters
     ----------
@@ -336,6 +339,7 @@ class AverageMetrics(Callback):
     def __init__(self, comm=None):
         super().__init__()
         self.comm = _communicator(comm)
+        self._epoch = 0
 
     def on_train_begin(self, logs=None):
         steps = self.comm.allgather(self.params.get("steps"))
@@ -346,22 +350,31 @@ class AverageMetrics(Callback):
                 f"and choose a batch_size with which the last batch gives every rank at least "
                 f"one sample")
 
-    def _agree(self, state):
-        states = self.comm.allgather(state)
+    def _agree(self, state, payload=None):
+        """Every rank's ``payload``, once every rank is at the same ``state``."""
+        every_rank = self.comm.allgather((state, payload))
+        states = [state for state, _ in every_rank]
         if len(set(states)) > 1:
             where = ", ".join(f"rank {rank} is at {s}" for rank, s in enumerate(states))
             raise RuntimeError(f"the ranks are out of step: {where}; every callback that stops "
-                               f"training must decide the same on every rank (put "
-                               f"AverageMetrics first in the callbacks)")
+                               f"training (EarlyStopping, TerminateOnNaN, your own) must decide "
+                               f"the same on every rank: put AverageMetrics first in the "
+                               f"callbacks, and stop in the middle of an epoch only on "
+                               f"values every rank shares")
+        return [payload for _, payload in every_rank]
 
     def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
         self._agree(f"the start of epoch {epoch + 1}")
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._agree(f"step {batch + 1} of epoch {self._epoch + 1}")
+
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
+        logs = {} if logs is None else logs
         names = sorted(logs)
-        every_rank = self.comm.allgather([(name, float(logs[name])) for name in names])
+        every_rank = self._agree(f"the end of epoch {epoch + 1}",
+                                 [(name, float(logs[name])) for name in names])
         if any([name for name, _ in entries] != names for entries in every_rank):
             raise RuntimeError(f"the ranks' logs must have the same entries, got "
                                f"{[[name for name, _ in e] for e in every_rank]}")

@@ -120,6 +120,7 @@ def test_early_stopping_stops_every_rank_at_once_and_only_rank_0_writes(tmp_path
 @pytest.mark.parametrize("mode, message", [
     ("exception", "ValueError: rank 1 fails on purpose at step 3"),
     ("uneven_steps", "every rank must run the same number of steps per epoch"),
+    ("stop_alone", "rank 0 is at step 4 of epoch 1, rank 1 is at the end of epoch 1"),
 ])
 def test_a_failing_rank_ends_the_whole_job_quickly(mode, message):
     started = time.perf_counter()

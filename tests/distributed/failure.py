@@ -3,6 +3,7 @@ each must end the whole job with the error. The test times the job.
 
     mpiexec -n 2 python failure.py exception      (rank 1 raises in its 3rd step)
     mpiexec -n 2 python failure.py uneven_steps   (rank 0 has one step more per epoch)
+    mpiexec -n 2 python failure.py stop_alone     (a callback stops rank 1 in its 3rd step)
 """
 import sys
 
@@ -19,14 +20,21 @@ class FailOnRankOne(fl.callbacks.Callback):
             raise ValueError("rank 1 fails on purpose at step 3")
 
 
+class StopRankOne(fl.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if MPI.COMM_WORLD.Get_rank() == 1 and batch == 2:
+            self.model.stop_training = True
+
+
 def main():
     fl.set_num_threads(1)
     rng = np.random.default_rng(0)
     model = fl.Sequential([fl.LSTM(4, seed=0), fl.Dense(1, seed=1)], seed=0)
     model.compile(optimizer=distributed.DistributedOptimizer("adam"), loss="mse")
-    if sys.argv[1] == "exception":
+    if sys.argv[1] in ("exception", "stop_alone"):
         x, y = rng.standard_normal((64, 5, 2)), rng.standard_normal((64, 1))
-        callbacks = [FailOnRankOne()]
+        callbacks = ([FailOnRankOne()] if sys.argv[1] == "exception"
+                     else [distributed.AverageMetrics(), StopRankOne()])
     else:
         # 17 samples: rank 0 gets 9 (two batches of 8), rank 1 gets 8 (one).
         x, y = rng.standard_normal((17, 5, 2)), rng.standard_normal((17, 1))
