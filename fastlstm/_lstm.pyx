@@ -9,30 +9,44 @@ t = T-1-s and writes ``outputs[:, s]``.
 
 Forward, per thread (a contiguous block of batch rows):
   1. gates[rows] = x[rows] @ kernel                      one GEMM for all steps
-  2. for each step, in processing order:
-       gates[rows, t] += h_{t-1}[rows] @ recurrent_kernel   one GEMM
-       (small layers, instead of 1. and this: gates[rows, t] = [x_t, h_{t-1}][rows]
-        @ [kernel; recurrent_kernel], one GEMM; see hoist_input_product)
-       one fused pass over the rows: add bias, activate, update c and h, apply
-       the mask, keep the activated gates (training) for the backward pass.
+  2. for each step, in processing order, for each panel of L units and each
+     block of up to R rows: one register tile computes
+       gates[rows, t, i/f/c/o of the panel's units] += h_{t-1}[rows] @ panel
+     (small layers, instead of 1. and this: the tile computes
+        [x_t, h_{t-1}][rows] @ [kernel; recurrent_kernel] panel; see
+        hoist_input_product)
+     and the fused element-wise step runs on the tile's units at once: add
+     bias, activate, update c and h, apply the mask, keep the activated gates
+     (training) for the backward pass.
 Backward, per thread, in reverse processing order:
   3. one fused pass turns dh, dc and the kept gates into the pre-activation
      gradients dZ_t, written over the gates, and dc_{t-1};
-     then one GEMM: dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T
-  4. dx[rows] = dZ[rows] @ kernel.T (skipped when nothing reads dx, as for
-     the first layer of a model, whose input is data)
+     then register tiles: dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T
+  4. dx[rows] = dZ[rows] @ kernel.T  (one GEMM; skipped when not wanted)
 and, once every thread is done, each thread takes a block of the 4H columns:
   5. [dkernel; drecurrent_kernel] = [x, h_prev].T @ dZ, one GEMM, and
      dbias = sum of dZ. The forward pass keeps each step's input beside the
-     hidden state its recurrent GEMM read, so [x_t, h_{t-1}] is one row.
+     hidden state its product read, so [x_t, h_{t-1}] is one row.
+
+Packed weights. BLAS packs its right-hand operand on every call, which for a
+step's product (a few rows times the whole recurrent kernel) costs as much as
+the product. So each call lays the weights its steps read out once, in a
+workspace of its own: for the forward step in panels of L units (L lanes of
+the build's vectors), each row of a panel the i, f, c, o columns of those
+units, so one tile of R rows by four vectors holds every gate of L units;
+for the backward step recurrent_kernel.T in panels of 4L columns. Units past
+H are zero in the last panel, which goes through a tile buffer so that no
+buffer is read or written past its end. The big products (1., 4., 5.) stay
+with BLAS, which runs them at its full speed.
 
 Threads. The recurrence of one sequence never reads another's, so the batch is
 split across OpenMP threads for the whole time loop: no synchronisation per
 step. Blocks are handed out dynamically: on a busy machine the calling thread
 takes over the block of a thread the OS has not scheduled yet, instead of
 waiting a whole time slice for it. BLAS is called single-threaded inside (the caller makes sure), so BLAS
-threads and OpenMP threads never compete for cores. All buffers are allocated
-by the caller; nothing is allocated inside the kernels.
+threads and OpenMP threads never compete for cores. All buffers but the
+packed weights (allocated by the entry points) are allocated by the caller;
+nothing is allocated inside the threads' loops.
 
 Precision. Both dtypes use the exp below, written so that the fused loops
 vectorise (libm's exp and tanh do not); its error is a few ulp, and the
@@ -41,7 +55,8 @@ activations built on it are tested against float64 truth.
 from cython cimport floating
 from cython.parallel cimport parallel, prange
 cimport openmp
-from libc.string cimport memcpy, memmove, memset
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, NoTrans, Trans
 
@@ -141,6 +156,110 @@ cdef extern from *:
         float m = (s - 1.0f) + sq, e = s + sq;
         return (x < 0.5f && x > -0.5f) ? m / (m + 2.0f) : 1.0f - 2.0f / (1.0f + e);
     }
+
+    /* The packed step product. A register tile holds R rows by four vectors
+       of L lanes: in the forward pass the i, f, c and o gates of L units, so
+       the element-wise step reads all four gates of a unit from one tile.
+       The vector width is the build's (L = 16 floats or 8 doubles with
+       AVX-512, 8 or 4 with AVX2, 4 or 2 otherwise); R is as many rows as
+       the register file holds: 4R accumulators, R broadcast rows and one
+       weight vector (31 of AVX-512's 32 registers at R = 6, 16 of AVX2's
+       16 at R = 3). */
+    #if defined(__AVX512F__)
+    #define FL_VECTOR_BYTES 64
+    #define FL_ROWS 6
+    #elif defined(__AVX2__)
+    #define FL_VECTOR_BYTES 32
+    #define FL_ROWS 3
+    #else
+    #define FL_VECTOR_BYTES 16
+    #define FL_ROWS 3
+    #endif
+    #define FL_LANES_F (FL_VECTOR_BYTES / 4)
+    #define FL_LANES_D (FL_VECTOR_BYTES / 8)
+    typedef float fl_vf __attribute__((vector_size(FL_VECTOR_BYTES)));
+    typedef double fl_vd __attribute__((vector_size(FL_VECTOR_BYTES)));
+    /* The same vectors at any element address, for rows of the gate buffer. */
+    typedef float fl_vf_u __attribute__((vector_size(FL_VECTOR_BYTES), aligned(4)));
+    typedef double fl_vd_u __attribute__((vector_size(FL_VECTOR_BYTES), aligned(8)));
+
+    /* z[r, g] (+)= a[r, :depth] @ panel[:, g], for r < R and the four
+       column vectors g of a panel; z's vector g of row r starts at
+       z + r * ldz + g * gate_stride. The panel is vector-aligned, depth rows
+       of four vectors. The loops over r and g are unrolled completely, so
+       every accumulator is a register. */
+    #define FL_DEFINE_TILE(NAME, T, VT, VTU, R)                                      \
+    static void NAME(const T* restrict a, ptrdiff_t lda, const T* restrict panel,   \
+                     ptrdiff_t depth, T* restrict z, ptrdiff_t ldz,                   \
+                     ptrdiff_t gate_stride, int accumulate) {                         \
+        VT acc[R][4];                                                                 \
+        const T* rows[R];                                                             \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int r = 0; r < R; r++) {                                                 \
+            rows[r] = a + r * lda;                                                    \
+            _Pragma("GCC unroll 4")                                                   \
+            for (int g = 0; g < 4; g++)                                               \
+                acc[r][g] = accumulate ? (VT)*(const VTU*)(z + r * ldz + g * gate_stride) \
+                                       : (VT){0};                                     \
+        }                                                                             \
+        for (ptrdiff_t k = 0; k < depth; k++) {                                       \
+            const VT* w = (const VT*)panel + 4 * k;                                   \
+            T s[R];                                                                   \
+            _Pragma("GCC unroll 8")                                                   \
+            for (int r = 0; r < R; r++) s[r] = rows[r][k];                            \
+            _Pragma("GCC unroll 4")                                                   \
+            for (int g = 0; g < 4; g++) {                                             \
+                VT wg = w[g];                                                         \
+                _Pragma("GCC unroll 8")                                               \
+                for (int r = 0; r < R; r++) acc[r][g] += wg * s[r];                   \
+            }                                                                         \
+        }                                                                             \
+        _Pragma("GCC unroll 8")                                                       \
+        for (int r = 0; r < R; r++) {                                                 \
+            _Pragma("GCC unroll 4")                                                   \
+            for (int g = 0; g < 4; g++)                                               \
+                *(VTU*)(z + r * ldz + g * gate_stride) = acc[r][g];                   \
+        }                                                                             \
+    }
+    FL_DEFINE_TILE(fl_tile_f1, float, fl_vf, fl_vf_u, 1)
+    FL_DEFINE_TILE(fl_tile_f2, float, fl_vf, fl_vf_u, 2)
+    FL_DEFINE_TILE(fl_tile_f3, float, fl_vf, fl_vf_u, 3)
+    FL_DEFINE_TILE(fl_tile_d1, double, fl_vd, fl_vd_u, 1)
+    FL_DEFINE_TILE(fl_tile_d2, double, fl_vd, fl_vd_u, 2)
+    FL_DEFINE_TILE(fl_tile_d3, double, fl_vd, fl_vd_u, 3)
+    #if FL_ROWS > 3
+    FL_DEFINE_TILE(fl_tile_f4, float, fl_vf, fl_vf_u, 4)
+    FL_DEFINE_TILE(fl_tile_f5, float, fl_vf, fl_vf_u, 5)
+    FL_DEFINE_TILE(fl_tile_f6, float, fl_vf, fl_vf_u, 6)
+    FL_DEFINE_TILE(fl_tile_d4, double, fl_vd, fl_vd_u, 4)
+    FL_DEFINE_TILE(fl_tile_d5, double, fl_vd, fl_vd_u, 5)
+    FL_DEFINE_TILE(fl_tile_d6, double, fl_vd, fl_vd_u, 6)
+    #endif
+
+    /* One tile of 1 <= rows <= FL_ROWS rows, each row count its own
+       fully unrolled kernel. */
+    #define FL_DEFINE_TILE_DISPATCH(NAME, T, PREFIX)                                 \
+    static inline void NAME(int rows, const T* a, ptrdiff_t lda, const T* panel,     \
+                            ptrdiff_t depth, T* z, ptrdiff_t ldz,                     \
+                            ptrdiff_t gate_stride, int accumulate) {                  \
+        switch (rows) {                                                               \
+        case 1: PREFIX##1(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
+        case 2: PREFIX##2(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
+        case 3: PREFIX##3(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
+        FL_MORE_ROWS(PREFIX)                                                          \
+        }                                                                             \
+    }
+    #if FL_ROWS > 3
+    #define FL_MORE_ROWS(PREFIX)                                                      \
+        case 4: PREFIX##4(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
+        case 5: PREFIX##5(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
+        case 6: PREFIX##6(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break;
+    #else
+    #define FL_MORE_ROWS(PREFIX)
+    #endif
+    FL_DEFINE_TILE_DISPATCH(fl_tile_f, float, fl_tile_f)
+    FL_DEFINE_TILE_DISPATCH(fl_tile_d, double, fl_tile_d)
+
     static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + fl_exp(-x)); }
     static inline double fl_tanh(double x) {
         double s;
@@ -156,6 +275,14 @@ cdef extern from *:
     double fl_tanh(double x) noexcept nogil
     unsigned int fl_flush_denormals() noexcept nogil
     void fl_restore_denormals(unsigned int saved) noexcept nogil
+    const int FL_ROWS
+    const int FL_VECTOR_BYTES
+    void fl_tile_f(int rows, const float* a, Py_ssize_t lda, const float* panel,
+                   Py_ssize_t depth, float* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
+                   int accumulate) noexcept nogil
+    void fl_tile_d(int rows, const double* a, Py_ssize_t lda, const double* panel,
+                   Py_ssize_t depth, double* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
+                   int accumulate) noexcept nogil
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -235,62 +362,167 @@ cdef inline Py_ssize_t _column_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_
     return min(((k * blocks) // nchunks) * 16, n)
 
 
-# Products with at most this many multiply-adds go through OpenBLAS's
-# small-matrix kernels, which skip the packing of both operands. A step's
-# recurrent product packs all of recurrent_kernel on every call; cut into
-# column blocks under this size it is up to 1.4x faster where H is modest
-# (measured for B/threads = 16..32 rows and H = 64..256).
-cdef Py_ssize_t SMALL_GEMM = 1000000
-cdef Py_ssize_t SMALL_GEMM_MAX_DEPTH = 256
+# The input product of a step, [x_t @ kernel], is hoisted out of the time
+# loop (one GEMM for all steps) when each thread's share of it is at least
+# this many multiply-adds; smaller layers multiply [x_t, h_{t-1}] by the
+# packed [kernel; recurrent_kernel] in the step. See hoist_input_product.
+cdef Py_ssize_t HOIST_MIN_MULTIPLY_ADDS = 1000000
 
 
 def hoist_input_product(Py_ssize_t rows, Py_ssize_t input_dim, Py_ssize_t units):
     """Whether the forward pass, on threads of ``rows`` batch rows each,
     computes the input product of all steps as one GEMM before the loop.
 
-    Otherwise each step computes [x_t, h_{t-1}] @ [kernel; recurrent_kernel]
-    as one GEMM: done when a step's input product is small enough for
-    OpenBLAS's small-matrix kernels. The step's gates are then still in cache
-    for the fused loop, and inference needs no (B, T, 4H) gate buffer:
-    inference was 4-26% faster at the benchmark's small and long sizes
-    (docs/performance.rst), training 2-7%. A larger step product would be
-    packed on every step, and the single GEMM wins (8-40% at the sizes
-    measured).
+    Otherwise each step's packed product runs over [x_t, h_{t-1}] and the
+    packed [kernel; recurrent_kernel], so inference needs no (B, T, 4H)
+    gate buffer. Chosen when a step's input product has more than
+    HOIST_MIN_MULTIPLY_ADDS multiply-adds per thread.
     """
-    return rows * input_dim * 4 * units > SMALL_GEMM
+    return rows * input_dim * 4 * units > HOIST_MIN_MULTIPLY_ADDS
 
 
-cdef inline void _step_gemm(Py_ssize_t rows, Py_ssize_t G, Py_ssize_t K, const floating* a,
-                            Py_ssize_t lda, const floating* w, floating beta, floating* z,
-                            Py_ssize_t ldz) noexcept nogil:
-    """z[rows, :G] = a[rows, :K] @ w + beta * z, w (K, G) C-contiguous: a
-    step's product, in column blocks when that is faster."""
-    cdef Py_ssize_t block = G
-    cdef Py_ssize_t j = 0
-    if K <= SMALL_GEMM_MAX_DEPTH and rows * G * K > SMALL_GEMM:
-        block = max(32, (SMALL_GEMM // (rows * K)) // 16 * 16)
-    while j < G:
-        # z[:, j:j+n] = a @ w[:, j:j+n] + beta z[:, j:j+n]   (rows, n) = (rows, K)(K, n)
-        gemm(NoTrans, NoTrans, <int>rows, <int>min(block, G - j), <int>K, <floating>1.0,
-             a, <int>lda, w + j, <int>G, beta, z + j, <int>ldz)
-        j += block
+def vector_lanes(Py_ssize_t itemsize):
+    """Lanes of this build's vectors for items of ``itemsize`` bytes: the
+    units of one gate panel."""
+    return FL_VECTOR_BYTES // itemsize
+
+
+def tile_rows():
+    """Rows of this build's largest register tile."""
+    return FL_ROWS
+
+
+cdef inline Py_ssize_t _lanes(floating* dtype_of) noexcept nogil:
+    return FL_VECTOR_BYTES // sizeof(dtype_of[0])
+
+
+cdef inline Py_ssize_t _gate_panels_size(Py_ssize_t depth, Py_ssize_t H, Py_ssize_t L) noexcept nogil:
+    return ((H + L - 1) // L) * depth * 4 * L
+
+
+cdef inline Py_ssize_t _transposed_panels_size(Py_ssize_t H, Py_ssize_t L) noexcept nogil:
+    return ((H + 4 * L - 1) // (4 * L)) * 4 * H * 4 * L
+
+
+cdef void _pack_gate_panels(const floating* w, Py_ssize_t depth, Py_ssize_t H,
+                            floating* packed) noexcept nogil:
+    """Lay w (depth, 4H), gate blocks i, f, c, o of H columns, out in panels
+    of L units: panel u holds, for each row k, the i-gate columns of units
+    uL .. uL+L-1, then their f, c and o columns. Units past H are zeros."""
+    cdef Py_ssize_t L = _lanes(packed)
+    cdef Py_ssize_t blocks = (H + L - 1) // L, u, k, g, l, unit
+    cdef floating* p = packed
+    for u in range(blocks):
+        for k in range(depth):
+            for g in range(4):
+                for l in range(L):
+                    unit = u * L + l
+                    p[l] = w[k * 4 * H + g * H + unit] if unit < H else 0
+                p += L
+
+
+cdef void _unpack_gate_panels(const floating* packed, Py_ssize_t depth, Py_ssize_t H,
+                              floating* w) noexcept nogil:
+    cdef Py_ssize_t L = _lanes(w)
+    cdef Py_ssize_t u, k, g, l
+    for u in range((H + L - 1) // L):
+        for k in range(depth):
+            for g in range(4):
+                for l in range(min(L, H - u * L)):
+                    w[k * 4 * H + g * H + u * L + l] = packed[((u * depth + k) * 4 + g) * L + l]
+
+
+cdef void _pack_transposed_panels(const floating* recurrent_kernel, Py_ssize_t H,
+                                  floating* packed) noexcept nogil:
+    """Lay recurrent_kernel.T (4H, H) out in panels of W = 4L columns: panel p
+    holds, for each gate column k, recurrent_kernel[pW + c, k] for c < W.
+    Units past H are zeros."""
+    cdef Py_ssize_t W = 4 * _lanes(packed), G = 4 * H
+    cdef Py_ssize_t p, c, k, unit
+    for p in range((H + W - 1) // W):
+        for c in range(W):
+            unit = p * W + c
+            for k in range(G):
+                packed[(p * G + k) * W + c] = recurrent_kernel[unit * G + k] if unit < H else 0
+
+
+cdef void _unpack_transposed_panels(const floating* packed, Py_ssize_t H,
+                                    floating* transposed) noexcept nogil:
+    cdef Py_ssize_t W = 4 * _lanes(transposed), G = 4 * H
+    cdef Py_ssize_t p, c, k
+    for p in range((H + W - 1) // W):
+        for k in range(G):
+            for c in range(min(W, H - p * W)):
+                transposed[k * H + p * W + c] = packed[(p * G + k) * W + c]
+
+
+cdef inline void _tile(int rows, const floating* a, Py_ssize_t lda, const floating* panel,
+                       Py_ssize_t depth, floating* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
+                       bint accumulate) noexcept nogil:
+    if floating is float:
+        fl_tile_f(rows, a, lda, panel, depth, z, ldz, gate_stride, accumulate)
+    else:
+        fl_tile_d(rows, a, lda, panel, depth, z, ldz, gate_stride, accumulate)
+
+
+cdef enum:
+    # Elements of the largest tile: FL_ROWS * 4 vectors of L lanes, at most
+    # 6 * 4 * 16 floats.
+    TILE_CAPACITY = 384
+
+
+cdef void _gate_tile(int rows, Py_ssize_t n, const floating* a, Py_ssize_t lda,
+                     const floating* panel, Py_ssize_t depth, floating* z, Py_ssize_t ldz,
+                     Py_ssize_t H, bint accumulate) noexcept nogil:
+    """z[r, g*H + j] (+)= a[r] @ panel for r < rows, gates g and units j < n
+    (n <= L) of one gate panel. A panel of fewer than L units goes through
+    a tile buffer, so that nothing past them is read or written."""
+    cdef Py_ssize_t L = _lanes(z), r, g, l
+    cdef floating buffer[TILE_CAPACITY]
+    if n == L:
+        _tile(rows, a, lda, panel, depth, z, ldz, H, accumulate)
+        return
+    for r in range(rows):
+        for g in range(4):
+            for l in range(L):
+                buffer[(r * 4 + g) * L + l] = z[r * ldz + g * H + l] if accumulate and l < n else 0
+    _tile(rows, a, lda, panel, depth, buffer, 4 * L, L, accumulate)
+    for r in range(rows):
+        for g in range(4):
+            memcpy(z + r * ldz + g * H, buffer + (r * 4 + g) * L, n * sizeof(floating))
+
+
+cdef void _column_tile(int rows, Py_ssize_t n, const floating* a, Py_ssize_t lda,
+                       const floating* panel, Py_ssize_t depth, floating* z,
+                       Py_ssize_t ldz) noexcept nogil:
+    """z[r, :n] = a[r] @ panel for r < rows, the first n <= 4L columns of one
+    panel of the transposed layout; a partial panel goes through a buffer."""
+    cdef Py_ssize_t L = _lanes(z), W = 4 * _lanes(z), r
+    cdef floating buffer[TILE_CAPACITY]
+    if n == W:
+        _tile(rows, a, lda, panel, depth, z, ldz, L, False)
+        return
+    _tile(rows, a, lda, panel, depth, buffer, W, L, False)
+    for r in range(rows):
+        memcpy(z + r * ldz, buffer + r * W, n * sizeof(floating))
 
 
 cdef inline void _step_forward(
-    Py_ssize_t H, floating* z, const floating* bias, floating* cb, floating* hb,
-    floating* out, floating* keep_c, floating* h_next, const floating* drop,
+    Py_ssize_t n, Py_ssize_t H, floating* z, const floating* bias, floating* cb,
+    floating* hb, floating* out, floating* keep_c, floating* h_next, const floating* drop,
     int activation, int recurrent_activation,
 ) noexcept nogil:
-    """The fused element-wise step of one sequence.
+    """The fused element-wise step for n units of one sequence.
 
-    z holds x_t @ kernel + h_{t-1} @ recurrent_kernel and is replaced by the
-    activated gates the backward pass reads. Called with constant activation
-    codes for the default pair, so that copy is compiled branch-free and
-    vectorised; other pairs run the same code with the codes tested per value.
+    z holds x_t @ kernel + h_{t-1} @ recurrent_kernel, its gate blocks H
+    apart, and is replaced by the activated gates the backward pass reads.
+    Called with constant activation codes for the default pair, so that copy
+    is compiled branch-free and vectorised; other pairs run the same code
+    with the codes tested per value.
     """
     cdef Py_ssize_t j
     cdef floating gi, gf, gg, go, cell, hidden, cell_prev
-    for j in range(H):
+    for j in range(n):
         gi = _activate(z[j] + bias[j], recurrent_activation)
         gf = _activate(z[H + j] + bias[H + j], recurrent_activation)
         gg = _activate(z[2 * H + j] + bias[2 * H + j], activation)
@@ -337,9 +569,11 @@ cdef inline void _step_backward(
         cry[j] = 0
 
 
+
+
 cdef void _forward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
-    const floating* x, const floating* weights,
+    const floating* x, const floating* kernel, const floating* packed,
     const floating* bias, const unsigned char* mask, const floating* dropout,
     bint go_backwards, bint training, bint hoist, int activation, int recurrent_activation,
     floating* outputs, floating* h, floating* c,
@@ -348,35 +582,38 @@ cdef void _forward_rows(
 ) noexcept nogil:
     """Forward pass over batch rows [b0, b1). See the module docstring.
 
-    weights is kernel stacked on recurrent_kernel, (I + H, 4H). Each row of
-    states is [x_t, h_{t-1}], the input of a step beside the dropped-out
-    hidden state its recurrent GEMM reads; c_prev holds the cell state
-    before each step. Both are (B, T, .) when training, indexed by input
-    time, and a single (B, 1, .) slot when not. h and c hold the running
-    states (in: initial, out: final); h_last takes the dropped-out state
-    after the last step, which no GEMM reads. dropout is all ones when there
-    is no recurrent dropout, so the fused loop has no branches.
+    packed holds the gate panels of recurrent_kernel (with ``hoist``) or of
+    kernel stacked on recurrent_kernel (without). Each row of states is
+    [x_t, h_{t-1}], the input of a step beside the dropped-out hidden state
+    its product reads; c_prev holds the cell state before each step. When
+    training both are (B, T, .), indexed by input time; when not, states
+    has two slots that steps use in turn (a step's tiles read h_{t-1} of
+    every unit while its epilogues write h_t), c_prev one. h and c hold the
+    running states (in: initial, out: final); h_last takes the dropped-out
+    state after the last step, which no product reads. dropout is all ones
+    when there is no recurrent dropout, so the fused loop has no branches.
 
     With ``hoist`` the input product of all steps is one GEMM before the
-    loop. Without, each step computes [x_t, h_{t-1}] @ weights in one GEMM,
-    so the step's gates are still in cache when the fused loop reads them;
-    gates is then (B, 1, 4H) (gate_slots = 1) when not training.
+    loop, gates (B, T, 4H). Without, it is part of each step's packed
+    product, and gates is (B, 1, 4H) (gate_slots = 1) when not training.
     """
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t S = I + H
     cdef Py_ssize_t rows = b1 - b0
-    cdef Py_ssize_t slots = T if training else 1
-    cdef const floating* kernel = weights
-    cdef const floating* recurrent_kernel = weights + I * G
-    cdef floating* row0
-    cdef Py_ssize_t s, t, t_next, b, j, gt
+    cdef Py_ssize_t slots = T if training else 2
+    cdef Py_ssize_t c_slots = T if training else 1
+    cdef Py_ssize_t L = _lanes(gates)
+    cdef Py_ssize_t blocks = (H + L - 1) // L
+    cdef Py_ssize_t depth = H if hoist else S
+    cdef Py_ssize_t lda = slots * S, ldz = gate_slots * G
+    cdef Py_ssize_t s, t, t_next, now, later, b, j, j0, n, u, r0, nr, gt
+    cdef const floating* a0
+    cdef const floating* panel
+    cdef floating* z0
     cdef floating* z
-    cdef floating* hb
-    cdef floating* cb
     cdef floating* out
     cdef floating* h_read
     cdef floating* h_next
-    cdef floating* keep_c
     cdef const floating* drop
     if rows <= 0:
         return
@@ -393,84 +630,91 @@ cdef void _forward_rows(
              x + b0 * T * I, <int>I, kernel, <int>G, <floating>0.0,
              gates + b0 * T * G, <int>G)
 
-    # The state the first recurrent GEMM reads: h0, dropped out.
-    t = _time(0, T, go_backwards)
+    # The state the first product reads: h0, dropped out.
+    now = _time(0, T, go_backwards) if training else 0
     for b in range(b0, b1):
-        h_next = states + (b * slots + (t if training else 0)) * S + I
-        hb = h + b * H
-        drop = dropout + b * H
+        h_next = states + (b * slots + now) * S + I
         for j in range(H):
-            h_next[j] = hb[j] * drop[j]
+            h_next[j] = h[b * H + j] * dropout[b * H + j]
 
     for s in range(T):
         t = _time(s, T, go_backwards)
         t_next = _time(s + 1, T, go_backwards)
+        now = t if training else s % 2
+        later = t_next if training else (s + 1) % 2
         gt = t if gate_slots > 1 else 0
-        row0 = states + (b0 * slots + (t if training else 0)) * S
-        if hoist:
-            # Z_t[rows] += h_{t-1}[rows] @ recurrent_kernel   (rows, 4H) += (rows, H)(H, 4H)
-            _step_gemm(rows, G, H, row0 + I, slots * S, recurrent_kernel, 1,
-                       gates + (b0 * gate_slots + gt) * G, gate_slots * G)
-        else:
-            if not training:
-                for b in range(b0, b1):
-                    memcpy(states + b * S, x + (b * T + t) * I, I * sizeof(floating))
-            # Z_t[rows] = [x_t, h_{t-1}][rows] @ weights   (rows, 4H) = (rows, I+H)(I+H, 4H)
-            _step_gemm(rows, G, S, row0, slots * S, weights, 0,
-                       gates + (b0 * gate_slots + gt) * G, gate_slots * G)
-        for b in range(b0, b1):
-            z = gates + (b * gate_slots + gt) * G
-            hb = h + b * H
-            cb = c + b * H
-            out = outputs + (b * T + s) * H
-            h_read = states + (b * slots + (t if training else 0)) * S + I
-            if s + 1 < T:
-                h_next = states + (b * slots + (t_next if training else 0)) * S + I
-            else:
-                h_next = h_last + b * H
-            keep_c = c_prev + (b * slots + (t if training else 0)) * H
-            drop = dropout + b * H
-            if mask == NULL or mask[b * T + t]:
-                if activation == TANH and recurrent_activation == SIGMOID:
-                    _step_forward(H, z, bias, cb, hb, out, keep_c, h_next, drop, TANH, SIGMOID)
-                else:
-                    _step_forward(H, z, bias, cb, hb, out, keep_c, h_next, drop,
-                                  activation, recurrent_activation)
-            else:
-                # Masked step: the states carry over; the output repeats the
-                # previous output (zeros before the first processed step).
-                if s > 0:
-                    memcpy(out, out - H, H * sizeof(floating))
-                else:
-                    memset(out, 0, H * sizeof(floating))
-                memcpy(keep_c, cb, H * sizeof(floating))
-                memmove(h_next, h_read, H * sizeof(floating))
+        if not hoist and not training:
+            for b in range(b0, b1):
+                memcpy(states + (b * slots + now) * S, x + (b * T + t) * I, I * sizeof(floating))
+        a0 = states + (b0 * slots + now) * S + (I if hoist else 0)
+        z0 = gates + (b0 * gate_slots + gt) * G
+        # Panel by panel, so that one panel of the weights serves every row
+        # block of the step while it is in cache.
+        for u in range(blocks):
+            j0 = u * L
+            n = min(L, H - j0)
+            panel = packed + u * depth * 4 * L
+            r0 = b0
+            while r0 < b1:
+                nr = min(FL_ROWS, b1 - r0)
+                # Z_t[r0:r0+nr, gates of units j0..j0+n] (+)= rows @ panel u
+                _gate_tile(<int>nr, n, a0 + (r0 - b0) * lda, lda, panel, depth,
+                           z0 + (r0 - b0) * ldz + j0, ldz, H, hoist)
+                for b in range(r0, r0 + nr):
+                    z = gates + (b * gate_slots + gt) * G + j0
+                    out = outputs + (b * T + s) * H + j0
+                    h_read = states + (b * slots + now) * S + I + j0
+                    if s + 1 < T:
+                        h_next = states + (b * slots + later) * S + I + j0
+                    else:
+                        h_next = h_last + b * H + j0
+                    drop = dropout + b * H + j0
+                    if mask == NULL or mask[b * T + t]:
+                        if activation == TANH and recurrent_activation == SIGMOID:
+                            _step_forward(n, H, z, bias + j0, c + b * H + j0, h + b * H + j0,
+                                          out, c_prev + (b * c_slots + (t if training else 0)) * H + j0,
+                                          h_next, drop, TANH, SIGMOID)
+                        else:
+                            _step_forward(n, H, z, bias + j0, c + b * H + j0, h + b * H + j0,
+                                          out, c_prev + (b * c_slots + (t if training else 0)) * H + j0,
+                                          h_next, drop, activation, recurrent_activation)
+                    else:
+                        # Masked step: the states carry over; the output repeats the
+                        # previous output (zeros before the first processed step).
+                        if s > 0:
+                            memcpy(out, out - H, n * sizeof(floating))
+                        else:
+                            memset(out, 0, n * sizeof(floating))
+                        memcpy(c_prev + (b * c_slots + (t if training else 0)) * H + j0,
+                               c + b * H + j0, n * sizeof(floating))
+                        memcpy(h_next, h_read, n * sizeof(floating))
+                r0 += nr
 
 
 cdef void _backward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
-    const floating* kernel, const floating* recurrent_kernel_t,
+    const floating* kernel, const floating* packed_transpose,
     const unsigned char* mask, const floating* dropout, bint go_backwards,
     int activation, int recurrent_activation, const floating* grad_outputs,
     floating* gates, const floating* c_prev,
     floating* dh_rec, floating* dh_pass, floating* dc, floating* carry,
     floating* dx,
 ) noexcept nogil:
-    """Backward pass through time over batch rows [b0, b1), and dx for them.
+    """Backward pass through time over batch rows [b0, b1), and dx for them
+    unless dx is NULL.
 
     On entry dh_pass and dc hold the gradients of the final states, dh_rec and
-    carry zeros. dh_rec receives each step's recurrent GEMM (the gradient of
-    the dropped-out h_{t-1}); dh_pass the part of dh that skips the GEMM (state
+    carry zeros. dh_rec receives each step's recurrent product (the gradient
+    of the dropped-out h_{t-1}); dh_pass the part of dh that skips it (state
     carried through masked steps); carry the gradient of an output repeated by
     later masked steps. On exit dh_rec * dropout + dh_pass is dh0, dc is dc0.
-    The gate gradients dZ replace the gates in ``gates``. dx may be NULL:
-    the input's gradient is then not computed (nothing reads it). recurrent_kernel_t
-    is recurrent_kernel transposed, (4H, H) C-contiguous: OpenBLAS multiplies
-    by it about 1.5x faster than by the transposed view of the original.
+    The gate gradients dZ replace the gates in ``gates``. packed_transpose
+    holds recurrent_kernel.T in column panels (_pack_transposed_panels).
     """
     cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t W = 4 * _lanes(gates)
     cdef Py_ssize_t rows = b1 - b0
-    cdef Py_ssize_t s, t, b, j
+    cdef Py_ssize_t s, t, b, j, p, n, r0, nr
     cdef floating* z
     cdef floating* dhr
     cdef floating* dhp
@@ -506,17 +750,21 @@ cdef void _backward_rows(
                     cry[j] = cry[j] + dy[j]
                 memset(z, 0, G * sizeof(floating))
         # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
-        gemm(NoTrans, NoTrans, <int>rows, <int>H, <int>G, <floating>1.0,
-             gates + (b0 * T + t) * G, <int>(T * G), recurrent_kernel_t, <int>H,
-             <floating>0.0, dh_rec + b0 * H, <int>H)
+        for p in range((H + W - 1) // W):
+            n = min(W, H - p * W)
+            r0 = b0
+            while r0 < b1:
+                nr = min(FL_ROWS, b1 - r0)
+                _column_tile(<int>nr, n, gates + (r0 * T + t) * G, T * G,
+                             packed_transpose + p * G * W, G, dh_rec + r0 * H + p * W, H)
+                r0 += nr
 
-    if dx == NULL:
-        return
-    # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I); kernel is the
-    # first I rows of the stacked weights
-    gemm(NoTrans, Trans, <int>(rows * T), <int>I, <int>G, <floating>1.0,
-         gates + b0 * T * G, <int>G, kernel, <int>G, <floating>0.0,
-         dx + b0 * T * I, <int>I)
+    if dx != NULL:
+        # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I); kernel is
+        # the first I rows of the stacked weights
+        gemm(NoTrans, Trans, <int>(rows * T), <int>I, <int>G, <floating>1.0,
+             gates + b0 * T * G, <int>G, kernel, <int>G, <floating>0.0,
+             dx + b0 * T * I, <int>I)
 
 
 cdef void _weight_grads_columns(
@@ -548,9 +796,83 @@ cdef void _weight_grads_columns(
             dbias[j] += row[j]
 
 
+
+
+cdef floating* _aligned(void* raw, floating* dtype_of) noexcept nogil:
+    """The first 64-byte boundary at or after raw (64 bytes spare allocated)."""
+    return <floating*>((<size_t>raw + 63) & ~(<size_t>63))
+
+
+cdef void* _workspace(Py_ssize_t elements, Py_ssize_t itemsize, str what) except NULL:
+    cdef void* raw = malloc(elements * itemsize + 64)
+    if raw == NULL:
+        raise MemoryError(f"cannot allocate the {elements * itemsize} bytes of {what}")
+    return raw
+
+
 cdef tuple _dims(Py_ssize_t* shape, int ndim):
     """A memoryview's shape as a tuple, for the entry points' checks."""
     return tuple([shape[k] for k in range(ndim)])
+
+
+def _check_buffer(str name, tuple shape, tuple expected):
+    if shape != expected:
+        raise ValueError(f"{name} must have shape {expected}, got {shape}")
+
+
+def _packing_round_trip(const floating[:, ::1] weights, floating[:, ::1] gates_out,
+                        floating[:, ::1] transposed_out):
+    """Test hook: weights (depth, 4H) packed into gate panels and unpacked
+    into gates_out (depth, 4H); weights' last H rows, a recurrent kernel,
+    packed into transposed panels and unpacked into transposed_out (4H, H)."""
+    cdef Py_ssize_t depth = weights.shape[0], H = weights.shape[1] // 4
+    cdef Py_ssize_t L = _lanes(&gates_out[0, 0])
+    _check_buffer("gates_out", (gates_out.shape[0], gates_out.shape[1]), (depth, 4 * H))
+    _check_buffer("transposed_out", (transposed_out.shape[0], transposed_out.shape[1]), (4 * H, H))
+    if depth < H:
+        raise ValueError(f"weights must have at least H = {H} rows, got {depth}")
+    cdef void* raw = _workspace(max(_gate_panels_size(depth, H, L),
+                                    _transposed_panels_size(H, L)),
+                                sizeof(gates_out[0, 0]), "packed weights")
+    cdef floating* packed = _aligned(raw, &gates_out[0, 0])
+    try:
+        _pack_gate_panels(&weights[0, 0], depth, H, packed)
+        _unpack_gate_panels(packed, depth, H, &gates_out[0, 0])
+        _pack_transposed_panels(&weights[depth - H, 0], H, packed)
+        _unpack_transposed_panels(packed, H, &transposed_out[0, 0])
+    finally:
+        free(raw)
+
+
+def _packed_product(const floating[:, ::1] a, const floating[:, ::1] weights,
+                    floating[:, ::1] z, Py_ssize_t repeat=1):
+    """Test and benchmark hook: z = a @ weights through the gate panels and
+    register tiles of the forward step, ``repeat`` times; a (rows, depth),
+    weights (depth, 4H), z (rows, 4H). Returns the seconds the products took."""
+    cdef Py_ssize_t rows = a.shape[0], depth = a.shape[1], H = weights.shape[1] // 4
+    cdef Py_ssize_t L = _lanes(&z[0, 0]), u, r0, k
+    _check_buffer("weights", (weights.shape[0], weights.shape[1]), (depth, 4 * H))
+    _check_buffer("z", (z.shape[0], z.shape[1]), (rows, 4 * H))
+    cdef void* raw = _workspace(_gate_panels_size(depth, H, L), sizeof(z[0, 0]),
+                                "packed weights")
+    cdef floating* packed = _aligned(raw, &z[0, 0])
+    cdef double start, stop
+    try:
+        _pack_gate_panels(&weights[0, 0], depth, H, packed)
+        start = openmp.omp_get_wtime()
+        with nogil:
+            for k in range(repeat):
+                for u in range((H + L - 1) // L):
+                    r0 = 0
+                    while r0 < rows:
+                        _gate_tile(<int>min(FL_ROWS, rows - r0), min(L, H - u * L),
+                                   &a[r0, 0], depth, packed + u * depth * 4 * L, depth,
+                                   &z[r0, u * L], 4 * H, H, False)
+                        r0 += FL_ROWS
+        stop = openmp.omp_get_wtime()
+    finally:
+        free(raw)
+    return stop - start
 
 
 def forward(const floating[:, :, ::1] x,
@@ -577,40 +899,60 @@ def forward(const floating[:, :, ::1] x,
     bias (4H,); mask (B, T) as uint8 or None; dropout (B, H), ones for no
     dropout; outputs (B, T, H); h, c (B, H): initial states in, final states
     out; gates (B, T, 4H), or (B, 1, 4H) for inference without ``hoist``;
-    states (B, T, I + H) and c_prev (B, T, H) when training, (B, 1, I + H)
+    states (B, T, I + H) and c_prev (B, T, H) when training, (B, 2, I + H)
     and (B, 1, H) when not; h_last (B, H) scratch. hoist: one GEMM for the
-    input product of all steps, or one per step (see _forward_rows).
-    The caller has checked every shape and made BLAS single-threaded.
+    input product of all steps, or part of each step's product (see
+    _forward_rows). The weights the steps read are packed into a workspace
+    of this call. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
+    cdef Py_ssize_t G = 4 * H
     cdef const unsigned char* mask_ptr = &mask[0, 0] if mask is not None else NULL
     cdef Py_ssize_t gate_slots = gates.shape[1]
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
+    cdef Py_ssize_t depth = H if hoist else I + H
     cdef unsigned int csr
+    cdef void* raw
+    cdef floating* packed
     # The pointer arithmetic below trusts these shapes; the caller allocates
     # them, and a mistake must not write out of bounds.
     if gate_slots != T and (training or hoist or gate_slots != 1):
         raise ValueError(f"gates must have T = {T} slots when training or hoisting, "
                          f"1 otherwise; got {gate_slots}")
-    if (weights.shape[0] != I + H or weights.shape[1] != 4 * H
-            or states.shape[0] != B or states.shape[1] != (T if training else 1)
-            or states.shape[2] != I + H):
-        raise ValueError("weights must be (I + H, 4H) and states (B, T or 1, I + H)")
-    with nogil, parallel(num_threads=nchunks):
-        for k in prange(nchunks, schedule="dynamic", chunksize=1):
-            csr = fl_flush_denormals()
-            _forward_rows(
-                _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
-                &x[0, 0, 0], &weights[0, 0], &bias[0],
-                mask_ptr, &dropout[0, 0], go_backwards, training, hoist, activation,
-                recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
-                &gates[0, 0, 0], gate_slots, &states[0, 0, 0], &c_prev[0, 0, 0],
-                &h_last[0, 0])
-            fl_restore_denormals(csr)
+    _check_buffer("weights", (weights.shape[0], weights.shape[1]), (I + H, G))
+    _check_buffer("bias", (bias.shape[0],), (G,))
+    if mask is not None:
+        _check_buffer("mask", (mask.shape[0], mask.shape[1]), (B, T))
+    _check_buffer("dropout", (dropout.shape[0], dropout.shape[1]), (B, H))
+    _check_buffer("outputs", (outputs.shape[0], outputs.shape[1], outputs.shape[2]), (B, T, H))
+    _check_buffer("h", (h.shape[0], h.shape[1]), (B, H))
+    _check_buffer("c", (c.shape[0], c.shape[1]), (B, H))
+    _check_buffer("gates", (gates.shape[0], gates.shape[1], gates.shape[2]), (B, gate_slots, G))
+    _check_buffer("states", (states.shape[0], states.shape[1], states.shape[2]), (B, T if training else 2, I + H))
+    _check_buffer("c_prev", (c_prev.shape[0], c_prev.shape[1], c_prev.shape[2]), (B, T if training else 1, H))
+    _check_buffer("h_last", (h_last.shape[0], h_last.shape[1]), (B, H))
+    raw = _workspace(_gate_panels_size(depth, H, _lanes(&h[0, 0])), sizeof(h[0, 0]),
+                     "packed weights")
+    packed = _aligned(raw, &h[0, 0])
+    try:
+        with nogil:
+            _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
+            with parallel(num_threads=nchunks):
+                for k in prange(nchunks, schedule="dynamic", chunksize=1):
+                    csr = fl_flush_denormals()
+                    _forward_rows(
+                        _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
+                        &x[0, 0, 0], &weights[0, 0], packed, &bias[0],
+                        mask_ptr, &dropout[0, 0], go_backwards, training, hoist, activation,
+                        recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
+                        &gates[0, 0, 0], gate_slots, &states[0, 0, 0], &c_prev[0, 0, 0],
+                        &h_last[0, 0])
+                    fl_restore_denormals(csr)
+    finally:
+        free(raw)
 
 
 def backward(const floating[:, ::1] weights,
-             const floating[:, ::1] recurrent_kernel_t,
              const unsigned char[:, ::1] mask,
              const floating[:, ::1] dropout,
              bint go_backwards,
@@ -631,12 +973,12 @@ def backward(const floating[:, ::1] weights,
     """Run the backward kernel into caller-allocated buffers.
 
     weights, gates, states and c_prev are those of a training ``forward``;
-    the gate gradients overwrite ``gates``. recurrent_kernel_t is the
-    recurrent kernel transposed, (4H, H). dh_pass and dc come in holding the
-    gradients of the final states; dh_rec and carry come in as zeros.
+    the gate gradients overwrite ``gates``. dh_pass and dc come in holding
+    the gradients of the final states; dh_rec and carry come in as zeros.
+    dx (B, T, I) receives the input gradient; None skips its product.
     dweights (I + H, 4H) receives dkernel stacked on drecurrent_kernel.
-    dropout is all ones for no dropout. dx (B, T, I) receives the input's
-    gradient, or is None to skip that product (nothing reads it).
+    dropout is all ones for no dropout. recurrent_kernel.T is packed into
+    a workspace of this call.
     """
     cdef Py_ssize_t B = gates.shape[0], T = gates.shape[1], H = dc.shape[1]
     cdef Py_ssize_t I = states.shape[2] - H
@@ -646,6 +988,8 @@ def backward(const floating[:, ::1] weights,
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
     cdef Py_ssize_t ncolumns = max(1, min(num_threads, (G + 15) // 16))
     cdef unsigned int csr
+    cdef void* raw
+    cdef floating* packed
     # The pointer arithmetic below trusts these shapes; the caller allocates
     # them, and a mistake must not read or write out of bounds.
     for name, shape, expected in (
@@ -654,7 +998,6 @@ def backward(const floating[:, ::1] weights,
             ("c_prev", _dims(c_prev.shape, 3), (B, T, H)),
             ("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, H)),
             ("weights", _dims(weights.shape, 2), (I + H, G)),
-            ("recurrent_kernel_t", _dims(recurrent_kernel_t.shape, 2), (G, H)),
             ("dweights", _dims(dweights.shape, 2), (I + H, G)),
             ("dbias", _dims(dbias.shape, 1), (G,)),
             ("dropout", _dims(dropout.shape, 2), (B, H)),
@@ -668,18 +1011,28 @@ def backward(const floating[:, ::1] weights,
             raise ValueError(f"{name} must have shape {expected}, got {shape}")
     if I < 1:
         raise ValueError(f"states must have more than H = {H} columns, got {I + H}")
-    with nogil, parallel(num_threads=max(nchunks, ncolumns)):
-        for k in prange(nchunks, schedule="dynamic", chunksize=1):
-            csr = fl_flush_denormals()
-            _backward_rows(
-                _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
-                &weights[0, 0], &recurrent_kernel_t[0, 0], mask_ptr, &dropout[0, 0],
-                go_backwards, activation, recurrent_activation, &grad_outputs[0, 0, 0], &gates[0, 0, 0], &c_prev[0, 0, 0],
-                &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], dx_ptr)
-            fl_restore_denormals(csr)
-        for k in prange(ncolumns, schedule="dynamic", chunksize=1):
-            csr = fl_flush_denormals()
-            _weight_grads_columns(
-                _column_start(k, ncolumns, G), _column_start(k + 1, ncolumns, G),
-                B, T, I, H, &states[0, 0, 0], &gates[0, 0, 0], &dweights[0, 0], &dbias[0])
-            fl_restore_denormals(csr)
+    raw = _workspace(_transposed_panels_size(H, _lanes(&dc[0, 0])), sizeof(dc[0, 0]),
+                     "packed weights")
+    packed = _aligned(raw, &dc[0, 0])
+    try:
+        with nogil:
+            _pack_transposed_panels(&weights[I, 0], H, packed)
+            with parallel(num_threads=max(nchunks, ncolumns)):
+                for k in prange(nchunks, schedule="dynamic", chunksize=1):
+                    csr = fl_flush_denormals()
+                    _backward_rows(
+                        _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
+                        &weights[0, 0], packed, mask_ptr, &dropout[0, 0],
+                        go_backwards, activation, recurrent_activation, &grad_outputs[0, 0, 0],
+                        &gates[0, 0, 0], &c_prev[0, 0, 0],
+                        &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], dx_ptr)
+                    fl_restore_denormals(csr)
+                for k in prange(ncolumns, schedule="dynamic", chunksize=1):
+                    csr = fl_flush_denormals()
+                    _weight_grads_columns(
+                        _column_start(k, ncolumns, G), _column_start(k + 1, ncolumns, G),
+                        B, T, I, H, &states[0, 0, 0], &gates[0, 0, 0], &dweights[0, 0],
+                        &dbias[0])
+                    fl_restore_denormals(csr)
+    finally:
+        free(raw)

@@ -335,33 +335,41 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
 
     Training keeps, per step, the activated gates (4 * units values) and the
     hidden and cell states before the step (units each) for the backward
-    pass. Inference keeps one state slot; it keeps the input projection of
+    pass. Inference keeps two state slots; it keeps the input projection of
     every step only where that is one product for all steps (for larger
     layers; smaller ones compute it step by step, which depends on the
     batch rows per thread, so on :func:`fastlstm.num_threads`). Both return
-    the outputs (units per step) and hold a few (batch, units) state
-    buffers. The backward pass then allocates the
-    gradients (the size of x and of the weights) and five (batch, units)
-    buffers, and reuses the gate buffer for the gate gradients.
+    the outputs (units per step), hold a few (batch, units) state buffers
+    and a copy of the weights the steps read, laid out for the CPU's
+    vectors. The backward pass then allocates the
+    gradients (the size of x and of the weights), five (batch, units)
+    buffers and a laid-out copy of the recurrent weights, and reuses the
+    gate buffer for the gate gradients.
 
     Examples
     --------
     >>> import fastlstm as fl
     >>> fl.workspace_nbytes(64, 100, 128, 256)      # the benchmark's "medium", float32
-    50987008
+    52035584
     """
     shape = batch, timesteps, input_dim, units = tuple(
         operator.index(v) for v in (batch, timesteps, input_dim, units))
     steps = batch * timesteps
     slots = timesteps if training else 1
-    gate_slots = timesteps if training or _forward_plan(*shape)[2] else 1
+    hoist = _forward_plan(*shape)[2]
+    gate_slots = timesteps if training or hoist else 1
+    itemsize = np.dtype(dtype).itemsize
+    lanes = _kernels.current().vector_lanes(itemsize)
+    panel_units = -(-units // lanes) * lanes
     elements = (batch * gate_slots * 4 * units        # gates
                 + steps * units                    # outputs
-                + batch * slots * (input_dim + units)  # each step's input and h_{t-1}
+                + batch * max(slots, 2) * (input_dim + units)  # each step's input and h_{t-1}
                 + batch * slots * units            # c_{t-1}
                 + (input_dim + units) * 4 * units  # kernel stacked on recurrent_kernel
+                # the weights a step reads, packed (units padded to whole panels)
+                + (units if hoist else input_dim + units) * 4 * panel_units
                 + 4 * batch * units)               # h, c, h_last, dropout multipliers
-    return elements * np.dtype(dtype).itemsize
+    return elements * itemsize
 
 
 def _forward_plan(batch, timesteps, input_dim, units):
@@ -407,7 +415,8 @@ class _FastBackend:
         has_dropout = recurrent_dropout_mask is not None
         dropout = (np.ascontiguousarray(recurrent_dropout_mask) if has_dropout
                    else np.ones((batch, units), dtype))
-        slots = timesteps if return_cache else 1
+        # Inference steps use two state slots in turn (see fastlstm/_lstm.pyx).
+        slots = timesteps if return_cache else 2
         threads, single_blas, hoist = _forward_plan(batch, timesteps, input_dim, units)
         gate_slots = timesteps if return_cache or hoist else 1
         try:
@@ -415,7 +424,7 @@ class _FastBackend:
             outputs = np.empty((batch, timesteps, units), dtype)
             gates = np.empty((batch, gate_slots, 4 * units), dtype)
             states = np.empty((batch, slots, input_dim + units), dtype)
-            c_prev = np.empty((batch, slots, units), dtype)
+            c_prev = np.empty((batch, timesteps if return_cache else 1, units), dtype)
             h_last = np.empty((batch, units), dtype)
         except MemoryError:
             needed = workspace_nbytes(batch, timesteps, input_dim, units, dtype, return_cache)
@@ -456,13 +465,12 @@ class _FastBackend:
         # One product fills both weight gradients: dkernel on drecurrent_kernel.
         dweights = np.empty_like(weights)
         dbias = np.empty(4 * units, dtype)
-        recurrent_kernel_t = np.ascontiguousarray(weights[input_dim:].T)
         grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
                         else np.ascontiguousarray(grad_outputs))
         # The backward pass does twice the forward pass's products.
         threads, single_blas = _config.kernel_threads(2 * _forward_flops(x_shape, units))
         with _config.single_threaded_blas(single_blas):
-            _kernels.current().backward(weights, recurrent_kernel_t, cache["mask"], dropout,
+            _kernels.current().backward(weights, cache["mask"], dropout,
                                         cache["go_backwards"], grad_outputs, cache["gates"],
                                         cache["states"], cache["c_prev"], dh_rec, dh_pass, dc,
                                         carry, dx, dweights, dbias,

@@ -119,8 +119,7 @@ def test_kernel_backward_checks_its_buffers(kernel_build):
 
     def call(**changes):
         arguments = dict(
-            weights=cache["weights"], recurrent_kernel_t=np.ascontiguousarray(
-                cache["weights"][x.shape[2]:].T), mask=None, dropout=np.ones((batch, units)),
+            weights=cache["weights"], mask=None, dropout=np.ones((batch, units)),
             go_backwards=False, grad_outputs=np.zeros((batch, x.shape[1], units)),
             gates=cache["gates"], states=cache["states"], c_prev=cache["c_prev"],
             dh_rec=state.copy(), dh_pass=state.copy(), dc=state.copy(), carry=state.copy(),
