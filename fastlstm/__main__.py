@@ -11,7 +11,7 @@ import sys
 
 # The benchmark's sizes, named here so that parsing the command line does not
 # import the benchmark; tests check they are fastlstm._bench.SIZES.
-_SIZES = ("tiny", "small", "medium", "large", "long")
+_SIZES = ("tiny", "small", "medium", "large", "long", "one", "few")
 # Likewise the model benchmark's models (fastlstm._bench_models.MODELS).
 _MODELS = ("char", "classifier", "stack512")
 
@@ -40,9 +40,11 @@ def _bench(args):
     from ._bench import run
 
     results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
-                  threads=args.threads, reference=args.reference, json_path=args.json)
+                  threads=args.threads, reference=args.reference, json_path=args.json,
+                  generation=args.generation or None)
     # Non-zero when an implementation disagreed with fastlstm, so scripts notice.
-    return 1 if any(size["errors"] for size in results["sizes"].values()) else 0
+    checked = list(results["sizes"].values()) + [results.get("generation") or {"errors": []}]
+    return 1 if any(result["errors"] for result in checked) else 0
 
 
 def _positive_float(text):
@@ -108,6 +110,9 @@ def main(argv=None):
                        help="with --models: timed epochs per process (default: 2)")
     bench.add_argument("--keras-python", metavar="PATH",
                        help="with --models: the Python that has Keras (default: this one)")
+    bench.add_argument("--generation", action="store_true",
+                       help="time text generation (a stateful layer fed one step at a time) "
+                            "even when --sizes narrows the run (default: with all sizes)")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -129,3 +129,23 @@ def test_onnx_weights_compute_the_reference():
         providers=["CPUExecutionProvider"])
     outputs = session.run(["Y"], {"X": np.ascontiguousarray(x.transpose(1, 0, 2))})[0]
     np.testing.assert_allclose(outputs[:, 0].transpose(1, 0, 2), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_generation_and_targets_are_printed_with_the_machine(capsys):
+    results = _bench.run(sizes=["tiny"], repeat=2, reference=False, generation=True)
+    printed = capsys.readouterr().out
+    generation = results["generation"]
+    assert generation["errors"] == []
+    assert generation["median_ms"]["fast"] > 0
+    assert generation["shape"]["steps"] == _bench.GENERATION_STEPS
+    assert f"CPU: {results['cpu']}" in printed
+    targets = printed[printed.index("\ntargets on "):]
+    assert results["cpu"] in targets and results["kernels"] in targets
+    assert "tiny       training fast / PyTorch" in targets or "torch" not in results["peers"]
+    assert "reference / fast" not in targets   # printed per size, no longer a target
+
+
+def test_bench_one_and_few_are_the_character_model_layer():
+    assert _bench.SIZES["one"] == (1, 64, 32, 256)
+    assert _bench.SIZES["few"] == (4, 64, 32, 256)
+    assert _bench.cpu_model()
