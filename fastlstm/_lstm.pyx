@@ -260,6 +260,47 @@ cdef extern from *:
     FL_DEFINE_TILE_DISPATCH(fl_tile_f, float, fl_tile_f)
     FL_DEFINE_TILE_DISPATCH(fl_tile_d, double, fl_tile_d)
 
+
+    /* The threads of a pass split by units meet after every step: each adds
+       one to a shared counter, then waits until it reaches ``target`` (the
+       threads times the steps so far). A waiting thread spins a bounded
+       number of times, then yields its core, so that a thread the OS has
+       not scheduled (on a busy machine) gets to run instead of the spinning
+       one burning a whole time slice. */
+    #if defined(_WIN32)
+    #include <windows.h>
+    #define fl_yield() SwitchToThread()
+    #else
+    #include <sched.h>
+    #define fl_yield() sched_yield()
+    #endif
+    #if defined(__x86_64__) || defined(__i386__)
+    #define fl_pause() __builtin_ia32_pause()
+    #else
+    #define fl_pause() ((void)0)
+    #endif
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define fl_thread_num() omp_get_thread_num()
+    #define fl_team_size() omp_get_num_threads()
+    #else
+    #define fl_thread_num() 0
+    #define fl_team_size() 1
+    #endif
+    #define FL_SPINS 2000
+    static inline void fl_arrive_and_wait(long* arrived, long target) {
+        int spins = 0;
+        __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL);
+        while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < target) {
+            if (++spins < FL_SPINS) {
+                fl_pause();
+            } else {
+                fl_yield();
+                spins = 0;
+            }
+        }
+    }
+
     static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + fl_exp(-x)); }
     static inline double fl_tanh(double x) {
         double s;
@@ -276,6 +317,9 @@ cdef extern from *:
     unsigned int fl_flush_denormals() noexcept nogil
     void fl_restore_denormals(unsigned int saved) noexcept nogil
     const int FL_ROWS
+    void fl_arrive_and_wait(long* arrived, long target) noexcept nogil
+    int fl_thread_num() noexcept nogil
+    int fl_team_size() noexcept nogil
     const int FL_VECTOR_BYTES
     void fl_tile_f(int rows, const float* a, Py_ssize_t lda, const float* panel,
                    Py_ssize_t depth, float* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
@@ -379,6 +423,19 @@ def hoist_input_product(Py_ssize_t rows, Py_ssize_t input_dim, Py_ssize_t units)
     HOIST_MIN_MULTIPLY_ADDS multiply-adds per thread.
     """
     return rows * input_dim * 4 * units > HOIST_MIN_MULTIPLY_ADDS
+
+
+def split_units(Py_ssize_t batch, Py_ssize_t units, Py_ssize_t itemsize, int threads):
+    """Whether a pass on ``threads`` threads splits the units among them
+    (each thread all batch rows of its gate panels, the threads meeting
+    after every step) rather than the batch (each thread its rows, no
+    meeting): where the batch split would leave a thread fewer rows than
+    one register tile holds, and every thread gets at least two panels.
+    """
+    cdef Py_ssize_t lanes = FL_VECTOR_BYTES // itemsize
+    if threads < 2 or not FL_OPENMP:
+        return False
+    return (batch + threads - 1) // threads < FL_ROWS and (units + lanes - 1) // lanes >= 2 * threads
 
 
 def vector_lanes(Py_ssize_t itemsize):
@@ -571,6 +628,133 @@ cdef inline void _step_backward(
 
 
 
+cdef void _forward_prologue(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
+    const floating* x, const floating* kernel, const floating* h, const floating* dropout,
+    bint go_backwards, bint training, bint hoist, floating* gates, floating* states,
+) noexcept nogil:
+    """What the steps of batch rows [b0, b1) read before the first one:
+    the inputs beside the states (training: all steps; inference without
+    ``hoist``: the first), the input product of all steps (``hoist``) and
+    h0, dropped out."""
+    cdef Py_ssize_t G = 4 * H, S = I + H
+    cdef Py_ssize_t slots = T if training else 2
+    cdef Py_ssize_t first = _time(0, T, go_backwards)
+    cdef Py_ssize_t now = first if training else 0
+    cdef Py_ssize_t b, t, j
+    cdef floating* h_next
+    if b1 <= b0:
+        return
+    if training:
+        # Each step's input beside its state: the weight gradients are then
+        # one product, [x_t, h_{t-1}].T @ dZ_t summed over all steps.
+        for b in range(b0, b1):
+            for t in range(T):
+                memcpy(states + (b * T + t) * S, x + (b * T + t) * I, I * sizeof(floating))
+    elif not hoist:
+        for b in range(b0, b1):
+            memcpy(states + b * slots * S, x + (b * T + first) * I, I * sizeof(floating))
+    if hoist:
+        # Z[rows] = X[rows] @ kernel     (rows*T, 4H) = (rows*T, I)(I, 4H)
+        gemm(NoTrans, NoTrans, <int>((b1 - b0) * T), <int>G, <int>I, <floating>1.0,
+             x + b0 * T * I, <int>I, kernel, <int>G, <floating>0.0,
+             gates + b0 * T * G, <int>G)
+    for b in range(b0, b1):
+        h_next = states + (b * slots + now) * S + I
+        for j in range(H):
+            h_next[j] = h[b * H + j] * dropout[b * H + j]
+
+
+cdef void _next_inputs(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t s, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
+    const floating* x, bint go_backwards, floating* states,
+) noexcept nogil:
+    """Inference without hoisting: x of step s + 1 into its state slot, which
+    step s does not read."""
+    cdef Py_ssize_t b, S = I + H
+    if s + 1 >= T:
+        return
+    for b in range(b0, b1):
+        memcpy(states + (b * 2 + (s + 1) % 2) * S, x + (b * T + _time(s + 1, T, go_backwards)) * I,
+               I * sizeof(floating))
+
+
+cdef void _forward_step(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t u0, Py_ssize_t u1, Py_ssize_t s,
+    Py_ssize_t T, Py_ssize_t I, Py_ssize_t H, const floating* packed,
+    const floating* bias, const unsigned char* mask, const floating* dropout,
+    bint go_backwards, bint training, bint hoist, int activation, int recurrent_activation,
+    floating* outputs, floating* h, floating* c,
+    floating* gates, Py_ssize_t gate_slots, floating* states, floating* c_prev,
+    floating* h_last,
+) noexcept nogil:
+    """Processing step s for batch rows [b0, b1) and the units of gate
+    panels [u0, u1). See the module docstring and _forward_rows.
+
+    It reads h_{t-1} of every unit from the state slot of the step and
+    writes h_t into the next one; no other step's rows or units are touched.
+    """
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t S = I + H
+    cdef Py_ssize_t slots = T if training else 2
+    cdef Py_ssize_t c_slots = T if training else 1
+    cdef Py_ssize_t L = _lanes(gates)
+    cdef Py_ssize_t depth = H if hoist else S
+    cdef Py_ssize_t lda = slots * S, ldz = gate_slots * G
+    cdef Py_ssize_t t = _time(s, T, go_backwards)
+    cdef Py_ssize_t now = t if training else s % 2
+    cdef Py_ssize_t later = _time(s + 1, T, go_backwards) if training else (s + 1) % 2
+    cdef Py_ssize_t gt = t if gate_slots > 1 else 0
+    cdef Py_ssize_t b, j0, n, u, r0, nr
+    cdef const floating* a0 = states + (b0 * slots + now) * S + (I if hoist else 0)
+    cdef floating* z0 = gates + (b0 * gate_slots + gt) * G
+    cdef const floating* panel
+    cdef floating* z
+    cdef floating* out
+    cdef floating* keep_c
+    cdef floating* h_read
+    cdef floating* h_next
+    # Panel by panel, so that one panel of the weights serves every row
+    # block of the step while it is in cache.
+    for u in range(u0, u1):
+        j0 = u * L
+        n = min(L, H - j0)
+        panel = packed + u * depth * 4 * L
+        r0 = b0
+        while r0 < b1:
+            nr = min(FL_ROWS, b1 - r0)
+            # Z_t[r0:r0+nr, gates of units j0..j0+n] (+)= rows @ panel u
+            _gate_tile(<int>nr, n, a0 + (r0 - b0) * lda, lda, panel, depth,
+                       z0 + (r0 - b0) * ldz + j0, ldz, H, hoist)
+            for b in range(r0, r0 + nr):
+                z = gates + (b * gate_slots + gt) * G + j0
+                out = outputs + (b * T + s) * H + j0
+                keep_c = c_prev + (b * c_slots + (t if training else 0)) * H + j0
+                h_read = states + (b * slots + now) * S + I + j0
+                if s + 1 < T:
+                    h_next = states + (b * slots + later) * S + I + j0
+                else:
+                    h_next = h_last + b * H + j0
+                if mask == NULL or mask[b * T + t]:
+                    if activation == TANH and recurrent_activation == SIGMOID:
+                        _step_forward(n, H, z, bias + j0, c + b * H + j0, h + b * H + j0, out,
+                                      keep_c, h_next, dropout + b * H + j0, TANH, SIGMOID)
+                    else:
+                        _step_forward(n, H, z, bias + j0, c + b * H + j0, h + b * H + j0, out,
+                                      keep_c, h_next, dropout + b * H + j0, activation,
+                                      recurrent_activation)
+                else:
+                    # Masked step: the states carry over; the output repeats the
+                    # previous output (zeros before the first processed step).
+                    if s > 0:
+                        memcpy(out, out - H, n * sizeof(floating))
+                    else:
+                        memset(out, 0, n * sizeof(floating))
+                    memcpy(keep_c, c + b * H + j0, n * sizeof(floating))
+                    memcpy(h_next, h_read, n * sizeof(floating))
+            r0 += nr
+
+
 cdef void _forward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
     const floating* x, const floating* kernel, const floating* packed,
@@ -580,7 +764,7 @@ cdef void _forward_rows(
     floating* gates, Py_ssize_t gate_slots, floating* states, floating* c_prev,
     floating* h_last,
 ) noexcept nogil:
-    """Forward pass over batch rows [b0, b1). See the module docstring.
+    """Forward pass over batch rows [b0, b1), every unit: the batch split.
 
     packed holds the gate panels of recurrent_kernel (with ``hoist``) or of
     kernel stacked on recurrent_kernel (without). Each row of states is
@@ -597,98 +781,48 @@ cdef void _forward_rows(
     loop, gates (B, T, 4H). Without, it is part of each step's packed
     product, and gates is (B, 1, 4H) (gate_slots = 1) when not training.
     """
-    cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t S = I + H
-    cdef Py_ssize_t rows = b1 - b0
-    cdef Py_ssize_t slots = T if training else 2
-    cdef Py_ssize_t c_slots = T if training else 1
-    cdef Py_ssize_t L = _lanes(gates)
-    cdef Py_ssize_t blocks = (H + L - 1) // L
-    cdef Py_ssize_t depth = H if hoist else S
-    cdef Py_ssize_t lda = slots * S, ldz = gate_slots * G
-    cdef Py_ssize_t s, t, t_next, now, later, b, j, j0, n, u, r0, nr, gt
-    cdef const floating* a0
-    cdef const floating* panel
-    cdef floating* z0
-    cdef floating* z
-    cdef floating* out
-    cdef floating* h_read
-    cdef floating* h_next
-    cdef const floating* drop
-    if rows <= 0:
+    cdef Py_ssize_t s, blocks = (H + _lanes(gates) - 1) // _lanes(gates)
+    if b1 <= b0:
         return
-
-    if training:
-        # Each step's input beside its state: the weight gradients are then
-        # one product, [x_t, h_{t-1}].T @ dZ_t summed over all steps.
-        for b in range(b0, b1):
-            for t in range(T):
-                memcpy(states + (b * T + t) * S, x + (b * T + t) * I, I * sizeof(floating))
-    if hoist:
-        # Z[rows] = X[rows] @ kernel     (rows*T, 4H) = (rows*T, I)(I, 4H)
-        gemm(NoTrans, NoTrans, <int>(rows * T), <int>G, <int>I, <floating>1.0,
-             x + b0 * T * I, <int>I, kernel, <int>G, <floating>0.0,
-             gates + b0 * T * G, <int>G)
-
-    # The state the first product reads: h0, dropped out.
-    now = _time(0, T, go_backwards) if training else 0
-    for b in range(b0, b1):
-        h_next = states + (b * slots + now) * S + I
-        for j in range(H):
-            h_next[j] = h[b * H + j] * dropout[b * H + j]
-
+    _forward_prologue(b0, b1, T, I, H, x, kernel, h, dropout, go_backwards, training, hoist,
+                      gates, states)
     for s in range(T):
-        t = _time(s, T, go_backwards)
-        t_next = _time(s + 1, T, go_backwards)
-        now = t if training else s % 2
-        later = t_next if training else (s + 1) % 2
-        gt = t if gate_slots > 1 else 0
+        _forward_step(b0, b1, 0, blocks, s, T, I, H, packed, bias, mask, dropout, go_backwards,
+                      training, hoist, activation, recurrent_activation, outputs, h, c, gates,
+                      gate_slots, states, c_prev, h_last)
         if not hoist and not training:
-            for b in range(b0, b1):
-                memcpy(states + (b * slots + now) * S, x + (b * T + t) * I, I * sizeof(floating))
-        a0 = states + (b0 * slots + now) * S + (I if hoist else 0)
-        z0 = gates + (b0 * gate_slots + gt) * G
-        # Panel by panel, so that one panel of the weights serves every row
-        # block of the step while it is in cache.
-        for u in range(blocks):
-            j0 = u * L
-            n = min(L, H - j0)
-            panel = packed + u * depth * 4 * L
-            r0 = b0
-            while r0 < b1:
-                nr = min(FL_ROWS, b1 - r0)
-                # Z_t[r0:r0+nr, gates of units j0..j0+n] (+)= rows @ panel u
-                _gate_tile(<int>nr, n, a0 + (r0 - b0) * lda, lda, panel, depth,
-                           z0 + (r0 - b0) * ldz + j0, ldz, H, hoist)
-                for b in range(r0, r0 + nr):
-                    z = gates + (b * gate_slots + gt) * G + j0
-                    out = outputs + (b * T + s) * H + j0
-                    h_read = states + (b * slots + now) * S + I + j0
-                    if s + 1 < T:
-                        h_next = states + (b * slots + later) * S + I + j0
-                    else:
-                        h_next = h_last + b * H + j0
-                    drop = dropout + b * H + j0
-                    if mask == NULL or mask[b * T + t]:
-                        if activation == TANH and recurrent_activation == SIGMOID:
-                            _step_forward(n, H, z, bias + j0, c + b * H + j0, h + b * H + j0,
-                                          out, c_prev + (b * c_slots + (t if training else 0)) * H + j0,
-                                          h_next, drop, TANH, SIGMOID)
-                        else:
-                            _step_forward(n, H, z, bias + j0, c + b * H + j0, h + b * H + j0,
-                                          out, c_prev + (b * c_slots + (t if training else 0)) * H + j0,
-                                          h_next, drop, activation, recurrent_activation)
-                    else:
-                        # Masked step: the states carry over; the output repeats the
-                        # previous output (zeros before the first processed step).
-                        if s > 0:
-                            memcpy(out, out - H, n * sizeof(floating))
-                        else:
-                            memset(out, 0, n * sizeof(floating))
-                        memcpy(c_prev + (b * c_slots + (t if training else 0)) * H + j0,
-                               c + b * H + j0, n * sizeof(floating))
-                        memcpy(h_next, h_read, n * sizeof(floating))
-                r0 += nr
+            _next_inputs(b0, b1, s, T, I, H, x, go_backwards, states)
+
+
+cdef void _forward_units(
+    Py_ssize_t thread, Py_ssize_t nthreads, Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
+    Py_ssize_t H, const floating* x, const floating* kernel, const floating* packed,
+    const floating* bias, const unsigned char* mask, const floating* dropout,
+    bint go_backwards, bint training, bint hoist, int activation, int recurrent_activation,
+    floating* outputs, floating* h, floating* c,
+    floating* gates, Py_ssize_t gate_slots, floating* states, floating* c_prev,
+    floating* h_last, long* arrived,
+) noexcept nogil:
+    """Thread ``thread`` of ``nthreads`` in the forward pass split by units:
+    every batch row, the units of one contiguous run of gate panels (and its
+    slice of the packed weights). The prologue is split by rows. A step
+    reads h_{t-1} of every unit, so the threads meet after the prologue and
+    after each step (fl_arrive_and_wait on ``arrived``)."""
+    cdef Py_ssize_t blocks = (H + _lanes(gates) - 1) // _lanes(gates)
+    cdef Py_ssize_t b0 = _chunk_start(thread, nthreads, B), b1 = _chunk_start(thread + 1, nthreads, B)
+    cdef Py_ssize_t u0 = _chunk_start(thread, nthreads, blocks)
+    cdef Py_ssize_t u1 = _chunk_start(thread + 1, nthreads, blocks)
+    cdef Py_ssize_t s
+    _forward_prologue(b0, b1, T, I, H, x, kernel, h, dropout, go_backwards, training, hoist,
+                      gates, states)
+    fl_arrive_and_wait(arrived, nthreads)
+    for s in range(T):
+        _forward_step(0, B, u0, u1, s, T, I, H, packed, bias, mask, dropout, go_backwards,
+                      training, hoist, activation, recurrent_activation, outputs, h, c, gates,
+                      gate_slots, states, c_prev, h_last)
+        if not hoist and not training:
+            _next_inputs(b0, b1, s, T, I, H, x, go_backwards, states)
+        fl_arrive_and_wait(arrived, (s + 2) * nthreads)
 
 
 cdef void _backward_rows(
@@ -892,7 +1026,8 @@ def forward(const floating[:, :, ::1] x,
             bint hoist,
             int activation,
             int recurrent_activation,
-            int num_threads):
+            int num_threads,
+            bint by_units=False):
     """Run the forward kernel into caller-allocated buffers.
 
     x (B, T, I); weights (I + H, 4H), kernel stacked on recurrent_kernel;
@@ -902,8 +1037,9 @@ def forward(const floating[:, :, ::1] x,
     states (B, T, I + H) and c_prev (B, T, H) when training, (B, 2, I + H)
     and (B, 1, H) when not; h_last (B, H) scratch. hoist: one GEMM for the
     input product of all steps, or part of each step's product (see
-    _forward_rows). The weights the steps read are packed into a workspace
-    of this call. The caller has made BLAS single-threaded.
+    _forward_rows). by_units: split the units among the threads rather
+    than the batch (see split_units). The weights the steps read are packed
+    into a workspace of this call. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef Py_ssize_t G = 4 * H
@@ -914,6 +1050,7 @@ def forward(const floating[:, :, ::1] x,
     cdef unsigned int csr
     cdef void* raw
     cdef floating* packed
+    cdef long arrived = 0
     # The pointer arithmetic below trusts these shapes; the caller allocates
     # them, and a mistake must not write out of bounds.
     if gate_slots != T and (training or hoist or gate_slots != 1):
@@ -937,17 +1074,29 @@ def forward(const floating[:, :, ::1] x,
     try:
         with nogil:
             _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
-            with parallel(num_threads=nchunks):
-                for k in prange(nchunks, schedule="dynamic", chunksize=1):
+            if by_units and num_threads > 1:
+                with parallel(num_threads=num_threads):
                     csr = fl_flush_denormals()
-                    _forward_rows(
-                        _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
+                    _forward_units(
+                        fl_thread_num(), fl_team_size(), B, T, I, H,
                         &x[0, 0, 0], &weights[0, 0], packed, &bias[0],
                         mask_ptr, &dropout[0, 0], go_backwards, training, hoist, activation,
                         recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
                         &gates[0, 0, 0], gate_slots, &states[0, 0, 0], &c_prev[0, 0, 0],
-                        &h_last[0, 0])
+                        &h_last[0, 0], &arrived)
                     fl_restore_denormals(csr)
+            else:
+                with parallel(num_threads=nchunks):
+                    for k in prange(nchunks, schedule="dynamic", chunksize=1):
+                        csr = fl_flush_denormals()
+                        _forward_rows(
+                            _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
+                            &x[0, 0, 0], &weights[0, 0], packed, &bias[0],
+                            mask_ptr, &dropout[0, 0], go_backwards, training, hoist, activation,
+                            recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
+                            &gates[0, 0, 0], gate_slots, &states[0, 0, 0], &c_prev[0, 0, 0],
+                            &h_last[0, 0])
+                        fl_restore_denormals(csr)
     finally:
         free(raw)
 

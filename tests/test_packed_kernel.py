@@ -36,6 +36,14 @@ def threads(request, monkeypatch):
     fastlstm.set_num_threads(None)
 
 
+@pytest.fixture(params=[False, True], ids=["batch split", "unit split"])
+def thread_split(request, monkeypatch):
+    """Force the threads to split the batch or the units, whatever the
+    shape would choose."""
+    monkeypatch.setattr(fastlstm.functional, "_split_plan", lambda *args: request.param)
+    return request.param
+
+
 def _units_around_panels(kernels, dtype):
     """Unit counts at the edges of the panel layout of ``dtype``."""
     lanes = kernels.vector_lanes(np.dtype(dtype).itemsize)
@@ -112,7 +120,8 @@ def packed_problems(draw, dtype):
 
 # input_product (imported) forces the input product one way, whatever the size would choose.
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_path_matches_reference(kernel_build, input_product, threads, dtype):
+def test_packed_path_matches_reference(kernel_build, input_product, threads, thread_split,
+                                       dtype):
     @_HYPOTHESIS
     @given(problem=packed_problems(dtype))
     def check(problem):
@@ -130,6 +139,16 @@ def test_other_activations_on_a_padded_panel(kernel_build, input_product, dtype,
     activation, recurrent_activation = activations
     assert_matches_reference(forward, backward, dtype, activation=activation,
                              recurrent_activation=recurrent_activation)
+
+
+def test_split_rule_splits_units_only_for_small_batches(kernel_build):
+    """The rule as measured: units for batches that leave a thread less than
+    a tile of rows, when every thread gets two panels; never on one thread."""
+    lanes, rows = kernel_build.vector_lanes(4), kernel_build.tile_rows()
+    assert kernel_build.split_units(1, 4 * lanes, 4, 2) == kernel_build.openmp_enabled()
+    assert not kernel_build.split_units(1, 4 * lanes, 4, 1)
+    assert not kernel_build.split_units(1, 3 * lanes, 4, 2)
+    assert not kernel_build.split_units(2 * rows, 4 * lanes, 4, 2)
 
 
 # -- the kernels' own shape checks ---------------------------------------------------------
