@@ -407,9 +407,16 @@ cdef inline Py_ssize_t _column_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_
 
 
 # The input product of a step, [x_t @ kernel], is hoisted out of the time
-# loop (one GEMM for all steps) when each thread's share of it is at least
+# loop (one GEMM for all steps) when each thread's share of it is more than
 # this many multiply-adds; smaller layers multiply [x_t, h_{t-1}] by the
-# packed [kernel; recurrent_kernel] in the step. See hoist_input_product.
+# packed [kernel; recurrent_kernel] in the step. Measured on 2026-11-27 (Xeon
+# family 6 model 207, avx512 build, one thread, CPU time of the call under
+# a load average of 5 to 7; hoisted / per step, inference, runs apart):
+# B=1, I=32, H=256 1.20, 1.02, 1.07; the bench's small (B=32, I=32, H=64)
+# 1.32, 1.67; long (B=16, I=64, H=128) 1.15, 1.55; B=32, I=64, H=128 1.03;
+# above the threshold B=32, I=128, H=256 1.07, 0.75; B=64 0.77, 1.58; I=512
+# 0.47 to 0.95. Training forward passes favoured hoisting above it (0.52 to
+# 0.92) and were within noise below it.
 cdef Py_ssize_t HOIST_MIN_MULTIPLY_ADDS = 1000000
 
 
@@ -425,17 +432,31 @@ def hoist_input_product(Py_ssize_t rows, Py_ssize_t input_dim, Py_ssize_t units)
     return rows * input_dim * 4 * units > HOIST_MIN_MULTIPLY_ADDS
 
 
+# The forward pass splits the units among the threads, rather than the
+# batch, for batches of at most this many rows per thread. Each step then
+# ends with the threads meeting, and a thread the OS has not scheduled holds
+# the other one up; the batch split never meets. Measured on 2026-11-27 (Xeon
+# family 6 model 207, avx512 build, 2 threads, with other jobs keeping the
+# load average at 6 to 7; fastest of 40 calls, units / batch split):
+# inference at B=1, T=64, I=32, H=256 1.55 / 1.31 ms and 1.32 / 1.43 ms in
+# two runs, H=384 17.9 / 10.5 ms, H=512 40.1 / 30.1 ms; B=4, H=256 8.8 / 8.3;
+# B=8 15.9 / 2.7; the bench's small 1.58 / 1.20 and long 55.5 / 37.1. No
+# shape was faster split by units, so none is.
+cdef Py_ssize_t UNIT_SPLIT_MAX_ROWS = 0
+
+
 def split_units(Py_ssize_t batch, Py_ssize_t units, Py_ssize_t itemsize, int threads):
-    """Whether a pass on ``threads`` threads splits the units among them
-    (each thread all batch rows of its gate panels, the threads meeting
-    after every step) rather than the batch (each thread its rows, no
-    meeting): where the batch split would leave a thread fewer rows than
-    one register tile holds, and every thread gets at least two panels.
+    """Whether a forward pass on ``threads`` threads splits the units among
+    them (each thread every batch row of its own gate panels and its slice
+    of the packed weights, the threads meeting after each step) rather than
+    the batch (each thread its own rows, no meeting). See
+    UNIT_SPLIT_MAX_ROWS; never with fewer than two panels per thread.
     """
     cdef Py_ssize_t lanes = FL_VECTOR_BYTES // itemsize
     if threads < 2 or not FL_OPENMP:
         return False
-    return (batch + threads - 1) // threads < FL_ROWS and (units + lanes - 1) // lanes >= 2 * threads
+    return ((batch + threads - 1) // threads <= UNIT_SPLIT_MAX_ROWS
+            and (units + lanes - 1) // lanes >= 2 * threads)
 
 
 def vector_lanes(Py_ssize_t itemsize):

@@ -141,14 +141,13 @@ def test_other_activations_on_a_padded_panel(kernel_build, input_product, dtype,
                              recurrent_activation=recurrent_activation)
 
 
-def test_split_rule_splits_units_only_for_small_batches(kernel_build):
-    """The rule as measured: units for batches that leave a thread less than
-    a tile of rows, when every thread gets two panels; never on one thread."""
-    lanes, rows = kernel_build.vector_lanes(4), kernel_build.tile_rows()
-    assert kernel_build.split_units(1, 4 * lanes, 4, 2) == kernel_build.openmp_enabled()
-    assert not kernel_build.split_units(1, 4 * lanes, 4, 1)
-    assert not kernel_build.split_units(1, 3 * lanes, 4, 2)
-    assert not kernel_build.split_units(2 * rows, 4 * lanes, 4, 2)
+def test_split_rule_keeps_the_batch_split_where_units_were_not_faster(kernel_build):
+    """The rule as measured (see UNIT_SPLIT_MAX_ROWS in _lstm.pyx): no shape
+    ran faster split by units, so every shape keeps the batch split."""
+    lanes = kernel_build.vector_lanes(4)
+    for batch in (1, 2, 4, 64):
+        for threads in (1, 2, 4):
+            assert not kernel_build.split_units(batch, 16 * lanes, 4, threads)
 
 
 # -- the kernels' own shape checks ---------------------------------------------------------
