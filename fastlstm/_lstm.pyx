@@ -43,7 +43,11 @@ Threads. The recurrence of one sequence never reads another's, so the batch is
 split across OpenMP threads for the whole time loop: no synchronisation per
 step. Blocks are handed out dynamically: on a busy machine the calling thread
 takes over the block of a thread the OS has not scheduled yet, instead of
-waiting a whole time slice for it. BLAS is called single-threaded inside (the caller makes sure), so BLAS
+waiting a whole time slice for it. The forward pass can split the units
+instead (_forward_units: every thread all rows of its own gate panels, the
+threads meeting after each step on an atomic counter, a waiting thread
+yielding its core after a bounded spin); split_units says where, as
+measured. BLAS is called single-threaded inside (the caller makes sure), so BLAS
 threads and OpenMP threads never compete for cores. All buffers but the
 packed weights (allocated by the entry points) are allocated by the caller;
 nothing is allocated inside the threads' loops.
