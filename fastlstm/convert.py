@@ -150,7 +150,7 @@ def to_keras_weights(layer):
 
     Parameters
     ----------
-    layer : LSTM, Bidirectional or list of array_like
+    layer : fastlstm.LSTM, fastlstm.Bidirectional or list of array_like
         A built layer, or its ``get_weights()`` list.
 
     Returns
@@ -260,12 +260,10 @@ def from_torch_state_dict(state_dict, prefix="", dtype=None):
     for layer in range(num_layers):
         weights = []
         for reverse in directions:
-            def get(kind):
-                return arrays[(layer, reverse, kind)].astype(dtype, copy=False)
-            weights.append(np.ascontiguousarray(get("weight_ih").T))
-            weights.append(np.ascontiguousarray(get("weight_hh").T))
-            if has_bias:
-                weights.append(get("bias_ih") + get("bias_hh"))
+            direction = _keras_from_torch(*(
+                arrays[(layer, reverse, kind)].astype(dtype, copy=False) if kind in kinds
+                else None for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+            weights += [w for w in direction if w is not None]
         layer_directions = _split_directions(weights, f"layer {layer}")
         if result:
             _check_stack(layer_directions, layer, _split_directions(result[0], "layer 0"),
@@ -273,6 +271,25 @@ def from_torch_state_dict(state_dict, prefix="", dtype=None):
         # Copies: a transposed view would keep the caller's tensors' memory alive.
         result.append([np.array(w, order="C") for w in weights])
     return result
+
+
+def _keras_from_torch(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
+    """One direction of an ``nn.LSTM`` layer as ``(kernel, recurrent_kernel,
+    bias)``: transposed views of the weights and the sum of the two biases
+    (None without biases). Arrays or tensors alike; shapes are not checked."""
+    bias = None if bias_ih is None else bias_ih + bias_hh
+    return weight_ih.T, weight_hh.T, bias
+
+
+def _torch_gradients_from_keras(kernel, recurrent_kernel, bias=None):
+    """Gradients of ``(kernel, recurrent_kernel, bias)`` as those of
+    ``(weight_ih, weight_hh, bias_ih, bias_hh)``, the adjoint of
+    :func:`_keras_from_torch`: transposed views, and, as ``bias = bias_ih +
+    bias_hh``, the bias gradient for each bias (a copy for the second, so
+    that the two never share memory)."""
+    if bias is None:
+        return kernel.T, recurrent_kernel.T, None, None
+    return kernel.T, recurrent_kernel.T, bias, bias.copy()
 
 
 def _check_torch_shapes(arrays, entries, layer, reverse, has_bias):
@@ -322,7 +339,7 @@ def to_torch_state_dict(layers, prefix=""):
 
     Parameters
     ----------
-    layers : list of (LSTM, Bidirectional or Keras weight list)
+    layers : list of (fastlstm.LSTM, fastlstm.Bidirectional or Keras weight list)
         The stack, first layer first; every layer has the same units, the same
         directions and bias or no bias, and layer k > 0 takes the previous
         layer's (concatenated) output, as one ``nn.LSTM(num_layers=len(layers))``.
