@@ -4,7 +4,9 @@
            docstrings for a bounded time, against the NumPy reference's speed.
 ``info``   fastlstm's configuration: versions, BLAS library, kernel family, threads.
 ``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at
-           the benchmark's sizes (docs/performance.rst): median times of a training step and of inference.
+           the benchmark's sizes (docs/performance.rst): median times of a training step and of inference;
+           with ``--torch-adapter``, also fastlstm.torch.LSTM in PyTorch training
+           steps, padded and packed.
 """
 import argparse
 import sys
@@ -37,13 +39,25 @@ def _bench(args):
                              threads=args.threads, keras_python=args.keras_python)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
 
+    import json
+
     from ._bench import run
 
     results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
-                  threads=args.threads, reference=args.reference, json_path=args.json,
+                  threads=args.threads, reference=args.reference,
+                  json_path=None if args.torch_adapter else args.json,
                   generation=args.generation or None)
     # Non-zero when an implementation disagreed with fastlstm, so scripts notice.
     checked = list(results["sizes"].values()) + [results.get("generation") or {"errors": []}]
+    if args.torch_adapter:
+        from ._bench_torch import run as run_adapter
+
+        results["torch_adapter"] = run_adapter(sizes=args.sizes, repeat=args.repeat,
+                                               dtype=args.dtype, threads=args.threads)
+        checked += list(results["torch_adapter"]["sizes"].values())
+        if args.json is not None:
+            with open(args.json, "w") as stream:
+                json.dump(results, stream, indent=1)
     return 1 if any(result["errors"] for result in checked) else 0
 
 
@@ -113,6 +127,9 @@ def main(argv=None):
     bench.add_argument("--generation", action="store_true",
                        help="time text generation (a stateful layer fed one step at a time) "
                             "even when --sizes narrows the run (default: with all sizes)")
+    bench.add_argument("--torch-adapter", action="store_true",
+                       help="also time fastlstm.torch.LSTM in PyTorch training steps, padded "
+                            "and packed, against torch.nn.LSTM (needs PyTorch)")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -1,5 +1,6 @@
 """fastlstm.torch.LSTM against torch.nn.LSTM: the same state_dict gives the
 same outputs, final states and gradients, for every layout and option."""
+import json
 import subprocess
 import sys
 
@@ -411,3 +412,40 @@ def test_without_torch_the_import_error_says_what_to_install():
     found = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                            text=True).stdout
     assert 'pip install "fastlstm[torch]"' in found
+
+
+# The benchmark
+
+def test_bench_times_the_adapter_padded_and_packed(tmp_path, capsys):
+    from fastlstm.__main__ import main
+
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--sizes", "tiny", "--repeat", "2", "--no-reference",
+                 "--torch-adapter", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "fastlstm.torch.LSTM in a PyTorch training step" in printed
+    assert "ERROR" not in printed
+    tiny = json.loads(path.read_text())["torch_adapter"]["sizes"]["tiny"]
+    assert tiny["errors"] == []
+    assert set(tiny["median_ms"]) == {"functional", "adapter", "torch", "adapter packed",
+                                      "torch packed"}
+    assert all(value > 0 for value in tiny["median_ms"].values())
+    # Random lengths between T/2 and T, T = 20.
+    assert 10 <= tiny["mean_length"] <= 20
+
+
+def test_bench_does_not_time_an_adapter_that_disagrees(monkeypatch, capsys):
+    from fastlstm import _bench_torch
+
+    modules = _bench_torch._modules
+
+    def wrong_adapter(*args):
+        adapter, reference = modules(*args)
+        with torch.no_grad():
+            adapter.weight_hh_l0.add_(0.1)
+        return adapter, reference
+
+    monkeypatch.setattr(_bench_torch, "_modules", wrong_adapter)
+    results = _bench_torch.run(sizes=["tiny"], repeat=2)
+    assert capsys.readouterr().out.count("disagrees with torch.nn.LSTM") == 2
+    assert results["sizes"]["tiny"]["median_ms"] == {}
