@@ -26,7 +26,7 @@ __all__ = ["run"]
 # five steps take turns. torch.nn.LSTM leaves oneDNN on packed input and
 # runs many times slower there, so its packed steps get fewer turns.
 ROUNDS = {"tiny": 200, "small": 60, "medium": 15, "large": 12, "long": 20}
-PACKED_TORCH_ROUNDS = {"tiny": 50, "small": 20, "medium": 7, "large": 5, "long": 7}
+PACKED_TORCH_ROUNDS = {"tiny": 40, "small": 15, "medium": 5, "large": 5, "long": 3}
 
 # The targets: the adapter's ratio to torch.nn.LSTM within 10% of
 # fastlstm's own at these sizes, and packed batches 3x faster at every size.
