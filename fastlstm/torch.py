@@ -88,7 +88,8 @@ class _LSTMDirection(torch.autograd.Function):
         grad_outputs = _numpy(grad_outputs)
         if grad_outputs is not None and ctx.reverse:
             grad_outputs = grad_outputs[:, ::-1]
-        grads = lstm_backward(ctx.cache, grad_outputs, _numpy(grad_h), _numpy(grad_c))
+        grads = lstm_backward(ctx.cache, grad_outputs, _numpy(grad_h), _numpy(grad_c),
+                              input_gradient=ctx.needs_input_grad[0])
         weight_grads = _torch_gradients_from_keras(grads.kernel, grads.recurrent_kernel,
                                                    grads.bias)
         state_grads = (grads.h0, grads.c0) if ctx.has_h0 else (None, None)

@@ -281,6 +281,26 @@ def test_batch_first_input_and_output_share_memory(monkeypatch):
     assert output.data_ptr() == seen["outputs"].ctypes.data
 
 
+def test_input_gradient_is_skipped_when_the_input_needs_none(monkeypatch):
+    got, expected = pair(num_layers=2, batch_first=True)
+    x = random_input((3, 4, INPUT_SIZE))
+    asked = []
+    lstm_backward = fltorch.lstm_backward
+
+    def recording(*args, input_gradient=True, **kwargs):
+        asked.append(input_gradient)
+        return lstm_backward(*args, input_gradient=input_gradient, **kwargs)
+
+    monkeypatch.setattr(fltorch, "lstm_backward", recording)
+    for module in (got, expected):
+        module(x)[0].sum().backward()
+    # The second layer's input is the first layer's output, which needs one.
+    assert asked == [True, False]
+    for name, parameter in expected.named_parameters():
+        error = (getattr(got, name).grad - parameter.grad).abs().max() / parameter.grad.abs().max()
+        assert error <= TOLERANCE[torch.float64], name
+
+
 def test_input_and_state_are_not_modified():
     module = fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, bidirectional=True,
                           dtype=torch.float64)
