@@ -159,6 +159,24 @@ def test_packed_sequence_matches_torch_float32():
                                                                         False), torch.float32)
 
 
+def test_weights_wider_than_a_copy_tile_match_torch():
+    # 4 * 33 = 132 gate rows and 130 inputs: two tiles each way, the second partial.
+    expected = torch.nn.LSTM(130, 33, batch_first=True, dtype=torch.float64)
+    got = fltorch.LSTM(130, 33, batch_first=True, dtype=torch.float64)
+    got.load_state_dict(expected.state_dict())
+    x = torch.randn((2, 3, 130), generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    assert_close(results(got, x), results(expected, x), torch.float64)
+
+
+def test_c_order_copies_by_tiles_exactly():
+    matrix = np.arange(300 * 200, dtype=np.float32).reshape(300, 200)
+    copied = fltorch._c_order(matrix.T)
+    assert copied.flags.c_contiguous
+    assert np.array_equal(copied, matrix.T)
+    assert fltorch._c_order(matrix) is matrix
+
+
 def test_initialisation_draws_as_torch():
     torch.manual_seed(7)
     expected = torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, bidirectional=True)
