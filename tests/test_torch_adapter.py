@@ -487,3 +487,9 @@ def test_bench_does_not_time_an_adapter_that_disagrees(monkeypatch, capsys):
     results = _bench_torch.run(sizes=["tiny"], repeat=2)
     assert capsys.readouterr().out.count("disagrees with torch.nn.LSTM") == 2
     assert results["sizes"]["tiny"]["median_ms"] == {}
+
+
+def test_bench_has_rounds_for_every_size():
+    from fastlstm import _bench, _bench_torch
+
+    assert set(_bench_torch.ROUNDS) == set(_bench_torch.PACKED_TORCH_ROUNDS) == set(_bench.SIZES)
