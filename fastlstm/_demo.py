@@ -254,7 +254,7 @@ def run(seconds=60.0, units=256, seed=0, threads=None, sample_length=240):
     limit = _TimeLimit(seconds)
     start = time.perf_counter()
     model.fit(x, y, batch_size=BATCH_SIZE, epochs=epochs, validation_data=(x_held, y_held),
-              callbacks=[limit], verbose=1)
+              callbacks=[limit], verbose="auto")
     elapsed = time.perf_counter() - start
 
     after_loss, after_accuracy = model.evaluate(x_held, y_held, batch_size=BATCH_SIZE,
