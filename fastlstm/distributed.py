@@ -54,8 +54,9 @@ except ImportError as error:
                       'built against its MPI)') from error
 
 from . import optimizers as optimizers_module
-from ._validation import as_real_array, check_int, describe
+from ._validation import check_int, describe
 from .callbacks import Callback
+from .optimizers import check_gradients
 
 __all__ = ["DistributedOptimizer", "broadcast_weights", "BroadcastWeights", "AverageMetrics",
            "shard"]
@@ -199,26 +200,11 @@ class DistributedOptimizer(optimizers_module.Optimizer):
                                    "first apply(), or call build(variables)")
         if isinstance(variables, np.ndarray) or not isinstance(variables, (list, tuple)):
             raise TypeError(f"variables must be a list of arrays, got {describe(variables)}")
-        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)) \
-                or len(grads) != len(variables):
-            raise ValueError(f"grads must be a list of {len(variables)} gradients, one per "
-                             f"variable, got {describe(grads)}")
-        present = []
-        for k, (gradient, variable) in enumerate(zip(grads, variables)):
-            if gradient is None:
-                continue
-            if not isinstance(variable, np.ndarray) or variable.dtype.kind != "f":
-                raise TypeError(f"variables[{k}] must be a float ndarray (updated in place), "
-                                f"got {describe(variable)}")
-            gradient = as_real_array(gradient, f"grads[{k}]")
-            if gradient.shape != variable.shape:
-                raise ValueError(f"grads[{k}] must have its variable's shape {variable.shape}, "
-                                 f"got {gradient.shape}")
-            present.append((k, gradient, variable.dtype))
-        means = self._average([gradient for _, gradient, _ in present],
-                              [k for k, _, _ in present], [dtype for _, _, dtype in present])
+        present = check_gradients(grads, variables)
+        means = self._average([gradient for _, gradient in present], [k for k, _ in present],
+                              [gradient.dtype for _, gradient in present])
         averaged = [None] * len(grads)
-        for (k, _, _), mean in zip(present, means):
+        for (k, _), mean in zip(present, means):
             averaged[k] = mean
         self.optimizer.apply(averaged, variables)
 

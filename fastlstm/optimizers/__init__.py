@@ -63,6 +63,28 @@ def _check_clip(value, name):
     return check_real(value, name, 0.0, math.inf, low_open=True, high_open=True)
 
 
+def check_gradients(grads, variables):
+    """``[(k, gradient), ...]``: each entry of ``grads`` that is not None, as
+    an array of its variable's dtype and shape (checked), with its index."""
+    if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)) \
+            or len(grads) != len(variables):
+        raise ValueError(f"grads must be a list of {len(variables)} gradients, one per "
+                         f"variable, got {describe(grads)}")
+    pairs = []
+    for k, (gradient, variable) in enumerate(zip(grads, variables)):
+        if gradient is None:
+            continue
+        if not isinstance(variable, np.ndarray) or variable.dtype.kind != "f":
+            raise TypeError(f"variables[{k}] must be a float ndarray (updated in place), "
+                            f"got {describe(variable)}")
+        gradient = as_real_array(gradient, f"grads[{k}]", variable.dtype)
+        if gradient.shape != variable.shape:
+            raise ValueError(f"grads[{k}] must have its variable's shape {variable.shape}, "
+                             f"got {gradient.shape}")
+        pairs.append((k, gradient))
+    return pairs
+
+
 class Optimizer:
     """Base class: subclasses implement ``_slots(variable)`` and
     ``_update(variable, gradient, slots, learning_rate)``.
@@ -173,19 +195,7 @@ class Optimizer:
             self.build(variables)
         else:
             self._check_known(variables)
-        if isinstance(grads, np.ndarray) or not isinstance(grads, (list, tuple)) \
-                or len(grads) != len(variables):
-            raise ValueError(f"grads must be a list of {len(variables)} gradients, one per "
-                             f"variable, got {describe(grads)}")
-        pairs = []
-        for k, (gradient, variable) in enumerate(zip(grads, variables)):
-            if gradient is None:
-                continue
-            gradient = as_real_array(gradient, f"grads[{k}]", variable.dtype)
-            if gradient.shape != variable.shape:
-                raise ValueError(f"grads[{k}] must have its variable's shape {variable.shape}, "
-                                 f"got {gradient.shape}")
-            pairs.append((k, gradient))
+        pairs = check_gradients(grads, variables)
         if not pairs:
             return
         clipped = self._clip([g for _, g in pairs])
