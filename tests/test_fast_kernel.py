@@ -156,8 +156,21 @@ def problems(draw, dtype):
         rng = np.random.default_rng(seed + 1)
         mask = rng.random((batch, timesteps)) < draw(st.floats(0.0, 1.0))
         if mask_kind == "random with full rows":
-            mask[0] = False       # a sequence every step of which is skipped
-            mask[-1] = True       # and one that skips none (the same row when B == 1)
+            with_full_rows(mask)
+    return draw_problem(draw, batch, timesteps, input_dim, units, dtype, seed, mask)
+
+
+def with_full_rows(mask):
+    """``mask`` with a sequence every step of which is skipped, and one that
+    skips none (the same row when B == 1)."""
+    mask[0] = False
+    mask[-1] = True
+    return mask
+
+
+def draw_problem(draw, batch, timesteps, input_dim, units, dtype, seed, mask):
+    """A problem of these sizes with the other options drawn: bias, initial
+    state, recurrent dropout, which upstream gradients, and go_backwards."""
     forward, backward = make_problem(
         batch, timesteps, input_dim, units, dtype, seed=seed,
         use_bias=draw(st.booleans()), initial_state=draw(st.booleans()), mask=mask,

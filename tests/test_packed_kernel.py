@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import fastlstm
 from fastlstm import _kernels
 from test_fast_kernel import (_HYPOTHESIS, DTYPES, TOLERANCE, _check_fast_matches_reference,
-                              assert_close_normwise, assert_matches_reference, input_product,
-                              make_problem)
+                              assert_close_normwise, assert_matches_reference, draw_problem,
+                              input_product, make_problem, with_full_rows)
 
 
 @pytest.fixture(params=_kernels.available())
@@ -107,15 +107,8 @@ def packed_problems(draw, dtype):
     seed = draw(st.integers(0, 2**32 - 1))
     mask = None
     if draw(st.booleans()):
-        mask = np.random.default_rng(seed + 1).random((batch, timesteps)) < 0.6
-        mask[0] = False           # a sequence every step of which is skipped
-        mask[-1] = True           # and one that skips none (the same row when B == 1)
-    forward, backward = make_problem(
-        batch, timesteps, input_dim, units, dtype, seed=seed,
-        use_bias=draw(st.booleans()), initial_state=draw(st.booleans()), mask=mask,
-        dropout=draw(st.booleans()),
-        upstream=(draw(st.booleans()), draw(st.booleans()), draw(st.booleans())))
-    return forward, backward, draw(st.booleans())
+        mask = with_full_rows(np.random.default_rng(seed + 1).random((batch, timesteps)) < 0.6)
+    return draw_problem(draw, batch, timesteps, input_dim, units, dtype, seed, mask)
 
 
 # input_product (imported) forces the input product one way, whatever the size would choose.
