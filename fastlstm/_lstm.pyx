@@ -292,10 +292,12 @@ cdef extern from *:
     #define fl_team_size() 1
     #endif
     #define FL_SPINS 2000
-    static inline void fl_arrive_and_wait(long* arrived, long target) {
+    /* Wait until *done reaches target: spin a bounded number of times,
+       then yield the core. The pipelined stack's threads hand work over
+       with it: a producer publishes how many steps of a layer are done. */
+    static inline void fl_wait_for(long* done, long target) {
         int spins = 0;
-        __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL);
-        while (__atomic_load_n(arrived, __ATOMIC_ACQUIRE) < target) {
+        while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < target) {
             if (++spins < FL_SPINS) {
                 fl_pause();
             } else {
@@ -303,6 +305,13 @@ cdef extern from *:
                 spins = 0;
             }
         }
+    }
+    static inline void fl_publish(long* done, long value) {
+        __atomic_store_n(done, value, __ATOMIC_RELEASE);
+    }
+    static inline void fl_arrive_and_wait(long* arrived, long target) {
+        __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL);
+        fl_wait_for(arrived, target);
     }
 
     static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + fl_exp(-x)); }
@@ -322,6 +331,8 @@ cdef extern from *:
     void fl_restore_denormals(unsigned int saved) noexcept nogil
     const int FL_ROWS
     void fl_arrive_and_wait(long* arrived, long target) noexcept nogil
+    void fl_publish(long* done, long value) noexcept nogil
+    void fl_wait_for(long* done, long target) noexcept nogil
     int fl_thread_num() noexcept nogil
     int fl_team_size() noexcept nogil
     const int FL_VECTOR_BYTES
@@ -482,8 +493,9 @@ cdef inline Py_ssize_t _gate_panels_size(Py_ssize_t depth, Py_ssize_t H, Py_ssiz
     return ((H + L - 1) // L) * depth * 4 * L
 
 
-cdef inline Py_ssize_t _transposed_panels_size(Py_ssize_t H, Py_ssize_t L) noexcept nogil:
-    return ((H + 4 * L - 1) // (4 * L)) * 4 * H * 4 * L
+cdef inline Py_ssize_t _transposed_panels_size(Py_ssize_t n, Py_ssize_t G,
+                                               Py_ssize_t L) noexcept nogil:
+    return ((n + 4 * L - 1) // (4 * L)) * G * 4 * L
 
 
 cdef void _pack_gate_panels(const floating* w, Py_ssize_t depth, Py_ssize_t H,
@@ -514,18 +526,18 @@ cdef void _unpack_gate_panels(const floating* packed, Py_ssize_t depth, Py_ssize
                     w[k * 4 * H + g * H + u * L + l] = packed[((u * depth + k) * 4 + g) * L + l]
 
 
-cdef void _pack_transposed_panels(const floating* recurrent_kernel, Py_ssize_t H,
+cdef void _pack_transposed_panels(const floating* w, Py_ssize_t n, Py_ssize_t G,
                                   floating* packed) noexcept nogil:
-    """Lay recurrent_kernel.T (4H, H) out in panels of W = 4L columns: panel p
-    holds, for each gate column k, recurrent_kernel[pW + c, k] for c < W.
-    Units past H are zeros."""
-    cdef Py_ssize_t W = 4 * _lanes(packed), G = 4 * H
-    cdef Py_ssize_t p, c, k, unit
-    for p in range((H + W - 1) // W):
+    """Lay w.T (G, n) out in panels of W = 4L columns, for w (n, G) such as
+    recurrent_kernel (H, 4H) or kernel (I, 4H): panel p holds, for each gate
+    column k, w[pW + c, k] for c < W. Columns past n are zeros."""
+    cdef Py_ssize_t W = 4 * _lanes(packed)
+    cdef Py_ssize_t p, c, k, row
+    for p in range((n + W - 1) // W):
         for c in range(W):
-            unit = p * W + c
+            row = p * W + c
             for k in range(G):
-                packed[(p * G + k) * W + c] = recurrent_kernel[unit * G + k] if unit < H else 0
+                packed[(p * G + k) * W + c] = w[row * G + k] if row < n else 0
 
 
 cdef void _unpack_transposed_panels(const floating* packed, Py_ssize_t H,
@@ -850,6 +862,61 @@ cdef void _forward_units(
         fl_arrive_and_wait(arrived, (s + 2) * nthreads)
 
 
+cdef void _backward_step(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t s, Py_ssize_t T, Py_ssize_t H,
+    const floating* packed_transpose, const unsigned char* mask, const floating* dropout,
+    bint go_backwards, int activation, int recurrent_activation,
+    const floating* grad_outputs, floating* gates, const floating* c_prev,
+    floating* dh_rec, floating* dh_pass, floating* dc, floating* carry,
+) noexcept nogil:
+    """Processing step s of the backward pass through time, batch rows
+    [b0, b1). See _backward_rows for the buffers; grad_outputs[b, s] is the
+    gradient of the output of step s."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t W = 4 * _lanes(gates)
+    cdef Py_ssize_t t = _time(s, T, go_backwards)
+    cdef Py_ssize_t b, j, p, n, r0, nr
+    cdef floating* z
+    cdef floating* dhr
+    cdef floating* dhp
+    cdef floating* dcb
+    cdef floating* cry
+    cdef const floating* cp
+    cdef const floating* dy
+    cdef const floating* drop
+    for b in range(b0, b1):
+        z = gates + (b * T + t) * G
+        cp = c_prev + (b * T + t) * H
+        dhr = dh_rec + b * H
+        dhp = dh_pass + b * H
+        dcb = dc + b * H
+        cry = carry + b * H
+        dy = grad_outputs + (b * T + s) * H
+        drop = dropout + b * H
+        if mask == NULL or mask[b * T + t]:
+            if activation == TANH and recurrent_activation == SIGMOID:
+                _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
+            else:
+                _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop,
+                               activation, recurrent_activation)
+        else:
+            # Masked step: h and c passed through unchanged, so their
+            # gradients do too; the output was a copy of the previous one.
+            for j in range(H):
+                dhp[j] = dhr[j] * drop[j] + dhp[j]
+                cry[j] = cry[j] + dy[j]
+            memset(z, 0, G * sizeof(floating))
+    # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
+    for p in range((H + W - 1) // W):
+        n = min(W, H - p * W)
+        r0 = b0
+        while r0 < b1:
+            nr = min(FL_ROWS, b1 - r0)
+            _column_tile(<int>nr, n, gates + (r0 * T + t) * G, T * G,
+                         packed_transpose + p * G * W, G, dh_rec + r0 * H + p * W, H)
+            r0 += nr
+
+
 cdef void _backward_rows(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I, Py_ssize_t H,
     const floating* kernel, const floating* packed_transpose,
@@ -871,59 +938,28 @@ cdef void _backward_rows(
     holds recurrent_kernel.T in column panels (_pack_transposed_panels).
     """
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t W = 4 * _lanes(gates)
-    cdef Py_ssize_t rows = b1 - b0
-    cdef Py_ssize_t s, t, b, j, p, n, r0, nr
-    cdef floating* z
-    cdef floating* dhr
-    cdef floating* dhp
-    cdef floating* dcb
-    cdef floating* cry
-    cdef const floating* cp
-    cdef const floating* dy
-    cdef const floating* drop
-    if rows <= 0:
+    cdef Py_ssize_t s
+    if b1 <= b0:
         return
     for s in range(T - 1, -1, -1):
-        t = _time(s, T, go_backwards)
-        for b in range(b0, b1):
-            z = gates + (b * T + t) * G
-            cp = c_prev + (b * T + t) * H
-            dhr = dh_rec + b * H
-            dhp = dh_pass + b * H
-            dcb = dc + b * H
-            cry = carry + b * H
-            dy = grad_outputs + (b * T + s) * H
-            drop = dropout + b * H
-            if mask == NULL or mask[b * T + t]:
-                if activation == TANH and recurrent_activation == SIGMOID:
-                    _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
-                else:
-                    _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop,
-                                   activation, recurrent_activation)
-            else:
-                # Masked step: h and c passed through unchanged, so their
-                # gradients do too; the output was a copy of the previous one.
-                for j in range(H):
-                    dhp[j] = dhr[j] * drop[j] + dhp[j]
-                    cry[j] = cry[j] + dy[j]
-                memset(z, 0, G * sizeof(floating))
-        # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
-        for p in range((H + W - 1) // W):
-            n = min(W, H - p * W)
-            r0 = b0
-            while r0 < b1:
-                nr = min(FL_ROWS, b1 - r0)
-                _column_tile(<int>nr, n, gates + (r0 * T + t) * G, T * G,
-                             packed_transpose + p * G * W, G, dh_rec + r0 * H + p * W, H)
-                r0 += nr
-
+        _backward_step(b0, b1, s, T, H, packed_transpose, mask, dropout, go_backwards,
+                       activation, recurrent_activation, grad_outputs, gates, c_prev,
+                       dh_rec, dh_pass, dc, carry)
     if dx != NULL:
-        # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I); kernel is
-        # the first I rows of the stacked weights
-        gemm(NoTrans, Trans, <int>(rows * T), <int>I, <int>G, <floating>1.0,
-             gates + b0 * T * G, <int>G, kernel, <int>G, <floating>0.0,
-             dx + b0 * T * I, <int>I)
+        _input_gradient(b0, b1, T, I, H, kernel, gates, dx)
+
+
+cdef void _input_gradient(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t T, Py_ssize_t I,
+                          Py_ssize_t H, const floating* kernel, const floating* gates,
+                          floating* dx) noexcept nogil:
+    """dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I); kernel
+    is the first I rows of the stacked weights."""
+    cdef Py_ssize_t G = 4 * H
+    if b1 <= b0:
+        return
+    gemm(NoTrans, Trans, <int>((b1 - b0) * T), <int>I, <int>G, <floating>1.0,
+         gates + b0 * T * G, <int>G, kernel, <int>G, <floating>0.0,
+         dx + b0 * T * I, <int>I)
 
 
 cdef void _weight_grads_columns(
@@ -991,13 +1027,13 @@ def _packing_round_trip(const floating[:, ::1] weights, floating[:, ::1] gates_o
     if depth < H:
         raise ValueError(f"weights must have at least H = {H} rows, got {depth}")
     cdef void* raw = _workspace(max(_gate_panels_size(depth, H, L),
-                                    _transposed_panels_size(H, L)),
+                                    _transposed_panels_size(H, 4 * H, L)),
                                 sizeof(gates_out[0, 0]), "packed weights")
     cdef floating* packed = _aligned(raw, &gates_out[0, 0])
     try:
         _pack_gate_panels(&weights[0, 0], depth, H, packed)
         _unpack_gate_panels(packed, depth, H, &gates_out[0, 0])
-        _pack_transposed_panels(&weights[depth - H, 0], H, packed)
+        _pack_transposed_panels(&weights[depth - H, 0], H, 4 * H, packed)
         _unpack_transposed_panels(packed, H, &transposed_out[0, 0])
     finally:
         free(raw)
@@ -1185,12 +1221,12 @@ def backward(const floating[:, ::1] weights,
             raise ValueError(f"{name} must have shape {expected}, got {shape}")
     if I < 1:
         raise ValueError(f"states must have more than H = {H} columns, got {I + H}")
-    raw = _workspace(_transposed_panels_size(H, _lanes(&dc[0, 0])), sizeof(dc[0, 0]),
+    raw = _workspace(_transposed_panels_size(H, G, _lanes(&dc[0, 0])), sizeof(dc[0, 0]),
                      "packed weights")
     packed = _aligned(raw, &dc[0, 0])
     try:
         with nogil:
-            _pack_transposed_panels(&weights[I, 0], H, packed)
+            _pack_transposed_panels(&weights[I, 0], H, G, packed)
             with parallel(num_threads=max(nchunks, ncolumns)):
                 for k in prange(nchunks, schedule="dynamic", chunksize=1):
                     csr = fl_flush_denormals()
@@ -1210,3 +1246,6 @@ def backward(const floating[:, ::1] weights,
                     fl_restore_denormals(csr)
     finally:
         free(raw)
+
+
+include "_lstm_stack.pxi"

@@ -1,0 +1,648 @@
+# Included by _lstm.pyx: the pipelined stack of LSTM layers.
+#
+# A stack of LSTM layers, each reading the outputs of the one below, runs as
+# one call in which the layers advance together, as a wavefront: while the
+# thread of layer l computes step s, the thread of layer l + 1 computes step
+# s - 1. Each layer's steps run on one thread over the whole batch, so a step's
+# register tiles see every batch row (the batch split gives each thread a
+# share of them), and a small batch, which the batch split cannot share among
+# threads, keeps every thread busy.
+#
+# Forward. Layer 0 runs as a single layer does: its prologue (and its input
+# product of all steps, where hoisted) split by batch rows among the threads
+# before the wavefront. A layer l >= 1 cannot hoist its input product, whose
+# input appears one step at a time; at each step it is a packed product of
+# the layer below's output by kernel (gate panels of depth I), written into
+# the step's gates, which the step's own tiles then add h_{t-1} @
+# recurrent_kernel to. That input product is split by gate panels between
+# the thread below, which computes panels [0, split) right after producing
+# the input, and the layer's own thread, which computes the rest before its
+# step; the split balances the threads' work (_stack_splits).
+#
+# Backward, the mirror image: the top layer first, in reverse processing
+# order; the gradient of layer l's output at step s is layer l + 1's gate
+# gradients at s times kernel.T (column panels of kernel.T), split by
+# columns between the thread above, right after its step, and layer l's
+# thread, before its step. The weight gradients and the stack input's
+# gradient are then one BLAS product per layer, as for a single layer.
+#
+# Synchronisation. Each layer publishes how many of its steps are done, and
+# how many steps' share of its input product (forward) or of its output
+# gradient (backward) the neighbouring thread has handed over. Layer l is
+# run by thread l % threads, and every thread takes its steps in order of
+# "tick" (a layer's step s is at tick s + l forward, (T - 1 - s) + (L - 1 - l)
+# backward). Every wait is for work of an earlier tick, so the earliest
+# unfinished piece of work can always run: no thread waits forever, whatever
+# the number of threads the OpenMP runtime gives (one thread runs the ticks
+# in order by itself).
+
+ctypedef struct _StackLayer:
+    Py_ssize_t I, H
+    int activation, recurrent_activation
+    bint go_backwards, hoist
+    Py_ssize_t gate_slots, state_slots
+    # Gate panels (forward) or column panels (backward) whose share of the
+    # input product (or of the layer below's output gradient) the
+    # neighbouring layer's thread computes.
+    Py_ssize_t split
+    const void* weights
+    void* packed
+    void* packed_input
+    const void* x
+    const void* bias
+    const unsigned char* mask
+    const void* dropout
+    const void* between
+    void* outputs
+    void* h
+    void* c
+    void* gates
+    void* states
+    void* c_prev
+    void* h_last
+    void* grad_outputs
+    void* dh_rec
+    void* dh_pass
+    void* dc
+    void* carry
+    void* dweights
+    void* dbias
+    long* done
+    long* handed_over
+
+
+# Counters on their own cache lines: (2 per layer) x 16 longs.
+cdef enum:
+    COUNTER_STRIDE = 16
+
+
+cdef void _stack_prologue(Py_ssize_t b0, Py_ssize_t b1, _StackLayer* layer, Py_ssize_t T,
+                          bint training, floating* dtype_of) noexcept nogil:
+    """A layer l >= 1 before its first step: h0, dropped out, in the state
+    slot the first step reads."""
+    cdef Py_ssize_t I = layer.I, H = layer.H, S = layer.I + layer.H, b, j
+    cdef const floating* h = <const floating*>layer.h
+    cdef const floating* dropout = <const floating*>layer.dropout
+    cdef floating* states = <floating*>layer.states
+    for b in range(b0, b1):
+        for j in range(H):
+            states[b * layer.state_slots * S + I + j] = h[b * H + j] * dropout[b * H + j]
+
+
+cdef void _stack_take_input(_StackLayer* layer, const floating* below_outputs, Py_ssize_t B,
+                            Py_ssize_t s, Py_ssize_t T, floating* dtype_of) noexcept nogil:
+    """Training: the input of layer l >= 1 at step s, the layer below's
+    output times ``between``, into the state row the weight gradients read."""
+    cdef Py_ssize_t I = layer.I, S = layer.I + layer.H, b, j
+    cdef floating* row
+    cdef const floating* out
+    cdef const floating* between = <const floating*>layer.between
+    for b in range(B):
+        row = <floating*>layer.states + (b * T + s) * S
+        out = below_outputs + (b * T + s) * I
+        if between == NULL:
+            memcpy(row, out, I * sizeof(floating))
+        else:
+            for j in range(I):
+                row[j] = out[j] * between[(b * T + s) * I + j]
+
+
+cdef void _stack_input_product(_StackLayer* layer, const floating* below_outputs,
+                               Py_ssize_t u0, Py_ssize_t u1, Py_ssize_t B, Py_ssize_t s,
+                               Py_ssize_t T, bint training, floating* dtype_of) noexcept nogil:
+    """Gate panels [u0, u1) of layer l >= 1's input product at step s:
+    gates[:, s, panel units] = input_s @ kernel's panels. Training reads the
+    input from the state rows (_stack_take_input); inference straight from
+    the layer below's outputs."""
+    cdef Py_ssize_t I = layer.I, H = layer.H, G = 4 * layer.H, S = layer.I + layer.H
+    cdef Py_ssize_t L = _lanes(dtype_of), u, r0, nr, j0
+    cdef const floating* a
+    cdef Py_ssize_t lda
+    cdef floating* z0 = <floating*>layer.gates + s * G
+    cdef const floating* packed = <const floating*>layer.packed_input
+    if training:
+        a = <const floating*>layer.states + s * S
+        lda = T * S
+    else:
+        a = below_outputs + s * I
+        lda = T * I
+    for u in range(u0, u1):
+        j0 = u * L
+        r0 = 0
+        while r0 < B:
+            nr = min(FL_ROWS, B - r0)
+            _gate_tile(<int>nr, min(L, H - j0), a + r0 * lda, lda, packed + u * I * 4 * L, I,
+                       z0 + r0 * T * G + j0, T * G, H, False)
+            r0 += nr
+
+
+cdef void _stack_forward_thread(int thread, int threads, _StackLayer* layers,
+                                Py_ssize_t nlayers, Py_ssize_t B, Py_ssize_t T,
+                                bint training, floating* dtype_of) noexcept nogil:
+    """One thread's share of the forward wavefront (see the top of this file)."""
+    cdef Py_ssize_t L = _lanes(dtype_of), k, l, s, blocks
+    cdef _StackLayer* layer
+    cdef _StackLayer* above
+    cdef const floating* below_outputs
+    for k in range(T + nlayers - 1):
+        for l in range(nlayers):
+            s = k - l
+            if s < 0 or s >= T or l % threads != thread:
+                continue
+            layer = &layers[l]
+            blocks = (layer.H + L - 1) // L
+            if l > 0:
+                below_outputs = <const floating*>layers[l - 1].outputs
+                fl_wait_for(layers[l - 1].done, s + 1)
+                _stack_input_product(layer, below_outputs, layer.split, blocks, B, s, T,
+                                     training, dtype_of)
+                fl_wait_for(layer.handed_over, s + 1)
+            _forward_step(0, B, 0, blocks, s, T, layer.I, layer.H, <const floating*>layer.packed,
+                          <const floating*>layer.bias, layer.mask,
+                          <const floating*>layer.dropout, layer.go_backwards, training,
+                          layer.hoist, layer.activation, layer.recurrent_activation,
+                          <floating*>layer.outputs, <floating*>layer.h, <floating*>layer.c,
+                          <floating*>layer.gates, layer.gate_slots, <floating*>layer.states,
+                          <floating*>layer.c_prev, <floating*>layer.h_last)
+            if l == 0 and not layer.hoist and not training:
+                _next_inputs(0, B, s, T, layer.I, layer.H, <const floating*>layer.x,
+                             layer.go_backwards, <floating*>layer.states)
+            if l + 1 < nlayers:
+                above = &layers[l + 1]
+                if training:
+                    _stack_take_input(above, <const floating*>layer.outputs, B, s, T, dtype_of)
+                fl_publish(layer.done, s + 1)
+                _stack_input_product(above, <const floating*>layer.outputs, 0, above.split, B,
+                                     s, T, training, dtype_of)
+                fl_publish(above.handed_over, s + 1)
+
+
+cdef void _stack_output_gradient(_StackLayer* above, _StackLayer* layer, Py_ssize_t p0,
+                                 Py_ssize_t p1, Py_ssize_t B, Py_ssize_t s, Py_ssize_t T,
+                                 floating* dtype_of) noexcept nogil:
+    """Column panels [p0, p1) of the gradient of ``layer``'s output at step
+    s: the gate gradients of the layer above at s times its kernel.T, times
+    the multipliers (``between``) that made its input."""
+    cdef Py_ssize_t I = above.I, G = 4 * above.H
+    cdef Py_ssize_t W = 4 * _lanes(dtype_of), p, n, r0, nr, b, j
+    cdef const floating* dz = <const floating*>above.gates + s * G
+    cdef const floating* packed = <const floating*>above.packed_input
+    cdef const floating* between = <const floating*>above.between
+    cdef floating* grad = <floating*>layer.grad_outputs
+    for p in range(p0, p1):
+        n = min(W, I - p * W)
+        r0 = 0
+        while r0 < B:
+            nr = min(FL_ROWS, B - r0)
+            _column_tile(<int>nr, n, dz + r0 * T * G, T * G, packed + p * G * W, G,
+                         grad + (r0 * T + s) * I + p * W, T * I)
+            r0 += nr
+        if between != NULL:
+            for b in range(B):
+                for j in range(p * W, p * W + n):
+                    grad[(b * T + s) * I + j] *= between[(b * T + s) * I + j]
+
+
+cdef void _stack_backward_thread(int thread, int threads, _StackLayer* layers,
+                                 Py_ssize_t nlayers, Py_ssize_t B, Py_ssize_t T,
+                                 floating* dtype_of) noexcept nogil:
+    """One thread's share of the backward wavefront (see the top of this file)."""
+    cdef Py_ssize_t W = 4 * _lanes(dtype_of), k, l, s, q
+    cdef _StackLayer* layer
+    cdef _StackLayer* above
+    for k in range(T + nlayers - 1):
+        for q in range(nlayers):
+            l = nlayers - 1 - q
+            s = T - 1 - (k - q)
+            if s < 0 or s >= T or l % threads != thread:
+                continue
+            layer = &layers[l]
+            if l + 1 < nlayers:
+                above = &layers[l + 1]
+                fl_wait_for(above.done, T - s)
+                _stack_output_gradient(above, layer, above.split, (layer.H + W - 1) // W, B, s,
+                                       T, dtype_of)
+                fl_wait_for(layer.handed_over, T - s)
+            _backward_step(0, B, s, T, layer.H, <const floating*>layer.packed, layer.mask,
+                           <const floating*>layer.dropout, layer.go_backwards,
+                           layer.activation, layer.recurrent_activation,
+                           <const floating*>layer.grad_outputs, <floating*>layer.gates,
+                           <const floating*>layer.c_prev, <floating*>layer.dh_rec,
+                           <floating*>layer.dh_pass, <floating*>layer.dc,
+                           <floating*>layer.carry)
+            if l > 0:
+                fl_publish(layer.done, T - s)
+                _stack_output_gradient(layer, &layers[l - 1], 0, layer.split, B, s, T,
+                                       dtype_of)
+                fl_publish(layers[l - 1].handed_over, T - s)
+
+
+cdef void _stack_splits(_StackLayer* layers, Py_ssize_t nlayers, int threads, bint backward,
+                        Py_ssize_t lanes):
+    """Each layer l >= 1's ``split``: how many of the panels of its input
+    product (forward) or of the layer below's output gradient (backward) the
+    neighbouring layer's thread computes, so that the threads' multiply-adds
+    per step come out as even as whole panels allow. Greedy, layer after
+    layer in the order the wavefront runs them."""
+    cdef double load[64]
+    cdef double below, mine, product, share
+    cdef Py_ssize_t q, l, other, width, panels, first
+    cdef _StackLayer* layer
+    threads = max(1, min(threads, 64))
+    for q in range(threads):
+        load[q] = 0
+    first = nlayers - 1 if backward else 0
+    layer = &layers[first]
+    load[first % threads] += <double>layer.H * 4 * layer.H
+    if not backward and not layer.hoist:
+        load[0] += <double>layer.I * 4 * layer.H
+    for q in range(1, nlayers):
+        l = nlayers - 1 - q if backward else q
+        # The pair: the layer whose step produced what is split (``other``)
+        # and the layer that consumes it (``l``).
+        other = l + 1 if backward else l - 1
+        # Forward: layer l's input product, panels of its gates; backward:
+        # the output gradient of layer l, column panels of layer l + 1's kernel.T.
+        if backward:
+            product = <double>layers[other].I * 4 * layers[other].H
+            width = 4 * lanes
+            panels = (layers[l].H + width - 1) // width
+        else:
+            product = <double>layers[l].I * 4 * layers[l].H
+            panels = (layers[l].H + lanes - 1) // lanes
+        below = load[other % threads]
+        mine = load[l % threads] + <double>layers[l].H * 4 * layers[l].H
+        if other % threads == l % threads:
+            share = 0.5
+        else:
+            share = (mine + product - below) / (2 * product)
+        share = min(1.0, max(0.0, share))
+        if backward:
+            layers[l + 1].split = <Py_ssize_t>(share * panels + 0.5)
+        else:
+            layers[l].split = <Py_ssize_t>(share * panels + 0.5)
+        load[other % threads] += share * product
+        load[l % threads] = mine + (1 - share) * product
+
+
+cdef class _StackWorkspace:
+    """The C side of one stack call: the layers' descriptions, their
+    counters and their packed weights, freed with the object."""
+    cdef _StackLayer* layers
+    cdef long* counters
+    cdef list raws
+    cdef Py_ssize_t nlayers
+
+    def __cinit__(self, Py_ssize_t nlayers):
+        cdef Py_ssize_t l
+        self.nlayers = nlayers
+        self.raws = []
+        self.layers = <_StackLayer*>malloc(nlayers * sizeof(_StackLayer))
+        self.counters = <long*>malloc(2 * nlayers * COUNTER_STRIDE * sizeof(long) + 64)
+        if self.layers == NULL or self.counters == NULL:
+            raise MemoryError("cannot allocate the description of an LSTM stack")
+        memset(self.layers, 0, nlayers * sizeof(_StackLayer))
+        memset(self.counters, 0, 2 * nlayers * COUNTER_STRIDE * sizeof(long))
+        for l in range(nlayers):
+            self.layers[l].done = self.counters + 2 * l * COUNTER_STRIDE
+            self.layers[l].handed_over = self.counters + (2 * l + 1) * COUNTER_STRIDE
+
+    cdef void* allocate(self, Py_ssize_t elements, Py_ssize_t itemsize, str what) except NULL:
+        cdef void* raw = _workspace(elements, itemsize, what)
+        self.raws.append(<size_t>raw)
+        return <void*>((<size_t>raw + 63) & ~(<size_t>63))
+
+    def __dealloc__(self):
+        for raw in self.raws:
+            free(<void*><size_t>raw)
+        free(self.layers)
+        free(self.counters)
+
+
+def _check_list(str name, list values, Py_ssize_t nlayers, bint optional=False):
+    if len(values) != nlayers:
+        raise ValueError(f"{name} must have one entry per layer ({nlayers}), got {len(values)}")
+    if not optional and any(v is None for v in values):
+        raise ValueError(f"{name} must have an array for every layer")
+
+
+def stack_forward(const floating[:, :, ::1] x,
+                  list weights, list biases, list masks, list dropouts, list between,
+                  bint go_backwards,
+                  list outputs, list h, list c, list gates, list states, list c_prev,
+                  list h_last,
+                  bint training, bint hoist, list activations, int num_threads):
+    """Run a stack of LSTM layers as one pipelined forward pass.
+
+    Per layer l (lists of one entry each): weights (I_l + H_l, 4H_l),
+    kernel stacked on recurrent_kernel, with I_0 = x's features and
+    I_l = H_{l-1}; bias (4H_l,); mask (B, T) uint8 or None, the layer's
+    own (in its input's time order); dropout (B, H_l), recurrent dropout
+    multipliers (ones for none); between (B, T, I_l) multipliers of the
+    layer's input or None (always None for layer 0); outputs (B, T, H_l);
+    h, c (B, H_l) initial states in, final out; h_last (B, H_l) scratch;
+    activations (activation, recurrent_activation) codes. Layer 0 has the
+    buffers of a single ``forward`` (gates with 1 slot in inference
+    without ``hoist``); layers l >= 1 gates (B, T, 4H_l), states
+    (B, T or 2, I_l + H_l) and c_prev (B, T or 1, H_l). Only layer 0 may
+    go backwards; inference takes no ``between``. The caller has made BLAS
+    single-threaded.
+    """
+    cdef Py_ssize_t nlayers = len(weights)
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I, H, G, l, k, depth
+    cdef Py_ssize_t nchunks, threads
+    cdef floating[:, ::1] w2
+    cdef floating[::1] w1
+    cdef floating[:, :, ::1] w3
+    cdef const unsigned char[:, ::1] m2
+    cdef _StackLayer* layer
+    cdef _StackWorkspace work
+    cdef floating* dtype_of = NULL
+    cdef unsigned int csr
+    cdef Py_ssize_t lanes
+    if nlayers < 1:
+        raise ValueError("a stack needs at least one layer")
+    for name, values, optional in (("weights", weights, False), ("biases", biases, False),
+                                   ("masks", masks, True), ("dropouts", dropouts, False),
+                                   ("between", between, True), ("outputs", outputs, False),
+                                   ("h", h, False), ("c", c, False), ("gates", gates, False),
+                                   ("states", states, False), ("c_prev", c_prev, False),
+                                   ("h_last", h_last, False), ("activations", activations, False)):
+        _check_list(name, values, nlayers, optional)
+    if between[0] is not None:
+        raise ValueError("between[0] must be None: the stack's input is x itself")
+    if not training and any(v is not None for v in between):
+        raise ValueError("between multipliers are for training; inference takes none")
+    work = _StackWorkspace(nlayers)
+    I = x.shape[2]
+    for l in range(nlayers):
+        layer = &work.layers[l]
+        w2 = h[l]
+        H = w2.shape[1]
+        G = 4 * H
+        dtype_of = &w2[0, 0]
+        layer.I, layer.H = I, H
+        layer.go_backwards = go_backwards if l == 0 else False
+        layer.hoist = hoist if l == 0 else True
+        layer.gate_slots = T if (training or layer.hoist) else 1
+        layer.state_slots = T if training else 2
+        layer.activation, layer.recurrent_activation = activations[l]
+        _check_buffer(f"h[{l}]", _dims(w2.shape, 2), (B, H))
+        layer.h = &w2[0, 0]
+        for name, values, shape, attr in (
+                ("weights", weights, (I + H, G), 0), ("dropouts", dropouts, (B, H), 1),
+                ("c", c, (B, H), 2), ("h_last", h_last, (B, H), 3)):
+            w2 = values[l]
+            _check_buffer(f"{name}[{l}]", _dims(w2.shape, 2), shape)
+            if attr == 0:
+                layer.weights = &w2[0, 0]
+            elif attr == 1:
+                layer.dropout = &w2[0, 0]
+            elif attr == 2:
+                layer.c = &w2[0, 0]
+            else:
+                layer.h_last = &w2[0, 0]
+        w1 = biases[l]
+        _check_buffer(f"biases[{l}]", _dims(w1.shape, 1), (G,))
+        layer.bias = &w1[0]
+        layer.mask = NULL
+        if masks[l] is not None:
+            m2 = masks[l]
+            _check_buffer(f"masks[{l}]", _dims(m2.shape, 2), (B, T))
+            layer.mask = &m2[0, 0]
+        layer.between = NULL
+        if between[l] is not None:
+            w3 = between[l]
+            _check_buffer(f"between[{l}]", _dims(w3.shape, 3), (B, T, I))
+            layer.between = &w3[0, 0, 0]
+        for name, values, shape, attr in (
+                ("outputs", outputs, (B, T, H), 0),
+                ("gates", gates, (B, layer.gate_slots, G), 1),
+                ("states", states, (B, layer.state_slots, I + H), 2),
+                ("c_prev", c_prev, (B, T if training else 1, H), 3)):
+            w3 = values[l]
+            _check_buffer(f"{name}[{l}]", _dims(w3.shape, 3), shape)
+            if attr == 0:
+                layer.outputs = &w3[0, 0, 0]
+            elif attr == 1:
+                layer.gates = &w3[0, 0, 0]
+            elif attr == 2:
+                layer.states = &w3[0, 0, 0]
+            else:
+                layer.c_prev = &w3[0, 0, 0]
+        lanes = _lanes(dtype_of)
+        depth = H if layer.hoist else I + H
+        layer.packed = work.allocate(_gate_panels_size(depth, H, lanes), sizeof(dtype_of[0]),
+                                     "packed weights")
+        if l > 0:
+            layer.packed_input = work.allocate(_gate_panels_size(I, H, lanes),
+                                               sizeof(dtype_of[0]), "packed weights")
+        I = H
+    layer = &work.layers[0]
+    layer.x = &x[0, 0, 0]
+    threads = max(1, min(num_threads, nlayers))
+    _stack_splits(work.layers, nlayers, <int>threads, False, _lanes(dtype_of))
+    nchunks = max(1, min(num_threads, B))
+    with nogil:
+        with parallel(num_threads=max(nchunks, threads)):
+            for l in prange(nlayers, schedule="dynamic", chunksize=1):
+                _stack_pack_forward(&work.layers[l], l, dtype_of)
+            for k in prange(nchunks, schedule="dynamic", chunksize=1):
+                csr = fl_flush_denormals()
+                _stack_forward_prologue(work.layers, nlayers, _chunk_start(k, nchunks, B),
+                                        _chunk_start(k + 1, nchunks, B), T, training, dtype_of)
+                fl_restore_denormals(csr)
+        with parallel(num_threads=threads):
+            csr = fl_flush_denormals()
+            _stack_forward_thread(fl_thread_num(), fl_team_size(), work.layers, nlayers, B, T,
+                                  training, dtype_of)
+            fl_restore_denormals(csr)
+
+
+cdef void _stack_pack_forward(_StackLayer* layer, Py_ssize_t l, floating* dtype_of) noexcept nogil:
+    cdef const floating* w = <const floating*>layer.weights
+    if layer.hoist:
+        _pack_gate_panels(w + layer.I * 4 * layer.H, layer.H, layer.H, <floating*>layer.packed)
+    else:
+        _pack_gate_panels(w, layer.I + layer.H, layer.H, <floating*>layer.packed)
+    if l > 0:
+        _pack_gate_panels(w, layer.I, layer.H, <floating*>layer.packed_input)
+
+
+cdef void _stack_forward_prologue(_StackLayer* layers, Py_ssize_t nlayers, Py_ssize_t b0,
+                                  Py_ssize_t b1, Py_ssize_t T, bint training,
+                                  floating* dtype_of) noexcept nogil:
+    cdef _StackLayer* first = &layers[0]
+    cdef Py_ssize_t l
+    if b1 <= b0:
+        return
+    _forward_prologue(b0, b1, T, first.I, first.H, <const floating*>first.x,
+                      <const floating*>first.weights, <const floating*>first.h,
+                      <const floating*>first.dropout, first.go_backwards, training, first.hoist,
+                      <floating*>first.gates, <floating*>first.states)
+    for l in range(1, nlayers):
+        _stack_prologue(b0, b1, &layers[l], T, training, dtype_of)
+
+
+def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list masks,
+                   list dropouts, list between, bint go_backwards, list output_gradients,
+                   list gates, list states, list c_prev,
+                   list dh_rec, list dh_pass, list dc, list carry,
+                   floating[:, :, ::1] dx, list dweights, list dbiases,
+                   list activations, int num_threads):
+    """Run the backward pass of a training ``stack_forward``, pipelined.
+
+    weights, masks, dropouts, between, go_backwards, gates, states and
+    c_prev are those of the forward pass; the gate gradients overwrite
+    ``gates``. grad_outputs (B, T, H_top) is the gradient of the top
+    layer's outputs; output_gradients, one (B, T, H_l) per layer below the
+    top, receive the gradients of theirs.
+    dh_pass and dc come in holding the gradients of each layer's final
+    states, dh_rec and carry as zeros (see ``backward``). dx (B, T, I_0)
+    receives the stack input's gradient; None skips its product. dweights
+    (I_l + H_l, 4H_l) and dbiases (4H_l,) receive each layer's weight
+    gradients.
+    """
+    cdef Py_ssize_t nlayers = len(weights)
+    cdef Py_ssize_t B = grad_outputs.shape[0], T = grad_outputs.shape[1], I, H, G, l, k, lanes
+    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), threads, ncolumns, tasks
+    cdef floating[:, ::1] w2
+    cdef floating[::1] w1
+    cdef floating[:, :, ::1] w3
+    cdef const unsigned char[:, ::1] m2
+    cdef _StackLayer* layer
+    cdef _StackWorkspace work
+    cdef floating* dtype_of = <floating*>&grad_outputs[0, 0, 0]
+    cdef floating* dx_ptr = NULL
+    cdef unsigned int csr
+    for name, values, optional in (("weights", weights, False), ("masks", masks, True),
+                                   ("dropouts", dropouts, False), ("between", between, True),
+                                   ("gates", gates, False),
+                                   ("states", states, False), ("c_prev", c_prev, False),
+                                   ("dh_rec", dh_rec, False), ("dh_pass", dh_pass, False),
+                                   ("dc", dc, False), ("carry", carry, False),
+                                   ("dweights", dweights, False), ("dbiases", dbiases, False),
+                                   ("activations", activations, False)):
+        _check_list(name, values, nlayers, optional)
+    _check_list("output_gradients", output_gradients, nlayers - 1)
+    if between[0] is not None:
+        raise ValueError("between[0] must be None: the stack's input is x itself")
+    work = _StackWorkspace(nlayers)
+    lanes = _lanes(dtype_of)
+    w2 = weights[0]
+    I = w2.shape[0] - w2.shape[1] // 4
+    if I < 1:
+        raise ValueError(f"weights[0] must have more than H rows, got shape {_dims(w2.shape, 2)}")
+    for l in range(nlayers):
+        layer = &work.layers[l]
+        w2 = weights[l]
+        H = w2.shape[1] // 4
+        G = 4 * H
+        layer.I, layer.H = I, H
+        layer.go_backwards = go_backwards if l == 0 else False
+        layer.activation, layer.recurrent_activation = activations[l]
+        for name, values, shape, attr in (
+                ("weights", weights, (I + H, G), 0), ("dropouts", dropouts, (B, H), 1),
+                ("dh_rec", dh_rec, (B, H), 2), ("dh_pass", dh_pass, (B, H), 3),
+                ("dc", dc, (B, H), 4), ("carry", carry, (B, H), 5),
+                ("dweights", dweights, (I + H, G), 6)):
+            w2 = values[l]
+            _check_buffer(f"{name}[{l}]", _dims(w2.shape, 2), shape)
+            if attr == 0:
+                layer.weights = &w2[0, 0]
+            elif attr == 1:
+                layer.dropout = &w2[0, 0]
+            elif attr == 2:
+                layer.dh_rec = &w2[0, 0]
+            elif attr == 3:
+                layer.dh_pass = &w2[0, 0]
+            elif attr == 4:
+                layer.dc = &w2[0, 0]
+            elif attr == 5:
+                layer.carry = &w2[0, 0]
+            else:
+                layer.dweights = &w2[0, 0]
+        w1 = dbiases[l]
+        _check_buffer(f"dbiases[{l}]", _dims(w1.shape, 1), (G,))
+        layer.dbias = &w1[0]
+        layer.mask = NULL
+        if masks[l] is not None:
+            m2 = masks[l]
+            _check_buffer(f"masks[{l}]", _dims(m2.shape, 2), (B, T))
+            layer.mask = &m2[0, 0]
+        layer.between = NULL
+        if between[l] is not None:
+            w3 = between[l]
+            _check_buffer(f"between[{l}]", _dims(w3.shape, 3), (B, T, I))
+            layer.between = &w3[0, 0, 0]
+        if l + 1 < nlayers:
+            w3 = output_gradients[l]
+            _check_buffer(f"output_gradients[{l}]", _dims(w3.shape, 3), (B, T, H))
+            layer.grad_outputs = &w3[0, 0, 0]
+        else:
+            _check_buffer("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, H))
+            layer.grad_outputs = <void*>&grad_outputs[0, 0, 0]
+        for name, values, shape, attr in (
+                ("gates", gates, (B, T, G), 1),
+                ("states", states, (B, T, I + H), 2), ("c_prev", c_prev, (B, T, H), 3)):
+            w3 = values[l]
+            _check_buffer(f"{name}[{l}]", _dims(w3.shape, 3), shape)
+            if attr == 1:
+                layer.gates = &w3[0, 0, 0]
+            elif attr == 2:
+                layer.states = &w3[0, 0, 0]
+            else:
+                layer.c_prev = &w3[0, 0, 0]
+        layer.packed = work.allocate(_transposed_panels_size(H, G, lanes), sizeof(dtype_of[0]),
+                                     "packed weights")
+        if l > 0:
+            layer.packed_input = work.allocate(_transposed_panels_size(I, G, lanes),
+                                               sizeof(dtype_of[0]), "packed weights")
+        I = H
+    if dx is not None:
+        _check_buffer("dx", _dims(dx.shape, 3), (B, T, work.layers[0].I))
+        dx_ptr = &dx[0, 0, 0]
+    threads = max(1, min(num_threads, nlayers))
+    _stack_splits(work.layers, nlayers, <int>threads, True, lanes)
+    ncolumns = max(1, min(num_threads, 16))
+    tasks = nlayers * ncolumns
+    with nogil:
+        with parallel(num_threads=max(threads, nchunks)):
+            for l in prange(nlayers, schedule="dynamic", chunksize=1):
+                _stack_pack_backward(&work.layers[l], l, dtype_of)
+        with parallel(num_threads=threads):
+            csr = fl_flush_denormals()
+            _stack_backward_thread(fl_thread_num(), fl_team_size(), work.layers, nlayers, B, T,
+                                   dtype_of)
+            fl_restore_denormals(csr)
+        with parallel(num_threads=max(nchunks, min(num_threads, tasks))):
+            for k in prange(tasks, schedule="dynamic", chunksize=1):
+                csr = fl_flush_denormals()
+                _stack_weight_grads(&work.layers[k // ncolumns], k % ncolumns, ncolumns, B, T,
+                                    dtype_of)
+                fl_restore_denormals(csr)
+            if dx_ptr != NULL:
+                for k in prange(nchunks, schedule="dynamic", chunksize=1):
+                    csr = fl_flush_denormals()
+                    _input_gradient(_chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B),
+                                    T, work.layers[0].I, work.layers[0].H,
+                                    <const floating*>work.layers[0].weights,
+                                    <const floating*>work.layers[0].gates, dx_ptr)
+                    fl_restore_denormals(csr)
+
+
+cdef void _stack_pack_backward(_StackLayer* layer, Py_ssize_t l, floating* dtype_of) noexcept nogil:
+    cdef const floating* w = <const floating*>layer.weights
+    cdef Py_ssize_t G = 4 * layer.H
+    _pack_transposed_panels(w + layer.I * G, layer.H, G, <floating*>layer.packed)
+    if l > 0:
+        _pack_transposed_panels(w, layer.I, G, <floating*>layer.packed_input)
+
+
+cdef void _stack_weight_grads(_StackLayer* layer, Py_ssize_t k, Py_ssize_t ncolumns,
+                              Py_ssize_t B, Py_ssize_t T, floating* dtype_of) noexcept nogil:
+    cdef Py_ssize_t G = 4 * layer.H
+    _weight_grads_columns(_column_start(k, ncolumns, G), _column_start(k + 1, ncolumns, G),
+                          B, T, layer.I, layer.H, <const floating*>layer.states,
+                          <const floating*>layer.gates, <floating*>layer.dweights,
+                          <floating*>layer.dbias)
