@@ -14,6 +14,8 @@ _config.prepare_blas()
 
 from ._config import PerformanceWarning, num_threads, set_num_threads, show_config  # noqa: E402
 from .functional import LSTMCache, LSTMGradients, lstm_backward, lstm_forward, workspace_nbytes  # noqa: E402
+from ._stack import (LSTMStackCache, LSTMStackGradients, lstm_stack_backward,  # noqa: E402
+                     lstm_stack_forward)
 from .layers import (LSTM, Bidirectional, Dense, Dropout, Embedding,  # noqa: E402
                      LayerNormalization, Masking, no_grad)
 from .models import Sequential  # noqa: E402
@@ -29,12 +31,16 @@ __all__ = [
     "LSTM",
     "LSTMCache",
     "LSTMGradients",
+    "LSTMStackCache",
+    "LSTMStackGradients",
     "LayerNormalization",
     "Masking",
     "PerformanceWarning",
     "Sequential",
     "lstm_backward",
     "lstm_forward",
+    "lstm_stack_backward",
+    "lstm_stack_forward",
     "no_grad",
     "num_threads",
     "set_num_threads",

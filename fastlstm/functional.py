@@ -35,7 +35,31 @@ ACTIVATIONS = tuple(reference.ACTIVATIONS)
 _INT_MAX = 2**31 - 1
 
 
-class LSTMCache:
+class _Cache:
+    """What a forward pass keeps for its backward pass, used once."""
+
+    __slots__ = ("backend", "dtype", "batch", "timesteps", "input_dim", "units",
+                 "state", "used")
+
+    def __init__(self, backend, dtype, x_shape, units, state):
+        self.backend = backend
+        self.dtype = dtype
+        self.batch, self.timesteps, self.input_dim = x_shape
+        self.units = units
+        self.state = state
+        self.used = False
+
+    def _details(self):
+        return ""
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} backend={self.backend!r}{self._details()} "
+                f"dtype={self.dtype.name} batch={self.batch} timesteps={self.timesteps} "
+                f"input_dim={self.input_dim} units={self.units}"
+                f"{' (used)' if self.used else ''}>")
+
+
+class LSTMCache(_Cache):
     """What a forward pass keeps for its backward pass.
 
     Opaque: pass it to :func:`lstm_backward`, once. The fast backend writes
@@ -43,21 +67,7 @@ class LSTMCache:
     the same cache raises ``RuntimeError``; run the forward pass again.
     """
 
-    __slots__ = ("backend", "dtype", "batch", "timesteps", "input_dim", "units",
-                 "state", "used")
-
-    def __init__(self, backend, dtype, shape, state):
-        self.backend = backend
-        self.dtype = dtype
-        self.batch, self.timesteps, self.input_dim, self.units = shape
-        self.state = state
-        self.used = False
-
-    def __repr__(self):
-        return (f"<LSTMCache backend={self.backend!r} dtype={self.dtype.name} "
-                f"batch={self.batch} timesteps={self.timesteps} "
-                f"input_dim={self.input_dim} units={self.units}"
-                f"{' (used)' if self.used else ''}>")
+    __slots__ = ()
 
 
 def _check_weights(kernel, recurrent_kernel, bias):
@@ -220,7 +230,7 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
     )
     cache = None
     if return_cache:
-        cache = LSTMCache(backend, kernel.dtype, x.shape + (recurrent_kernel.shape[0],), state)
+        cache = LSTMCache(backend, kernel.dtype, x.shape, recurrent_kernel.shape[0], state)
     return outputs, h, c, cache
 
 
@@ -247,15 +257,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
     LSTMGradients
         Named tuple ``(x, kernel, recurrent_kernel, bias, h0, c0)``.
     """
-    if cache is None:
-        raise RuntimeError("lstm_backward needs the cache of a forward pass run with "
-                           "return_cache=True; got None (an inference-only result)")
-    if not isinstance(cache, LSTMCache):
-        raise TypeError(f"cache must be the LSTMCache returned by lstm_forward, got "
-                        f"{describe(cache)}")
-    if cache.used:
-        raise RuntimeError("this cache was already used by a backward pass (the gate "
-                           "gradients overwrite it); run lstm_forward again")
+    check_cache(cache, LSTMCache, "lstm_forward", "lstm_backward")
     expected = {
         "grad_outputs": ((cache.batch, cache.timesteps, cache.units), "(batch, timesteps, units)"),
         "grad_h": ((cache.batch, cache.units), "(batch, units)"),
@@ -273,6 +275,20 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
     result = _BACKENDS[cache.backend].lstm_backward(
         cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"], input_gradient)
     return LSTMGradients(*result)
+
+
+def check_cache(cache, cls, forward, backward):
+    """Refuse what ``backward`` cannot run from: no cache, another object,
+    or a cache a backward pass has already used."""
+    if cache is None:
+        raise RuntimeError(f"{backward} needs the cache of a forward pass run with "
+                           f"return_cache=True; got None (an inference-only result)")
+    if not isinstance(cache, cls):
+        raise TypeError(f"cache must be the {cls.__name__} returned by {forward}, got "
+                        f"{describe(cache)}")
+    if cache.used:
+        raise RuntimeError(f"this cache was already used by a backward pass (the gate "
+                           f"gradients overwrite it); run {forward} again")
 
 
 def matmul(a, b, transpose_a=False, transpose_b=False, out=None, accumulate=False,

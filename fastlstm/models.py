@@ -38,6 +38,7 @@ from . import saving
 from ._validation import as_real_array, check_bool, describe, is_int
 from .layers import deserialize, serialize
 from .layers.base import no_grad, seed_sequence
+from .layers.stacking import plan_calls
 from .saving import load_model
 from .training import Trainer
 
@@ -105,6 +106,7 @@ class Sequential(Trainer):
         self.layers = []
         self._rng = np.random.default_rng(seed_sequence(seed))
         self._input_shape = None
+        self._calls = None
         self.output_mask = None
         if layers is not None:
             if isinstance(layers, np.ndarray) or not isinstance(layers, (list, tuple)):
@@ -153,11 +155,13 @@ class Sequential(Trainer):
             raise ValueError(f"every layer of a Sequential model must have its own name, got a "
                              f"second layer named {name!r}; pass another name=")
         self.layers.append(layer)
+        self._calls = None
 
     def pop(self):
         """Remove the last layer and return it."""
         if not self.layers:
             raise IndexError("pop() from a Sequential model with no layers")
+        self._calls = None
         return self.layers.pop()
 
     @property
@@ -206,18 +210,29 @@ class Sequential(Trainer):
         self._check_layers()
         if self._input_shape is None:
             self._input_shape = (None,) + tuple(np.shape(x)[1:])
-        for i, layer in enumerate(self.layers):
-            if i and np.ndim(x) == 2 and _is_recurrent(layer) \
-                    and _is_recurrent(self.layers[i - 1]):
-                previous = self.layers[i - 1]
+        # Consecutive LSTM layers run as one call, pipelined where that is
+        # faster (fastlstm.layers.stacking); the calls are kept for backward.
+        self._calls = plan_calls(self.layers)
+        for first, _, call in self._calls:
+            layer = self.layers[first]
+            if first and np.ndim(x) == 2 and _is_recurrent(layer) \
+                    and _is_recurrent(self.layers[first - 1]):
+                previous = self.layers[first - 1]
                 raise ValueError(
-                    f"layer {_label(layer, i)} needs sequences (batch, timesteps, features), "
-                    f"but the layer before it, {_label(previous, i - 1)}, returns only its "
+                    f"layer {_label(layer, first)} needs sequences (batch, timesteps, features), "
+                    f"but the layer before it, {_label(previous, first - 1)}, returns only its "
                     f"last output, shape {np.shape(x)}: give that layer return_sequences=True")
-            y = layer(x, mask=mask, training=training)
-            mask = layer.compute_mask(x, mask)
+            y = call(x, mask=mask, training=training)
+            mask = call.compute_mask(x, mask)
             x = y
         return x, mask
+
+    def _last_calls(self):
+        """The calls of the last forward pass, ``(first, last, call)``
+        (each layer on its own before any)."""
+        if self._calls is None:
+            return [(i, i, layer) for i, layer in enumerate(self.layers)]
+        return self._calls
 
     def backward(self, dy, input_gradient=True):
         """Backpropagate ``dy`` (the gradient of the loss with respect to the
@@ -229,9 +244,8 @@ class Sequential(Trainer):
         and None is returned; every weight's gradient is the same to the bit.
         """
         self._check_layers()
-        first = self.layers[0]
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy, input_gradient or layer is not first)
+        for first, _, call in reversed(self._last_calls()):
+            dy = call.backward(dy, input_gradient or first > 0)
             if dy is None:
                 break
         return dy

@@ -2,9 +2,11 @@
 their one-batch forms.
 
 :class:`Trainer` is what :class:`fastlstm.Sequential` trains with. It asks
-the model for two things only: ``_forward(x, training)`` returning the
-output and its mask, and ``layers``, whose ``backward`` fills their
-``grads`` and whose ``params`` and ``grads`` the optimizer pairs up. A layer
+the model for three things only: ``_forward(x, training)`` returning the
+output and its mask, ``_last_calls()``, the calls that forward pass made
+(``(first, last, call)``: a layer, or one call running layers ``first`` to
+``last``), whose ``backward`` fills the layers' ``grads``, and ``layers``,
+whose ``params`` and ``grads`` the optimizer pairs up. A layer
 with ``trainable = False`` (or every layer, with the model's
 ``trainable = False``) gets no update, and the backward pass stops at the
 lowest layer that trains. One training step is the forward
@@ -296,8 +298,8 @@ def _split_validation(x, y, sample_weight, validation_split, validation_data):
 
 
 class Trainer:
-    """Keras' training workflow for a model with ``_forward``, ``backward``
-    and ``layers`` (see the module docstring)."""
+    """Keras' training workflow for a model with ``_forward``,
+    ``_last_calls`` and ``layers`` (see the module docstring)."""
 
     def __init__(self):
         self.optimizer = None
@@ -423,12 +425,15 @@ class Trainer:
         below it are frozen, or it is the first, whose input is data). With
         every layer trainable this is ``backward(d_output,
         input_gradient=False)``."""
-        layers = self.layers
-        lowest = next((i for i, layer in enumerate(layers) if self._layer_trains(layer)), None)
+        lowest = next((i for i, layer in enumerate(self.layers) if self._layer_trains(layer)),
+                      None)
         if lowest is None:
             return
-        for i in range(len(layers) - 1, lowest - 1, -1):
-            d_output = layers[i].backward(d_output, i != lowest)
+        # A call may run several layers (a pipelined stack of LSTMs).
+        for first, last, call in reversed(self._last_calls()):
+            if last < lowest:
+                break
+            d_output = call.backward(d_output, first > lowest)
             if d_output is None:
                 break
 

@@ -1,0 +1,434 @@
+"""Stacks of LSTM layers as one call: :func:`lstm_stack_forward` and
+:func:`lstm_stack_backward`.
+
+A stack is what Keras builds from consecutive ``LSTM(..., return_sequences=True)``
+layers: each layer reads the outputs of the one below. On several threads
+the fast backend can run the whole stack as one pipelined call (a
+wavefront: while layer l computes step t, layer l + 1 computes step t - 1,
+each layer on a thread of its own over the whole batch; the backward pass
+runs the same way from the top); otherwise, and with the reference backend,
+the layers run one after the other. Both give the same results up to the
+rounding of the input products, which the pipelined call computes step by
+step (see ``fastlstm/_lstm_stack.pxi``).
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from . import _config, _kernels
+from .functional import (ACTIVATIONS, LSTMGradients, _BACKENDS, _Cache, _check_weights,
+                         _forward_flops, check_cache, check_sizes, lstm_backward,
+                         run_lstm_forward)
+from ._validation import as_real_array, check_bool, check_option, check_shape, describe
+
+__all__ = ["lstm_stack_forward", "lstm_stack_backward", "LSTMStackCache",
+           "LSTMStackGradients"]
+
+LSTMStackGradients = namedtuple("LSTMStackGradients", ["x", "layers"])
+LSTMStackGradients.__doc__ = """Gradients of a loss with respect to the arguments of
+:func:`lstm_stack_forward`.
+
+``x`` is the gradient of the stack's input (None without ``input_gradient``);
+``layers`` holds one :class:`~fastlstm.LSTMGradients` per layer, whose ``x``
+is None (a layer's input is the output of the layer below, not an argument)."""
+
+# The measured rule (see pipeline_stack): the pipelined call wins where the
+# batch split would give each thread at most this many rows.
+PIPELINE_MAX_ROWS_PER_THREAD = 8
+
+
+class LSTMStackCache(_Cache):
+    """What :func:`lstm_stack_forward` keeps for :func:`lstm_stack_backward`.
+
+    Opaque and usable once, like :class:`~fastlstm.LSTMCache`; ``units``
+    holds every layer's, and ``pipelined`` says how the forward pass ran.
+    """
+
+    __slots__ = ("pipelined",)
+
+    def __init__(self, backend, pipelined, dtype, x_shape, units, state):
+        super().__init__(backend, dtype, x_shape, tuple(units), state)
+        self.pipelined = pipelined
+
+    def _details(self):
+        return f" pipelined={self.pipelined}"
+
+
+def pipeline_stack(batch, timesteps, input_dim, units):
+    """Whether the fast backend runs a stack of layers of ``units`` (a
+    sequence, one entry per layer) over ``batch`` sequences of
+    ``timesteps`` steps of ``input_dim`` features as one pipelined call,
+    when nothing else rules it out.
+
+    The measured rule: a stack of at least two layers, on at least two
+    threads (a call under the small-call threshold runs on one), with a
+    batch that the batch split would cut into at most
+    ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread. Larger batches keep
+    every thread's register tiles full on their own, and the layer-by-layer
+    call hoists every layer's input product into one BLAS product, which
+    the pipelined call cannot (its input appears one step at a time).
+    """
+    threads = min(_config.kernel_threads(_stack_flops(batch, timesteps, input_dim, units))[0],
+                  len(units))
+    return threads >= 2 and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD
+
+
+def _stack_flops(batch, timesteps, input_dim, units):
+    inputs = [input_dim] + list(units[:-1])
+    return sum(_forward_flops((batch, timesteps, i), u) for i, u in zip(inputs, units))
+
+
+def _per_layer(value, name, count, check):
+    """``value`` for every layer: one value for all, or a list of ``count``."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"{name} must be one value for every layer or a list of one per "
+                             f"layer ({count}), got {len(value)} entries")
+        return [check(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    value = check(value, name)
+    return [value] * count
+
+
+def _optional_list(value, name, count, meaning):
+    if value is None:
+        return [None] * count
+    if not isinstance(value, (list, tuple)) or len(value) != count:
+        raise ValueError(f"{name} must be None or a list of {count} entries ({meaning}), got "
+                         f"{describe(value)}")
+    return list(value)
+
+
+def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=False,
+                       dropout_masks=None, recurrent_dropout_masks=None, activation="tanh",
+                       recurrent_activation="sigmoid", return_cache=True, backend="fast",
+                       pipelined=None):
+    """Run a stack of LSTM layers, each over the outputs of the one below.
+
+    Parameters
+    ----------
+    x : array_like, shape (batch, timesteps, input_dim)
+        The input sequences of the first layer; cast to the weights' dtype.
+    layers : list of (kernel, recurrent_kernel, bias)
+        Each layer's weights, as :func:`~fastlstm.lstm_forward` takes them
+        (``bias`` may be None); layer l's kernel has as many rows as layer
+        l - 1 has units. Every layer has the first kernel's dtype.
+    initial_states : list of ([h0, c0] or None), or None
+        Each layer's initial states, (batch, units of the layer); zeros for
+        None.
+    mask : array_like of bool, shape (batch, timesteps), or None
+        The first layer's mask. Each layer passes it on as Keras does: in
+        its processing order (reversed after a layer that goes backwards).
+    go_backwards : bool or list of bool
+        For every layer, or one per layer.
+    dropout_masks : list of (array or None), or None
+        One entry per layer but the first: multipliers (batch, timesteps,
+        units of the layer below) applied to the layer's input, such as a
+        Dropout layer's between two LSTMs (training only).
+    recurrent_dropout_masks : list of (array or None), or None
+        One entry per layer: multipliers (batch, units) of h_{t-1} before
+        the recurrent product, as ``recurrent_dropout_mask`` of
+        :func:`~fastlstm.lstm_forward`.
+    activation, recurrent_activation : str or list of str
+        As for :func:`~fastlstm.lstm_forward`, for every layer or one per layer.
+    return_cache : bool
+        Keep what the backward pass needs; False is inference.
+    backend : {"fast", "reference"}
+    pipelined : bool or None
+        True runs the stack as one pipelined call (fast backend; only the
+        first layer may go backwards; no dropout masks in inference); False
+        layer by layer; None (default) chooses by :func:`pipeline_stack`.
+
+    Returns
+    -------
+    outputs : ndarray, shape (batch, timesteps, units of the last layer)
+        The last layer's outputs, in its processing order.
+    states : list of [h, c]
+        Each layer's states after its last processed step.
+    cache : LSTMStackCache or None
+        For :func:`lstm_stack_backward`; None when ``return_cache`` is False.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> rng = np.random.default_rng(0)
+    >>> def weights(inputs, units):
+    ...     return (rng.standard_normal((inputs, 4 * units)) * 0.3,
+    ...             rng.standard_normal((units, 4 * units)) * 0.3, np.zeros(4 * units))
+    >>> x = rng.standard_normal((2, 5, 3))
+    >>> outputs, states, cache = fl.lstm_stack_forward(x, [weights(3, 8), weights(8, 4)])
+    >>> outputs.shape, [h.shape for h, c in states]
+    ((2, 5, 4), [(2, 8), (2, 4)])
+    """
+    if not isinstance(backend, str) or backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ValueError(f"layers must be a non-empty list of (kernel, recurrent_kernel, bias), "
+                         f"got {describe(layers)}")
+    count = len(layers)
+    weights = []
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, (list, tuple)) or len(layer) != 3:
+            raise ValueError(f"layers[{i}] must be (kernel, recurrent_kernel, bias), got "
+                             f"{describe(layer)}")
+        try:
+            dtype, units, checked = _check_weights(*layer)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"layers[{i}]: {error}") from None
+        if weights and dtype != weights[0][0].dtype:
+            raise TypeError(f"layers[{i}] has dtype {dtype}, but layers[0] has "
+                            f"{weights[0][0].dtype}; every layer must have the same dtype")
+        if weights and checked[0].shape[0] != weights[-1][1].shape[0]:
+            raise ValueError(f"layers[{i}]'s kernel has {checked[0].shape[0]} rows, but the "
+                             f"layer below has units={weights[-1][1].shape[0]}; a layer's "
+                             f"kernel has a row per unit of the layer below")
+        weights.append(checked)
+    dtype = weights[0][0].dtype
+    units = [w[1].shape[0] for w in weights]
+    x = as_real_array(x, "x", dtype)
+    if x.ndim != 3 or min(x.shape) == 0:
+        raise ValueError(f"x must have shape (batch, timesteps, input_dim) with no empty "
+                         f"axis, got shape {x.shape}")
+    batch, timesteps, input_dim = x.shape
+    if input_dim != weights[0][0].shape[0]:
+        raise ValueError(f"x has input_dim {input_dim} (last axis), but layers[0]'s kernel "
+                         f"has {weights[0][0].shape[0]} rows; they must match")
+    inputs = [input_dim] + units[:-1]
+    for i in range(count):
+        check_sizes(batch, timesteps, inputs[i], units[i])
+    go_backwards = _per_layer(go_backwards, "go_backwards", count, check_bool)
+    activation = _per_layer(activation, "activation", count,
+                            lambda v, n: check_option(v, n, ACTIVATIONS))
+    recurrent_activation = _per_layer(recurrent_activation, "recurrent_activation", count,
+                                      lambda v, n: check_option(v, n, ACTIVATIONS))
+    return_cache = check_bool(return_cache, "return_cache")
+    if pipelined is not None:
+        pipelined = check_bool(pipelined, "pipelined")
+
+    states = _optional_list(initial_states, "initial_states", count, "[h0, c0] or None per layer")
+    for i, state in enumerate(states):
+        if state is None:
+            continue
+        if isinstance(state, np.ndarray) or not isinstance(state, (list, tuple)) or len(state) != 2:
+            raise ValueError(f"initial_states[{i}] must be [h0, c0] or None, got "
+                             f"{describe(state)}")
+        states[i] = [as_real_array(s, f"initial_states[{i}][{j}]", dtype)
+                     for j, s in enumerate(state)]
+        for j, s in enumerate(states[i]):
+            check_shape(s, f"initial_states[{i}][{j}]", (batch, units[i]), "(batch, units)")
+    masks = [None] * count
+    if mask is not None:
+        mask = as_real_array(mask, "mask")
+        if mask.dtype != np.bool_:
+            raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
+        check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
+        for i in range(count):
+            masks[i] = mask
+            # Each layer passes the mask on in its processing order, as Keras.
+            mask = mask[:, ::-1] if go_backwards[i] else mask
+    between = [None] + _optional_list(dropout_masks, "dropout_masks", count - 1,
+                                      "None or (batch, timesteps, units below) per layer but "
+                                      "the first")
+    for i in range(1, count):
+        if between[i] is not None:
+            between[i] = as_real_array(between[i], f"dropout_masks[{i - 1}]", dtype)
+            check_shape(between[i], f"dropout_masks[{i - 1}]", (batch, timesteps, inputs[i]),
+                        "(batch, timesteps, units of the layer below)")
+    recurrent = _optional_list(recurrent_dropout_masks, "recurrent_dropout_masks", count,
+                               "None or (batch, units) per layer")
+    for i, value in enumerate(recurrent):
+        if value is not None:
+            recurrent[i] = as_real_array(value, f"recurrent_dropout_masks[{i}]", dtype)
+            check_shape(recurrent[i], f"recurrent_dropout_masks[{i}]", (batch, units[i]),
+                        "(batch, units)")
+
+    obstacle = _pipeline_obstacle(backend, go_backwards, between, return_cache)
+    if pipelined and obstacle:
+        raise ValueError(f"pipelined=True, but this stack cannot run pipelined: {obstacle}")
+    if pipelined is None:
+        pipelined = obstacle is None and pipeline_stack(batch, timesteps, input_dim, units)
+    args = (x, weights, states, masks, go_backwards, between, recurrent,
+            list(zip(activation, recurrent_activation)), return_cache)
+    if pipelined:
+        outputs, final, state = _pipelined_forward(*args)
+    else:
+        outputs, final, state = _layered_forward(backend, *args)
+    cache = None
+    if return_cache:
+        cache = LSTMStackCache(backend, pipelined, dtype, x.shape, units, state)
+    return outputs, final, cache
+
+
+def _pipeline_obstacle(backend, go_backwards, between, training):
+    if backend != "fast":
+        return "only the fast backend pipelines"
+    if any(go_backwards[1:]):
+        return ("a layer above the first goes backwards, so its first step needs the last "
+                "output of the layer below")
+    if not training and any(b is not None for b in between):
+        return "dropout_masks are for training (return_cache=True)"
+    return None
+
+
+def _layered_forward(backend, x, weights, states, masks, go_backwards, between, recurrent,
+                     activations, training):
+    caches, final = [], []
+    for i, ((kernel, recurrent_kernel, bias), (act, rec_act)) in enumerate(
+            zip(weights, activations)):
+        if between[i] is not None:
+            x = x * between[i]
+        x, h, c, cache = run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, states[i],
+                                          masks[i], go_backwards[i], training, recurrent[i],
+                                          act, rec_act)
+        caches.append(cache)
+        final.append([h, c])
+    return x, final, dict(caches=caches, between=between)
+
+
+def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurrent,
+                       activations, training):
+    dtype = x.dtype
+    batch, timesteps, input_dim = x.shape
+    kernels = _kernels.current()
+    units = [w[1].shape[0] for w in weights]
+    inputs = [input_dim] + units[:-1]
+    threads, single_blas = _config.kernel_threads(
+        _stack_flops(batch, timesteps, input_dim, units))
+    hoist = bool(kernels.hoist_input_product(batch, input_dim, units[0]))
+    buffers = dict(weights=[], biases=[], dropouts=[], h=[], c=[], outputs=[], gates=[],
+                   states=[], c_prev=[], h_last=[])
+    has_bias, has_dropout = [], []
+    for i, ((kernel, recurrent_kernel, bias), inp, hidden) in enumerate(
+            zip(weights, inputs, units)):
+        stacked = np.empty((inp + hidden, 4 * hidden), dtype)
+        stacked[:inp] = kernel
+        stacked[inp:] = recurrent_kernel
+        buffers["weights"].append(stacked)
+        has_bias.append(bias is not None)
+        buffers["biases"].append(np.ascontiguousarray(bias) if bias is not None
+                                 else np.zeros(4 * hidden, dtype))
+        has_dropout.append(recurrent[i] is not None)
+        buffers["dropouts"].append(np.ascontiguousarray(recurrent[i]) if recurrent[i] is not None
+                                   else np.ones((batch, hidden), dtype))
+        for j, name in enumerate(("h", "c")):
+            buffers[name].append(np.zeros((batch, hidden), dtype) if states[i] is None
+                                 else np.array(states[i][j], dtype, order="C"))
+        layer_hoists = hoist if i == 0 else True
+        gate_slots = timesteps if training or layer_hoists else 1
+        buffers["outputs"].append(np.empty((batch, timesteps, hidden), dtype))
+        buffers["gates"].append(np.empty((batch, gate_slots, 4 * hidden), dtype))
+        buffers["states"].append(np.empty((batch, timesteps if training else 2, inp + hidden),
+                                          dtype))
+        buffers["c_prev"].append(np.empty((batch, timesteps if training else 1, hidden), dtype))
+        buffers["h_last"].append(np.empty((batch, hidden), dtype))
+    mask_bytes = [None if m is None else np.ascontiguousarray(m).view(np.uint8) for m in masks]
+    between = [None if b is None else np.ascontiguousarray(b) for b in between]
+    codes = [(kernels.Activation[a.upper()], kernels.Activation[r.upper()])
+             for a, r in activations]
+    with _config.single_threaded_blas(single_blas):
+        kernels.stack_forward(np.ascontiguousarray(x), buffers["weights"], buffers["biases"],
+                              mask_bytes, buffers["dropouts"], between, go_backwards[0],
+                              buffers["outputs"], buffers["h"], buffers["c"], buffers["gates"],
+                              buffers["states"], buffers["c_prev"], buffers["h_last"],
+                              training, hoist, codes, threads)
+    final = [[h, c] for h, c in zip(buffers["h"], buffers["c"])]
+    state = None
+    if training:
+        state = dict(weights=buffers["weights"], masks=mask_bytes, dropouts=buffers["dropouts"],
+                     between=between, go_backwards=go_backwards[0], gates=buffers["gates"],
+                     states=buffers["states"], c_prev=buffers["c_prev"], codes=codes,
+                     has_bias=has_bias, has_dropout=has_dropout, x_shape=x.shape)
+    return buffers["outputs"][-1], final, state
+
+
+def lstm_stack_backward(cache, grad_outputs=None, grad_states=None, input_gradient=True):
+    """Backpropagate through a stack, from the top layer down.
+
+    Parameters
+    ----------
+    cache : LSTMStackCache
+        From ``lstm_stack_forward(..., return_cache=True)``; usable once.
+    grad_outputs : array_like, shape (batch, timesteps, units of the last layer), or None
+        Gradient of the loss with respect to the stack's outputs (None: zero).
+    grad_states : list of ([dh, dc] or None), or None
+        Gradients with respect to each layer's final states (None: zero).
+    input_gradient : bool
+        Compute the gradient of the stack's input; False skips its product
+        (the stack's input is data) and ``x`` is None.
+
+    Returns
+    -------
+    LSTMStackGradients
+        ``(x, layers)``, ``layers`` one :class:`~fastlstm.LSTMGradients` per layer.
+    """
+    check_cache(cache, LSTMStackCache, "lstm_stack_forward", "lstm_stack_backward")
+    input_gradient = check_bool(input_gradient, "input_gradient")
+    batch, timesteps, units = cache.batch, cache.timesteps, cache.units
+    if grad_outputs is not None:
+        grad_outputs = as_real_array(grad_outputs, "grad_outputs", cache.dtype)
+        check_shape(grad_outputs, "grad_outputs", (batch, timesteps, units[-1]),
+                    "(batch, timesteps, units of the last layer)")
+    grads = _optional_list(grad_states, "grad_states", len(units), "[dh, dc] or None per layer")
+    for i, value in enumerate(grads):
+        if value is None:
+            grads[i] = [None, None]
+            continue
+        if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"grad_states[{i}] must be [dh, dc] or None, got {describe(value)}")
+        grads[i] = [None if g is None else as_real_array(g, f"grad_states[{i}][{j}]", cache.dtype)
+                    for j, g in enumerate(value)]
+        for j, g in enumerate(grads[i]):
+            if g is not None:
+                check_shape(g, f"grad_states[{i}][{j}]", (batch, units[i]), "(batch, units)")
+    cache.used = True
+    if cache.pipelined:
+        return _pipelined_backward(cache, grad_outputs, grads, input_gradient)
+    return _layered_backward(cache, grad_outputs, grads, input_gradient)
+
+
+def _layered_backward(cache, grad_outputs, grads, input_gradient):
+    layers = []
+    between = cache.state["between"]
+    for i in reversed(range(len(cache.units))):
+        result = lstm_backward(cache.state["caches"][i], grad_outputs, *grads[i],
+                               input_gradient=input_gradient or i > 0)
+        grad_outputs = result.x
+        if grad_outputs is not None and between[i] is not None:
+            grad_outputs = grad_outputs * between[i]
+        layers.append(result._replace(x=None))
+    return LSTMStackGradients(grad_outputs, layers[::-1])
+
+
+def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
+    state = cache.state
+    dtype = cache.dtype
+    batch, timesteps, input_dim = state["x_shape"]
+    units = cache.units
+    inputs = [input_dim] + list(units[:-1])
+    shape = (batch, timesteps)
+    below = [np.empty(shape + (u,), dtype) for u in units[:-1]]
+    if grad_outputs is None:
+        grad_outputs = np.zeros(shape + (units[-1],), dtype)
+    dh_pass = [np.zeros((batch, u), dtype) if g[0] is None else np.array(g[0], dtype, order="C")
+               for g, u in zip(grads, units)]
+    dc = [np.zeros((batch, u), dtype) if g[1] is None else np.array(g[1], dtype, order="C")
+          for g, u in zip(grads, units)]
+    dh_rec = [np.zeros((batch, u), dtype) for u in units]
+    carry = [np.zeros((batch, u), dtype) for u in units]
+    dweights = [np.empty_like(w) for w in state["weights"]]
+    dbiases = [np.empty(4 * u, dtype) for u in units]
+    dx = np.empty(state["x_shape"], dtype) if input_gradient else None
+    threads, single_blas = _config.kernel_threads(
+        2 * _stack_flops(batch, timesteps, input_dim, units))
+    with _config.single_threaded_blas(single_blas):
+        _kernels.current().stack_backward(
+            np.ascontiguousarray(grad_outputs), state["weights"], state["masks"],
+            state["dropouts"], state["between"], state["go_backwards"], below, state["gates"], state["states"], state["c_prev"],
+            dh_rec, dh_pass, dc, carry, dx, dweights, dbiases, state["codes"], threads)
+    layers = []
+    for i, (inp, hidden) in enumerate(zip(inputs, units)):
+        if state["has_dropout"][i]:
+            dh_rec[i] *= state["dropouts"][i]
+        layers.append(LSTMGradients(None, dweights[i][:inp], dweights[i][inp:],
+                                    dbiases[i] if state["has_bias"][i] else None,
+                                    dh_rec[i] + dh_pass[i], dc[i]))
+    return LSTMStackGradients(dx, layers)
