@@ -32,9 +32,27 @@ LSTMStackGradients.__doc__ = """Gradients of a loss with respect to the argument
 ``layers`` holds one :class:`~fastlstm.LSTMGradients` per layer, whose ``x``
 is None (a layer's input is the output of the layer below, not an argument)."""
 
-# The measured rule (see pipeline_stack): the pipelined call wins where the
-# batch split would give each thread at most this many rows.
-PIPELINE_MAX_ROWS_PER_THREAD = 8
+# The measured rule (pipeline_stack). Measured on 2026-11-27 (Xeon family 6
+# model 207, avx512 build, 2 threads, float32, load average about 1): the
+# median of 11 calls (5 for 512 units) of stack forward (+ backward when
+# training) over 100 steps of 32 features (50 of 512 for 512 units),
+# pipelined / layer by layer, the two alternating:
+#   units     batch:   1     2     4     8     16
+#   256, 256  infer  0.68  0.73  0.75  1.14  1.02   (0.51-0.63 at batch 1
+#             train  0.80  0.95  1.01  1.19  1.12    when calls repeat)
+#   128, 128  infer  0.68  0.87  0.77  1.07  0.94
+#             train  0.72  0.95  0.91  1.01  1.15
+#   512, 512  infer  1.32  1.39  1.11  1.19  1.08
+#             train  1.03  1.01  0.88  1.02  0.97
+#   256 x 3   infer  0.88  1.03  0.85  1.62  1.20
+#             train  1.13  1.18  1.07  1.35  1.13
+# and at batch 64 (256, 256) 0.93 inference, 1.17 training. A pipelined
+# layer above the first reads its kernel at every step, where layer by layer
+# it is one product for all steps: at 512 units the weights a thread reads
+# per step outgrow its L2 cache and the pipelined call loses. With more
+# layers than threads a thread runs two layers and loses too.
+PIPELINE_MAX_ROWS_PER_THREAD = 2
+PIPELINE_MAX_UNITS = 256
 
 
 class LSTMStackCache(_Cache):
@@ -60,17 +78,18 @@ def pipeline_stack(batch, timesteps, input_dim, units):
     ``timesteps`` steps of ``input_dim`` features as one pipelined call,
     when nothing else rules it out.
 
-    The measured rule: a stack of at least two layers, on at least two
-    threads (a call under the small-call threshold runs on one), with a
-    batch that the batch split would cut into at most
-    ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread. Larger batches keep
-    every thread's register tiles full on their own, and the layer-by-layer
-    call hoists every layer's input product into one BLAS product, which
-    the pipelined call cannot (its input appears one step at a time).
+    The measured rule (figures above): a thread for every layer (two or
+    more; a call under the small-call threshold runs on one), layers of at
+    most ``PIPELINE_MAX_UNITS`` units, and a batch that the batch split
+    would cut into at most ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread.
+    Larger batches keep every thread's register tiles full on their own,
+    and the layer-by-layer call computes each layer's input product for all
+    steps at once, which a pipelined layer cannot (its input appears one
+    step at a time).
     """
-    threads = min(_config.kernel_threads(_stack_flops(batch, timesteps, input_dim, units))[0],
-                  len(units))
-    return threads >= 2 and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD
+    threads = _config.kernel_threads(_stack_flops(batch, timesteps, input_dim, units))[0]
+    return (2 <= len(units) <= threads and max(units) <= PIPELINE_MAX_UNITS
+            and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD)
 
 
 def _stack_flops(batch, timesteps, input_dim, units):

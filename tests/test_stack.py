@@ -173,18 +173,24 @@ def test_pipelined_stack_matches_the_reference(kernel_build, threads, dtype):
 def test_the_rule_pipelines_small_batches_on_several_threads(monkeypatch):
     monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
     rows = fastlstm._stack.PIPELINE_MAX_ROWS_PER_THREAD
+    widest = fastlstm._stack.PIPELINE_MAX_UNITS
+    rule = fastlstm._stack.pipeline_stack
     fastlstm.set_num_threads(2)
     try:
-        assert fastlstm._stack.pipeline_stack(2 * rows, 10, 8, [16, 16])
-        assert not fastlstm._stack.pipeline_stack(2 * rows + 1, 10, 8, [16, 16])
-        assert not fastlstm._stack.pipeline_stack(1, 10, 8, [16])  # one layer: one thread
+        assert rule(2 * rows, 10, 8, [16, widest])
+        assert not rule(2 * rows + 1, 10, 8, [16, widest])
+        assert not rule(1, 10, 8, [16, widest + 1])
+        assert not rule(1, 10, 8, [16])  # one layer
+        assert not rule(1, 10, 8, [16, 16, 16])  # more layers than threads
+        fastlstm.set_num_threads(3)
+        assert rule(1, 10, 8, [16, 16, 16])
         fastlstm.set_num_threads(1)
-        assert not fastlstm._stack.pipeline_stack(1, 10, 8, [16, 16])
+        assert not rule(1, 10, 8, [16, 16])
     finally:
         fastlstm.set_num_threads(None)
     # Under the small-call threshold a call runs on one thread: as today.
     monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 10**12)
-    assert not fastlstm._stack.pipeline_stack(1, 10, 8, [16, 16])
+    assert not rule(1, 10, 8, [16, 16])
 
 
 def _two_layers(dtype=np.float64):
