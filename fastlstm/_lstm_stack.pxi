@@ -10,28 +10,34 @@
 #
 # Forward. Layer 0 runs as a single layer does: its prologue (and its input
 # product of all steps, where hoisted) split by batch rows among the threads
-# before the wavefront. A layer l >= 1 cannot hoist its input product, whose
-# input appears one step at a time; at each step it is a packed product of
-# the layer below's output by kernel (gate panels of depth I), written into
-# the step's gates, which the step's own tiles then add h_{t-1} @
-# recurrent_kernel to. That input product is split by gate panels between
-# the thread below, which computes panels [0, split) right after producing
-# the input, and the layer's own thread, which computes the rest before its
-# step; the split balances the threads' work (_stack_splits).
+# before the wavefront. A layer l >= 1 cannot hoist its input product for
+# all steps, whose input appears one step at a time; it computes it for a
+# span of steps at once (a packed product of the layer below's outputs by
+# kernel, gate panels of depth I, written into the span's gates, which each
+# step's own tiles then add h_{t-1} @ recurrent_kernel to), so that every
+# weight panel serves batch x span rows while it is in cache, and it lags
+# the layer below by a span. That input product is split by gate panels
+# between the thread below, which computes panels [0, split) right after
+# finishing the span, and the layer's own thread, which computes the rest
+# before the span's first step; the split balances the threads' work
+# (_stack_splits).
 #
 # Backward, the mirror image: the top layer first, in reverse processing
-# order; the gradient of layer l's output at step s is layer l + 1's gate
-# gradients at s times kernel.T (column panels of kernel.T), split by
-# columns between the thread above, right after its step, and layer l's
-# thread, before its step. The weight gradients and the stack input's
-# gradient are then one BLAS product per layer, as for a single layer.
+# order; the gradient of layer l's outputs over a span is layer l + 1's
+# gate gradients there times kernel.T (column panels of kernel.T), split by
+# columns between the thread above, once it has finished the span, and
+# layer l's thread, before it starts it. The weight gradients and the stack
+# input's gradient are then one BLAS product per layer, as for a single
+# layer.
 #
 # Synchronisation. Each layer publishes how many of its steps are done, and
 # how many steps' share of its input product (forward) or of its output
 # gradient (backward) the neighbouring thread has handed over. Layer l is
 # run by thread l % threads, and every thread takes its steps in order of
-# "tick" (a layer's step s is at tick s + l forward, (T - 1 - s) + (L - 1 - l)
-# backward). Every wait is for work of an earlier tick, so the earliest
+# "tick" (a layer's step s is at tick s + l * span forward,
+# (T - 1 - s) + (L - 1 - l) * span backward). Every wait is for work of an
+# earlier tick (the layer below's span ends a tick before the layer's span
+# begins), so the earliest
 # unfinished piece of work can always run: no thread waits forever, whatever
 # the number of threads the OpenMP runtime gives (one thread runs the ticks
 # in order by itself).
@@ -108,55 +114,79 @@ cdef void _stack_take_input(_StackLayer* layer, const floating* below_outputs, P
 
 
 cdef void _stack_input_product(_StackLayer* layer, const floating* below_outputs,
-                               Py_ssize_t u0, Py_ssize_t u1, Py_ssize_t B, Py_ssize_t s,
-                               Py_ssize_t T, bint training, floating* dtype_of) noexcept nogil:
-    """Gate panels [u0, u1) of layer l >= 1's input product at step s:
-    gates[:, s, panel units] = input_s @ kernel's panels. Training reads the
-    input from the state rows (_stack_take_input); inference straight from
-    the layer below's outputs."""
-    cdef Py_ssize_t I = layer.I, H = layer.H, G = 4 * layer.H, S = layer.I + layer.H
-    cdef Py_ssize_t L = _lanes(dtype_of), u, r0, nr, j0
+                               Py_ssize_t u0, Py_ssize_t u1, Py_ssize_t B, Py_ssize_t s0,
+                               Py_ssize_t s1, Py_ssize_t T, bint training,
+                               floating* dtype_of) noexcept nogil:
+    """Gate panels [u0, u1) of layer l >= 1's input product over steps
+    [s0, s1): gates[:, s, panel units] = input_s @ kernel's panels. Training
+    reads the input from the state rows (_stack_take_input); inference
+    straight from the layer below's outputs. Panel by panel, so that each
+    serves B * (s1 - s0) rows while it is in cache: step by step across the
+    batch for spans shorter than a tile, else sequence by sequence across
+    the span's steps."""
+    cdef Py_ssize_t I = layer.I, H = layer.H, G = 4 * layer.H
+    cdef Py_ssize_t L = _lanes(dtype_of), u, b, t, r0, nr, j0
     cdef const floating* a
-    cdef Py_ssize_t lda
-    cdef floating* z0 = <floating*>layer.gates + s * G
+    cdef Py_ssize_t row
+    cdef floating* z = <floating*>layer.gates
     cdef const floating* packed = <const floating*>layer.packed_input
     if training:
-        a = <const floating*>layer.states + s * S
-        lda = T * S
+        a = <const floating*>layer.states
+        row = I + H
     else:
-        a = below_outputs + s * I
-        lda = T * I
+        a = below_outputs
+        row = I
     for u in range(u0, u1):
         j0 = u * L
-        r0 = 0
-        while r0 < B:
-            nr = min(FL_ROWS, B - r0)
-            _gate_tile(<int>nr, min(L, H - j0), a + r0 * lda, lda, packed + u * I * 4 * L, I,
-                       z0 + r0 * T * G + j0, T * G, H, False)
-            r0 += nr
+        if s1 - s0 < FL_ROWS:
+            for t in range(s0, s1):
+                r0 = 0
+                while r0 < B:
+                    nr = min(FL_ROWS, B - r0)
+                    _gate_tile(<int>nr, min(L, H - j0), a + (r0 * T + t) * row, T * row,
+                               packed + u * I * 4 * L, I, z + (r0 * T + t) * G + j0, T * G, H,
+                               False)
+                    r0 += nr
+            continue
+        for b in range(B):
+            r0 = s0
+            while r0 < s1:
+                nr = min(FL_ROWS, s1 - r0)
+                _gate_tile(<int>nr, min(L, H - j0), a + (b * T + r0) * row, row,
+                           packed + u * I * 4 * L, I, z + (b * T + r0) * G + j0, G, H, False)
+                r0 += nr
+
+
+cdef inline Py_ssize_t _span_end(Py_ssize_t s, Py_ssize_t span, Py_ssize_t T) noexcept nogil:
+    """The end of the span of steps holding step s."""
+    return min(T, (s // span + 1) * span)
 
 
 cdef void _stack_forward_thread(int thread, int threads, _StackLayer* layers,
                                 Py_ssize_t nlayers, Py_ssize_t B, Py_ssize_t T,
-                                bint training, floating* dtype_of) noexcept nogil:
-    """One thread's share of the forward wavefront (see the top of this file)."""
-    cdef Py_ssize_t L = _lanes(dtype_of), k, l, s, blocks
+                                Py_ssize_t span, bint training, floating* dtype_of) noexcept nogil:
+    """One thread's share of the forward wavefront (see the top of this file).
+    Layer l's step s is at tick s + l * span."""
+    cdef Py_ssize_t L = _lanes(dtype_of), k, l, s, blocks, end
     cdef _StackLayer* layer
     cdef _StackLayer* above
     cdef const floating* below_outputs
-    for k in range(T + nlayers - 1):
+    for k in range(T + (nlayers - 1) * span):
         for l in range(nlayers):
-            s = k - l
+            s = k - l * span
             if s < 0 or s >= T or l % threads != thread:
                 continue
             layer = &layers[l]
             blocks = (layer.H + L - 1) // L
-            if l > 0:
+            if l > 0 and s % span == 0:
+                # The first step of a span: the layer's share of the span's
+                # input product, once the layer below has produced it all.
+                end = _span_end(s, span, T)
                 below_outputs = <const floating*>layers[l - 1].outputs
-                fl_wait_for(layers[l - 1].done, s + 1)
-                _stack_input_product(layer, below_outputs, layer.split, blocks, B, s, T,
+                fl_wait_for(layers[l - 1].done, end)
+                _stack_input_product(layer, below_outputs, layer.split, blocks, B, s, end, T,
                                      training, dtype_of)
-                fl_wait_for(layer.handed_over, s + 1)
+                fl_wait_for(layer.handed_over, end)
             _forward_step(0, B, 0, blocks, s, T, layer.I, layer.H, <const floating*>layer.packed,
                           <const floating*>layer.bias, layer.mask,
                           <const floating*>layer.dropout, layer.go_backwards, training,
@@ -172,57 +202,75 @@ cdef void _stack_forward_thread(int thread, int threads, _StackLayer* layers,
                 if training:
                     _stack_take_input(above, <const floating*>layer.outputs, B, s, T, dtype_of)
                 fl_publish(layer.done, s + 1)
-                _stack_input_product(above, <const floating*>layer.outputs, 0, above.split, B,
-                                     s, T, training, dtype_of)
-                fl_publish(above.handed_over, s + 1)
+                if s + 1 == _span_end(s, span, T):
+                    _stack_input_product(above, <const floating*>layer.outputs, 0, above.split,
+                                         B, s - s % span, s + 1, T, training, dtype_of)
+                    fl_publish(above.handed_over, s + 1)
 
 
 cdef void _stack_output_gradient(_StackLayer* above, _StackLayer* layer, Py_ssize_t p0,
-                                 Py_ssize_t p1, Py_ssize_t B, Py_ssize_t s, Py_ssize_t T,
-                                 floating* dtype_of) noexcept nogil:
-    """Column panels [p0, p1) of the gradient of ``layer``'s output at step
-    s: the gate gradients of the layer above at s times its kernel.T, times
-    the multipliers (``between``) that made its input."""
+                                 Py_ssize_t p1, Py_ssize_t B, Py_ssize_t s0, Py_ssize_t s1,
+                                 Py_ssize_t T, floating* dtype_of) noexcept nogil:
+    """Column panels [p0, p1) of the gradient of ``layer``'s outputs over
+    steps [s0, s1): the gate gradients of the layer above times its
+    kernel.T, times the multipliers (``between``) that made its input.
+    Tiled as _stack_input_product."""
     cdef Py_ssize_t I = above.I, G = 4 * above.H
-    cdef Py_ssize_t W = 4 * _lanes(dtype_of), p, n, r0, nr, b, j
-    cdef const floating* dz = <const floating*>above.gates + s * G
+    cdef Py_ssize_t W = 4 * _lanes(dtype_of), p, n, r0, nr, b, j, t
+    cdef const floating* dz = <const floating*>above.gates
     cdef const floating* packed = <const floating*>above.packed_input
     cdef const floating* between = <const floating*>above.between
     cdef floating* grad = <floating*>layer.grad_outputs
     for p in range(p0, p1):
         n = min(W, I - p * W)
-        r0 = 0
-        while r0 < B:
-            nr = min(FL_ROWS, B - r0)
-            _column_tile(<int>nr, n, dz + r0 * T * G, T * G, packed + p * G * W, G,
-                         grad + (r0 * T + s) * I + p * W, T * I)
-            r0 += nr
+        if s1 - s0 < FL_ROWS:
+            for t in range(s0, s1):
+                r0 = 0
+                while r0 < B:
+                    nr = min(FL_ROWS, B - r0)
+                    _column_tile(<int>nr, n, dz + (r0 * T + t) * G, T * G, packed + p * G * W,
+                                 G, grad + (r0 * T + t) * I + p * W, T * I)
+                    r0 += nr
+        else:
+            for b in range(B):
+                r0 = s0
+                while r0 < s1:
+                    nr = min(FL_ROWS, s1 - r0)
+                    _column_tile(<int>nr, n, dz + (b * T + r0) * G, G, packed + p * G * W, G,
+                                 grad + (b * T + r0) * I + p * W, I)
+                    r0 += nr
         if between != NULL:
             for b in range(B):
-                for j in range(p * W, p * W + n):
-                    grad[(b * T + s) * I + j] *= between[(b * T + s) * I + j]
+                for t in range(s0, s1):
+                    for j in range(p * W, p * W + n):
+                        grad[(b * T + t) * I + j] *= between[(b * T + t) * I + j]
 
 
 cdef void _stack_backward_thread(int thread, int threads, _StackLayer* layers,
                                  Py_ssize_t nlayers, Py_ssize_t B, Py_ssize_t T,
-                                 floating* dtype_of) noexcept nogil:
-    """One thread's share of the backward wavefront (see the top of this file)."""
-    cdef Py_ssize_t W = 4 * _lanes(dtype_of), k, l, s, q
+                                 Py_ssize_t span, floating* dtype_of) noexcept nogil:
+    """One thread's share of the backward wavefront (see the top of this
+    file). Layer l's step s is at tick (T - 1 - s) + (L - 1 - l) * span."""
+    cdef Py_ssize_t W = 4 * _lanes(dtype_of), k, l, s, q, start, end
     cdef _StackLayer* layer
     cdef _StackLayer* above
-    for k in range(T + nlayers - 1):
+    for k in range(T + (nlayers - 1) * span):
         for q in range(nlayers):
             l = nlayers - 1 - q
-            s = T - 1 - (k - q)
+            s = T - 1 - (k - q * span)
             if s < 0 or s >= T or l % threads != thread:
                 continue
             layer = &layers[l]
-            if l + 1 < nlayers:
+            end = _span_end(s, span, T)
+            start = s - s % span
+            if l + 1 < nlayers and s + 1 == end:
+                # The first step of a span processed backwards: the layer's
+                # share of its output gradient over the span.
                 above = &layers[l + 1]
-                fl_wait_for(above.done, T - s)
-                _stack_output_gradient(above, layer, above.split, (layer.H + W - 1) // W, B, s,
-                                       T, dtype_of)
-                fl_wait_for(layer.handed_over, T - s)
+                fl_wait_for(above.done, T - start)
+                _stack_output_gradient(above, layer, above.split, (layer.H + W - 1) // W, B,
+                                       start, end, T, dtype_of)
+                fl_wait_for(layer.handed_over, T - start)
             _backward_step(0, B, s, T, layer.H, <const floating*>layer.packed, layer.mask,
                            <const floating*>layer.dropout, layer.go_backwards,
                            layer.activation, layer.recurrent_activation,
@@ -232,9 +280,10 @@ cdef void _stack_backward_thread(int thread, int threads, _StackLayer* layers,
                            <floating*>layer.carry)
             if l > 0:
                 fl_publish(layer.done, T - s)
-                _stack_output_gradient(layer, &layers[l - 1], 0, layer.split, B, s, T,
-                                       dtype_of)
-                fl_publish(layers[l - 1].handed_over, T - s)
+                if s == start:
+                    _stack_output_gradient(layer, &layers[l - 1], 0, layer.split, B, start, end,
+                                           T, dtype_of)
+                    fl_publish(layers[l - 1].handed_over, T - s)
 
 
 cdef void _stack_splits(_StackLayer* layers, Py_ssize_t nlayers, int threads, bint backward,
@@ -331,7 +380,8 @@ def stack_forward(const floating[:, :, ::1] x,
                   bint go_backwards,
                   list outputs, list h, list c, list gates, list states, list c_prev,
                   list h_last,
-                  bint training, bint hoist, list activations, int num_threads):
+                  bint training, bint hoist, list activations, Py_ssize_t span,
+                  int num_threads):
     """Run a stack of LSTM layers as one pipelined forward pass.
 
     Per layer l (lists of one entry each): weights (I_l + H_l, 4H_l),
@@ -345,8 +395,10 @@ def stack_forward(const floating[:, :, ::1] x,
     buffers of a single ``forward`` (gates with 1 slot in inference
     without ``hoist``); layers l >= 1 gates (B, T, 4H_l), states
     (B, T or 2, I_l + H_l) and c_prev (B, T or 1, H_l). Only layer 0 may
-    go backwards; inference takes no ``between``. The caller has made BLAS
-    single-threaded.
+    go backwards; inference takes no ``between``. span: the steps whose
+    input product a layer computes at once (weights read once per span of
+    B * span rows); a layer then starts a span once the layer below has
+    finished it. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t nlayers = len(weights)
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I, H, G, l, k, depth
@@ -362,6 +414,8 @@ def stack_forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t lanes
     if nlayers < 1:
         raise ValueError("a stack needs at least one layer")
+    if span < 1:
+        raise ValueError(f"span must be at least 1, got {span}")
     for name, values, optional in (("weights", weights, False), ("biases", biases, False),
                                    ("masks", masks, True), ("dropouts", dropouts, False),
                                    ("between", between, True), ("outputs", outputs, False),
@@ -455,7 +509,7 @@ def stack_forward(const floating[:, :, ::1] x,
         with parallel(num_threads=threads):
             csr = fl_flush_denormals()
             _stack_forward_thread(fl_thread_num(), fl_team_size(), work.layers, nlayers, B, T,
-                                  training, dtype_of)
+                                  span, training, dtype_of)
             fl_restore_denormals(csr)
 
 
@@ -489,7 +543,7 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
                    list gates, list states, list c_prev,
                    list dh_rec, list dh_pass, list dc, list carry,
                    floating[:, :, ::1] dx, list dweights, list dbiases,
-                   list activations, int num_threads):
+                   list activations, Py_ssize_t span, int num_threads):
     """Run the backward pass of a training ``stack_forward``, pipelined.
 
     weights, masks, dropouts, between, go_backwards, gates, states and
@@ -501,7 +555,8 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
     states, dh_rec and carry as zeros (see ``backward``). dx (B, T, I_0)
     receives the stack input's gradient; None skips its product. dweights
     (I_l + H_l, 4H_l) and dbiases (4H_l,) receive each layer's weight
-    gradients.
+    gradients. span: as for ``stack_forward`` (spans of the output
+    gradients, aligned on multiples of span).
     """
     cdef Py_ssize_t nlayers = len(weights)
     cdef Py_ssize_t B = grad_outputs.shape[0], T = grad_outputs.shape[1], I, H, G, l, k, lanes
@@ -525,6 +580,8 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
                                    ("activations", activations, False)):
         _check_list(name, values, nlayers, optional)
     _check_list("output_gradients", output_gradients, nlayers - 1)
+    if span < 1:
+        raise ValueError(f"span must be at least 1, got {span}")
     if between[0] is not None:
         raise ValueError("between[0] must be None: the stack's input is x itself")
     work = _StackWorkspace(nlayers)
@@ -613,7 +670,7 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
         with parallel(num_threads=threads):
             csr = fl_flush_denormals()
             _stack_backward_thread(fl_thread_num(), fl_team_size(), work.layers, nlayers, B, T,
-                                   dtype_of)
+                                   span, dtype_of)
             fl_restore_denormals(csr)
         with parallel(num_threads=max(nchunks, min(num_threads, tasks))):
             for k in prange(tasks, schedule="dynamic", chunksize=1):

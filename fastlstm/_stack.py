@@ -34,25 +34,38 @@ is None (a layer's input is the output of the layer below, not an argument)."""
 
 # The measured rule (pipeline_stack). Measured on 2026-11-27 (Xeon family 6
 # model 207, avx512 build, 2 threads, float32, load average about 1): the
-# median of 11 calls (5 for 512 units) of stack forward (+ backward when
-# training) over 100 steps of 32 features (50 of 512 for 512 units),
-# pipelined / layer by layer, the two alternating:
-#   units     batch:   1     2     4     8     16
-#   256, 256  infer  0.68  0.73  0.75  1.14  1.02   (0.51-0.63 at batch 1
-#             train  0.80  0.95  1.01  1.19  1.12    when calls repeat)
-#   128, 128  infer  0.68  0.87  0.77  1.07  0.94
-#             train  0.72  0.95  0.91  1.01  1.15
-#   512, 512  infer  1.32  1.39  1.11  1.19  1.08
-#             train  1.03  1.01  0.88  1.02  0.97
-#   256 x 3   infer  0.88  1.03  0.85  1.62  1.20
-#             train  1.13  1.18  1.07  1.35  1.13
-# and at batch 64 (256, 256) 0.93 inference, 1.17 training. A pipelined
-# layer above the first reads its kernel at every step, where layer by layer
-# it is one product for all steps: at 512 units the weights a thread reads
-# per step outgrow its L2 cache and the pipelined call loses. With more
-# layers than threads a thread runs two layers and loses too.
+# median of 9 calls (5 for 512 units and batch 64) of stack forward (+
+# backward when training) over 100 steps of 32 features (50 of 512 for 512
+# units), pipelined / layer by layer, the two alternating:
+#   units            batch:   1     2     4     8     16    64
+#   128 x 2            infer  0.90  0.96  0.89  1.07  0.90  1.21
+#                      train  0.69  0.85  0.81  1.06  0.98  1.17
+#   256 x 2            infer  0.40  0.57  0.56  1.32  0.95  1.15
+#                      train  0.63  0.79  0.78  1.12  1.04  0.99
+#   512 x 2            infer  0.88  0.99  0.91  0.97  0.88  1.05
+#                      train  0.77  0.85  0.85  0.94  0.91  1.01
+#   256 x 3            infer  0.63  0.71  0.74  1.15  1.01  1.17
+#                      train  0.69  0.99  0.95  1.32  1.22  0.96
+#   128 x 4            infer  0.57  0.76  0.74  1.02  1.00  1.26
+#                      train  0.63  0.88  0.84  1.04  1.02  1.04
+# At two rows per thread and fewer the batch split leaves each thread's
+# tiles mostly empty (or a thread idle), and the pipelined call wins; from
+# four rows per thread on, each thread's share fills its tiles well enough,
+# and the layer-by-layer call computes every input product for all steps
+# in one BLAS product.
 PIPELINE_MAX_ROWS_PER_THREAD = 2
-PIPELINE_MAX_UNITS = 256
+
+# A pipelined layer above the first computes its input product (and, in the
+# backward pass, the layer below's output gradient) for a span of steps at
+# once, so that each weight panel serves at least this many rows while it
+# is in cache: one step for batches this large, more for smaller ones. A
+# layer then lags the one below by a span.
+SPAN_ROWS = 16
+
+
+def stack_span(batch, timesteps):
+    """The steps of a pipelined layer's input product computed at once."""
+    return max(1, min(timesteps, -(-SPAN_ROWS // batch)))
 
 
 class LSTMStackCache(_Cache):
@@ -78,17 +91,13 @@ def pipeline_stack(batch, timesteps, input_dim, units):
     ``timesteps`` steps of ``input_dim`` features as one pipelined call,
     when nothing else rules it out.
 
-    The measured rule (figures above): a thread for every layer (two or
-    more; a call under the small-call threshold runs on one), layers of at
-    most ``PIPELINE_MAX_UNITS`` units, and a batch that the batch split
-    would cut into at most ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread.
-    Larger batches keep every thread's register tiles full on their own,
-    and the layer-by-layer call computes each layer's input product for all
-    steps at once, which a pipelined layer cannot (its input appears one
-    step at a time).
+    The measured rule (figures above): two or more layers, on two or more
+    threads (a call under the small-call threshold runs on one), and a
+    batch that the batch split would cut into at most
+    ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread.
     """
     threads = _config.kernel_threads(_stack_flops(batch, timesteps, input_dim, units))[0]
-    return (2 <= len(units) <= threads and max(units) <= PIPELINE_MAX_UNITS
+    return (len(units) >= 2 and threads >= 2
             and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD)
 
 
@@ -313,6 +322,7 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
     threads, single_blas = _config.kernel_threads(
         _stack_flops(batch, timesteps, input_dim, units))
     hoist = bool(kernels.hoist_input_product(batch, input_dim, units[0]))
+    span = stack_span(batch, timesteps)
     buffers = dict(weights=[], biases=[], dropouts=[], h=[], c=[], outputs=[], gates=[],
                    states=[], c_prev=[], h_last=[])
     has_bias, has_dropout = [], []
@@ -348,14 +358,14 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
                               mask_bytes, buffers["dropouts"], between, go_backwards[0],
                               buffers["outputs"], buffers["h"], buffers["c"], buffers["gates"],
                               buffers["states"], buffers["c_prev"], buffers["h_last"],
-                              training, hoist, codes, threads)
+                              training, hoist, codes, span, threads)
     final = [[h, c] for h, c in zip(buffers["h"], buffers["c"])]
     state = None
     if training:
         state = dict(weights=buffers["weights"], masks=mask_bytes, dropouts=buffers["dropouts"],
                      between=between, go_backwards=go_backwards[0], gates=buffers["gates"],
                      states=buffers["states"], c_prev=buffers["c_prev"], codes=codes,
-                     has_bias=has_bias, has_dropout=has_dropout, x_shape=x.shape)
+                     has_bias=has_bias, has_dropout=has_dropout, x_shape=x.shape, span=span)
     return buffers["outputs"][-1], final, state
 
 
@@ -442,7 +452,8 @@ def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
         _kernels.current().stack_backward(
             np.ascontiguousarray(grad_outputs), state["weights"], state["masks"],
             state["dropouts"], state["between"], state["go_backwards"], below, state["gates"], state["states"], state["c_prev"],
-            dh_rec, dh_pass, dc, carry, dx, dweights, dbiases, state["codes"], threads)
+            dh_rec, dh_pass, dc, carry, dx, dweights, dbiases, state["codes"], state["span"],
+            threads)
     layers = []
     for i, (inp, hidden) in enumerate(zip(inputs, units)):
         if state["has_dropout"][i]:

@@ -7,7 +7,8 @@ by one: outputs, final states and every gradient, within 1e-12 (float64)
 and 1e-5 (float32) of the largest entry of each array. Hypothesis draws
 stacks of one to four layers of mixed sizes, with masks, initial states,
 a first layer going backwards, dropout between layers, recurrent dropout,
-inference, on every kernel build and on one, two and three threads.
+inference and spans of steps (stack_span) from one to more than the
+sequence, on every kernel build and on one, two and three threads.
 """
 import numpy as np
 import pytest
@@ -96,14 +97,25 @@ def stacks(draw, dtype):
     grad_outputs = rng.standard_normal((batch, timesteps, units[-1])).astype(dtype)
     grad_states = [[rng.standard_normal((batch, u)).astype(dtype), None]
                    if draw(st.booleans()) else None for u in units]
-    return x, layers, kwargs, grad_outputs, grad_states, draw(st.booleans())
+    # The steps whose input product a pipelined layer computes at once.
+    span = draw(st.integers(1, timesteps + 1))
+    return x, layers, kwargs, grad_outputs, grad_states, draw(st.booleans()), span
 
 
 def _check_pipelined_matches_layers(problem, dtype):
-    x, layers, kwargs, grad_outputs, grad_states, input_gradient = problem
+    x, layers, kwargs, grad_outputs, grad_states, input_gradient, span = problem
     tol = STACK_TOLERANCE[dtype]
     copies = [a.copy() for a in (x, grad_outputs)]
-    out_p, states_p, cache_p = fastlstm.lstm_stack_forward(x, layers, pipelined=True, **kwargs)
+    rule = fastlstm._stack.stack_span
+    fastlstm._stack.stack_span = lambda batch, timesteps: span
+    try:
+        out_p, states_p, cache_p = fastlstm.lstm_stack_forward(x, layers, pipelined=True,
+                                                               **kwargs)
+        if cache_p is not None:
+            grads_p = fastlstm.lstm_stack_backward(cache_p, grad_outputs, grad_states,
+                                                   input_gradient)
+    finally:
+        fastlstm._stack.stack_span = rule
     out_l, states_l, cache_l = fastlstm.lstm_stack_forward(x, layers, pipelined=False, **kwargs)
     assert (cache_p is None) == (not kwargs["return_cache"])
     assert_close_normwise(out_p, out_l, tol, "outputs")
@@ -112,7 +124,6 @@ def _check_pipelined_matches_layers(problem, dtype):
             assert_close_normwise(a, b, tol, f"layer {i} {name}")
     if cache_p is not None:
         assert cache_p.pipelined and not cache_l.pipelined
-        grads_p = fastlstm.lstm_stack_backward(cache_p, grad_outputs, grad_states, input_gradient)
         grads_l = fastlstm.lstm_stack_backward(cache_l, grad_outputs, grad_states, input_gradient)
         if input_gradient:
             assert_close_normwise(grads_p.x, grads_l.x, tol, "x")
@@ -173,17 +184,15 @@ def test_pipelined_stack_matches_the_reference(kernel_build, threads, dtype):
 def test_the_rule_pipelines_small_batches_on_several_threads(monkeypatch):
     monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
     rows = fastlstm._stack.PIPELINE_MAX_ROWS_PER_THREAD
-    widest = fastlstm._stack.PIPELINE_MAX_UNITS
     rule = fastlstm._stack.pipeline_stack
     fastlstm.set_num_threads(2)
     try:
-        assert rule(2 * rows, 10, 8, [16, widest])
-        assert not rule(2 * rows + 1, 10, 8, [16, widest])
-        assert not rule(1, 10, 8, [16, widest + 1])
-        assert not rule(1, 10, 8, [16])  # one layer
-        assert not rule(1, 10, 8, [16, 16, 16])  # more layers than threads
-        fastlstm.set_num_threads(3)
+        assert rule(2 * rows, 10, 8, [16, 512])
         assert rule(1, 10, 8, [16, 16, 16])
+        assert not rule(2 * rows + 1, 10, 8, [16, 16])
+        assert not rule(1, 10, 8, [16])  # one layer
+        fastlstm.set_num_threads(3)
+        assert rule(3 * rows, 10, 8, [16, 16])
         fastlstm.set_num_threads(1)
         assert not rule(1, 10, 8, [16, 16])
     finally:
@@ -191,6 +200,14 @@ def test_the_rule_pipelines_small_batches_on_several_threads(monkeypatch):
     # Under the small-call threshold a call runs on one thread: as today.
     monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 10**12)
     assert not rule(1, 10, 8, [16, 16])
+
+
+def test_spans_give_each_panel_enough_rows():
+    span = fastlstm._stack.stack_span
+    assert span(64, 100) == 1
+    assert span(1, 100) == fastlstm._stack.SPAN_ROWS
+    assert span(1, 5) == 5
+    assert span(3, 100) * 3 >= fastlstm._stack.SPAN_ROWS > (span(3, 100) - 1) * 3
 
 
 def _two_layers(dtype=np.float64):
@@ -282,7 +299,7 @@ def test_the_kernel_entry_checks_every_buffer():
         kernels.stack_forward(np.zeros((B, T, I), f), b["weights"], b["biases"], b["masks"],
                               b["dropouts"], b["between"], False, b["outputs"], b["h"], b["c"],
                               b["gates"], b["states"], b["c_prev"], b["h_last"], True, True,
-                              [(0, 1), (0, 1)], 2)
+                              [(0, 1), (0, 1)], 2, 2)
 
     run(buffers())
     for name, index, wrong in [("outputs", 1, np.zeros((B, T, H + 1))),
