@@ -36,7 +36,8 @@ def _bench(args):
         from ._bench_models import run as run_models
 
         results = run_models(models=args.models or None, turns=args.turns, epochs=args.epochs,
-                             threads=args.threads, keras_python=args.keras_python)
+                             threads=args.threads, keras_python=args.keras_python,
+                             batch_size=args.batch_size)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
 
     import json
@@ -124,6 +125,10 @@ def main(argv=None):
                        help="with --models: timed epochs per process (default: 2)")
     bench.add_argument("--keras-python", metavar="PATH",
                        help="with --models: the Python that has Keras (default: this one)")
+    bench.add_argument("--batch-size", type=_positive_int, metavar="N",
+                       help="with --models: this batch size instead of each model's own, "
+                            "as many batches per epoch (small batches run stacked LSTM "
+                            "layers pipelined)")
     bench.add_argument("--generation", action="store_true",
                        help="time text generation (a stateful layer fed one step at a time) "
                             "even when --sizes narrows the run (default: with all sizes)")

@@ -10,9 +10,14 @@ processes run in turns (fastlstm, PyTorch, Keras, fastlstm, ...); each runs
 a warm-up epoch and then ``epochs`` timed ones, and the figure reported is
 the median over every timed epoch of every turn.
 
+A batch size other than a model's own (``batch_size``) times the same
+model on as many batches of that size; the targets belong to the models'
+own sizes, so ratios are then printed without them. Small batches are where
+fastlstm runs consecutive LSTM layers pipelined (see the stacking guide).
+
 Each worker is this file run as a script, ``MODEL FRAMEWORK EPOCHS
-THREADS`` its last arguments; it prints one JSON line: the epoch times in
-seconds. It needs only NumPy and its framework, so Keras can run in another
+THREADS BATCH`` its last arguments; it prints one JSON line: the epoch times
+in seconds. It needs only NumPy and its framework, so Keras can run in another
 interpreter, given by ``keras_python`` (TensorFlow may need an environment of
 its own); PyTorch and Keras are skipped with a note when they cannot be
 imported there.
@@ -42,11 +47,12 @@ TARGET_VS_KERAS = 0.3
 FRAMEWORKS = ("fastlstm", "torch", "keras")
 
 
-def data(name):
-    """The model's inputs and targets for one epoch, float32 (tokens int64)."""
+def data(name, batch=None):
+    """The model's inputs and targets for one epoch of its batches of
+    ``batch`` sequences (default: its own size), float32 (tokens int64)."""
     rng = np.random.default_rng(0)
-    _, batch, batches = MODELS[name]
-    samples = batch * batches
+    _, own, batches = MODELS[name]
+    samples = (batch or own) * batches
     if name == "char":
         tokens = rng.integers(0, 64, (samples, 101))
         return tokens[:, :-1], tokens[:, 1:]
@@ -89,20 +95,20 @@ def _fit_epochs(model, x, y, batch, epochs):
     return times[1:]
 
 
-def _epochs_fastlstm(name, epochs, threads):
+def _epochs_fastlstm(name, epochs, threads, batch):
     import fastlstm as fl
 
     fl.set_num_threads(threads)
-    x, y = data(name)
-    return _fit_epochs(fastlstm_model(name), x, y, MODELS[name][1], epochs)
+    x, y = data(name, batch)
+    return _fit_epochs(fastlstm_model(name), x, y, batch, epochs)
 
 
-def _epochs_torch(name, epochs, threads):
+def _epochs_torch(name, epochs, threads, batch):
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    x, y = data(name)
+    x, y = data(name, batch)
 
     class Model(torch.nn.Module):
         def __init__(self):
@@ -132,7 +138,6 @@ def _epochs_torch(name, epochs, threads):
         loss_fn = torch.nn.CrossEntropyLoss()
     x = torch.from_numpy(x)
     y = torch.from_numpy(y)
-    batch = MODELS[name][1]
     times = []
     for _ in range(epochs + 1):
         start = time.perf_counter()
@@ -152,7 +157,7 @@ def _epochs_torch(name, epochs, threads):
     return times[1:]
 
 
-def _epochs_keras(name, epochs, threads):
+def _epochs_keras(name, epochs, threads, batch):
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -162,7 +167,7 @@ def _epochs_keras(name, epochs, threads):
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     keras.utils.set_random_seed(0)
-    x, y = data(name)
+    x, y = data(name, batch)
     if name == "char":
         layers = [keras.Input((100,), dtype="int64"), keras.layers.Embedding(64, 32),
                   keras.layers.LSTM(256, return_sequences=True),
@@ -177,25 +182,26 @@ def _epochs_keras(name, epochs, threads):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model = keras.Sequential(layers)
     model.compile(optimizer=keras.optimizers.Adam(), loss=loss)
-    return _fit_epochs(model, x, y, MODELS[name][1], epochs)
+    return _fit_epochs(model, x, y, batch, epochs)
 
 
 _WORKERS = {"fastlstm": _epochs_fastlstm, "torch": _epochs_torch, "keras": _epochs_keras}
 
 
 def _worker(argv):
-    name, framework, epochs, threads = argv[0], argv[1], int(argv[2]), int(argv[3])
-    print(json.dumps(_WORKERS[framework](name, epochs, threads)))
+    name, framework = argv[0], argv[1]
+    epochs, threads, batch = (int(value) for value in argv[2:5])
+    print(json.dumps(_WORKERS[framework](name, epochs, threads, batch)))
     return 0
 
 
-def _run_worker(python, name, framework, epochs, threads, timeout):
+def _run_worker(python, name, framework, epochs, threads, batch, timeout):
     """The epoch times of one worker process, or the reason it gave none."""
     # run_path, not the file as a script: fastlstm's own directory must not come
     # first on sys.path, where fastlstm/torch.py would hide PyTorch.
     command = [python, "-c", "import runpy, sys; runpy.run_path(sys.argv[1], "
                "run_name='__main__')", os.path.abspath(__file__), name, framework,
-               str(epochs), str(threads)]
+               str(epochs), str(threads), str(batch)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as error:
@@ -216,7 +222,7 @@ def _available(python, module):
 
 
 def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=None,
-        timeout=900):
+        timeout=900, batch_size=None):
     """Time one epoch of ``fit`` per model and framework; print and return the medians.
 
     Parameters
@@ -234,6 +240,11 @@ def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=No
         The interpreter that runs Keras (default: this one).
     file : file-like or None
         Where to print; ``sys.stdout`` when None.
+    timeout : float
+        Seconds a worker process may take.
+    batch_size : int or None
+        The batch size of every model instead of its own (as many batches
+        per epoch); ratios are then printed without the targets.
 
     Returns
     -------
@@ -250,6 +261,8 @@ def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=No
     unknown = [name for name in models if name not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; the models are {list(MODELS)}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     pythons = {"fastlstm": sys.executable, "torch": sys.executable,
                "keras": keras_python or sys.executable}
     frameworks = ["fastlstm"]
@@ -264,14 +277,15 @@ def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=No
     for note in notes:
         print(f"note: {note}", file=file)
     results = {"threads": threads, "turns": turns, "epochs": epochs, "notes": notes,
-               "models": {}}
+               "batch_size": batch_size, "models": {}}
     for name in models:
+        batch = batch_size or MODELS[name][1]
         times = {framework: [] for framework in frameworks}
         errors = []
         for _ in range(turns):
             for framework in frameworks:
                 epoch_times, error = _run_worker(pythons[framework], name, framework, epochs,
-                                                 threads, timeout)
+                                                 threads, batch, timeout)
                 if error:
                     errors.append(error)
                 else:
@@ -279,30 +293,34 @@ def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=No
         medians = {f: statistics.median(t) for f, t in times.items() if t}
         ratios = {f"fastlstm_over_{f}": medians["fastlstm"] / medians[f]
                   for f in medians if f != "fastlstm" and "fastlstm" in medians}
-        results["models"][name] = {"description": MODELS[name][0], "seconds": medians,
-                                   "times": times, "ratios": ratios, "errors": errors}
-        _print_model(name, results["models"][name], file)
+        description = MODELS[name][0]
+        if batch != MODELS[name][1]:
+            description += f"; run at batch size {batch}, {MODELS[name][2]} batches"
+        results["models"][name] = {"description": description, "seconds": medians,
+                                   "times": times, "ratios": ratios, "errors": errors,
+                                   "batch_size": batch}
+        _print_model(name, results["models"][name], file, batch == MODELS[name][1])
         file.flush()
     return results
 
 
-def _print_model(name, result, file):
+def _print_model(name, result, file, targets=True):
     seconds = result["seconds"]
     cells = "  ".join(f"{framework} {seconds[framework]:.3f}" for framework in FRAMEWORKS
                       if framework in seconds)
     print(f"\n{name}: {result['description']}\n  seconds: {cells}", file=file)
     ratios = result["ratios"]
-    if "fastlstm_over_torch" in ratios:
-        ratio, target = ratios["fastlstm_over_torch"], TARGETS_VS_TORCH[name]
-        print(f"  fastlstm / PyTorch {ratio:.2f} (target <= {target}: "
-              f"{'met' if ratio <= target else 'missed'})", file=file)
-    if "fastlstm_over_keras" in ratios:
-        ratio = ratios["fastlstm_over_keras"]
-        print(f"  fastlstm / Keras {ratio:.2f} (target <= {TARGET_VS_KERAS}: "
-              f"{'met' if ratio <= TARGET_VS_KERAS else 'missed'})", file=file)
+    for framework, label, target in (("torch", "PyTorch", TARGETS_VS_TORCH[name]),
+                                     ("keras", "Keras", TARGET_VS_KERAS)):
+        ratio = ratios.get(f"fastlstm_over_{framework}")
+        if ratio is None:
+            continue
+        verdict = (f" (target <= {target}: {'met' if ratio <= target else 'missed'})"
+                   if targets else "")
+        print(f"  fastlstm / {label} {ratio:.2f}{verdict}", file=file)
     for error in result["errors"]:
         print(f"  error: {error}", file=file)
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[-4:]))
+    sys.exit(_worker(sys.argv[-5:]))

@@ -32,7 +32,7 @@ def test_worker_times_the_epochs_it_is_asked_for(monkeypatch, framework):
         pytest.importorskip("torch")
     monkeypatch.setitem(_bench_models.MODELS, "classifier",
                         ("a small classifier", 8, 2))
-    times = _bench_models._WORKERS[framework]("classifier", 2, 1)
+    times = _bench_models._WORKERS[framework]("classifier", 2, 1, 8)
     assert len(times) == 2 and all(t > 0 for t in times)
 
 
@@ -48,6 +48,21 @@ def test_runner_reports_medians_ratios_and_notes():
     if "torch" in model["seconds"]:
         ratio = model["seconds"]["fastlstm"] / model["seconds"]["torch"]
         assert model["ratios"]["fastlstm_over_torch"] == pytest.approx(ratio)
+
+
+def test_another_batch_size_keeps_the_batches_and_drops_the_targets():
+    batches = _bench_models.MODELS["classifier"][2]
+    x, y = _bench_models.data("classifier", 3)
+    assert len(x) == len(y) == 3 * batches
+    stream = io.StringIO()
+    results = _bench_models.run(models=["classifier"], turns=1, epochs=1, threads=1,
+                                keras_python="/nonexistent/python", file=stream, batch_size=3)
+    model = results["models"]["classifier"]
+    assert model["errors"] == [] and model["batch_size"] == 3
+    assert f"run at batch size 3, {batches} batches" in stream.getvalue()
+    assert "target" not in stream.getvalue()
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        _bench_models.run(models=["classifier"], batch_size=0)
 
 
 def test_unknown_model_is_refused():
