@@ -115,7 +115,7 @@ def _extension(name, openmp=False, extra=()):
     )
 
 
-extensions = [_extension("_cpu"), _extension("_blas")] + [
+extensions = [_extension("_cpu"), _extension("_blas"), _extension("_optim", openmp=True)] + [
     _extension(build["module"], openmp=True, extra=build["flags"])
     for build in BUILDS.values() if _buildable(build)]
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+import fastlstm as fl
 from fastlstm import optimizers
 
 GRADIENTS = [0.5, -1.5, 2.0, 0.25]
@@ -245,3 +246,38 @@ def test_bad_hyperparameters_are_named():
         optimizers.Adam(weight_decay=0.01)
     with pytest.raises(ValueError, match="optimizer must be one of"):
         optimizers.get("adagrad")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_adam_update_is_numpys_to_the_bit(monkeypatch, dtype, amsgrad, threads):
+    """Adam's one-pass update (fastlstm/_optim.pyx) against the NumPy
+    expressions it replaces: every variable and slot equal to the bit,
+    step after step, on one thread and on two."""
+    monkeypatch.setattr(fl._config, "_PARALLEL_MIN_FLOPS", 0)
+    rng = np.random.default_rng(7)
+    shapes = [(37, 13), (1000,), (3, 4, 5)]
+    start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
+    steps = [[(rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 3)).astype(dtype)
+              for shape in shapes] for _ in range(6)]
+    results = []
+    fl.set_num_threads(threads)
+    try:
+        for fused in (True, False):
+            if not fused:
+                monkeypatch.setattr(optimizers, "_fusable", lambda variable, gradient: False)
+            variables = [v.copy() for v in start]
+            optimizer = optimizers.Adam(learning_rate=lambda step: 0.01 / (1 + step),
+                                        amsgrad=amsgrad)
+            for grads in steps:
+                optimizer.apply(grads, variables)
+            results.append((variables, optimizer._slot_list))
+    finally:
+        fl.set_num_threads(None)
+    (fused_vars, fused_slots), (numpy_vars, numpy_slots) = results
+    for a, b in zip(fused_vars, numpy_vars):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(fused_slots, numpy_slots):
+        for name in ("m", "v") + (("v_hat",) if amsgrad else ()):
+            np.testing.assert_array_equal(a[name], b[name])

@@ -276,7 +276,11 @@ class Layer:
                 raise ValueError(f"the layer is built for input_dim={self.input_dim}, got "
                                  f"input_dim={input_dim}")
             return
-        self._params = self._initial_weights(input_dim)
+        # C order, as set_weights builds them: the kernels and the fused
+        # optimizer updates take them as they are (the orthogonal
+        # initializer's QR gives Fortran order).
+        self._params = {name: np.ascontiguousarray(array)
+                        for name, array in self._initial_weights(input_dim).items()}
         self._finish_build(input_dim)
 
     def _finish_build(self, input_dim):
