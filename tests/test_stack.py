@@ -418,3 +418,41 @@ def test_a_member_layer_points_to_the_models_backward(monkeypatch):
         model(x)
     with pytest.raises(RuntimeError, match="no_grad"):
         model.backward(np.ones_like(out))
+
+
+def test_concurrent_pipelined_calls_give_the_serial_results(monkeypatch):
+    """Pipelined calls from several Python threads at once (each an OpenMP
+    team of its own, more threads than cores) finish, with the results of
+    the same calls made one after another."""
+    import threading
+
+    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    rng = np.random.default_rng(11)
+    layers = [_weights(rng, i, u, np.float32, None) for i, u in ((6, 20), (20, 33), (33, 9))]
+    inputs = [rng.standard_normal((3, 12, 6)).astype(np.float32) for _ in range(4)]
+
+    def run(x):
+        outputs, _, cache = fastlstm.lstm_stack_forward(x, layers, pipelined=True)
+        grads = fastlstm.lstm_stack_backward(cache, np.ones_like(outputs))
+        return [outputs, grads.x] + [g.kernel for g in grads.layers]
+
+    fastlstm.set_num_threads(2)
+    try:
+        serial = [run(x) for x in inputs]
+        results = [None] * len(inputs)
+
+        def worker(k):
+            for _ in range(5):
+                results[k] = run(inputs[k])
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(inputs))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+    finally:
+        fastlstm.set_num_threads(None)
+    for expected, got in zip(serial, results):
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a, b)
