@@ -248,12 +248,24 @@ def test_bad_hyperparameters_are_named():
         optimizers.get("adagrad")
 
 
+_FUSED = {
+    "adam": lambda lr: optimizers.Adam(learning_rate=lr),
+    "adam amsgrad": lambda lr: optimizers.Adam(learning_rate=lr, amsgrad=True),
+    "adamw": lambda lr: optimizers.AdamW(learning_rate=lr, weight_decay=0.01),
+    "sgd momentum": lambda lr: optimizers.SGD(learning_rate=lr, momentum=0.9),
+    "sgd nesterov": lambda lr: optimizers.SGD(learning_rate=lr, momentum=0.8, nesterov=True),
+    "rmsprop": lambda lr: optimizers.RMSprop(learning_rate=lr),
+    "rmsprop centered momentum": lambda lr: optimizers.RMSprop(learning_rate=lr, centered=True,
+                                                               momentum=0.5),
+}
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("amsgrad", [False, True])
+@pytest.mark.parametrize("kind", list(_FUSED))
 @pytest.mark.parametrize("threads", [1, 2])
-def test_the_fused_adam_update_is_numpys_to_the_bit(monkeypatch, dtype, amsgrad, threads):
-    """Adam's one-pass update (fastlstm/_optim.pyx) against the NumPy
-    expressions it replaces: every variable and slot equal to the bit,
+def test_the_fused_updates_are_numpys_to_the_bit(monkeypatch, dtype, kind, threads):
+    """The one-pass updates (fastlstm/_optim.pyx) against the NumPy
+    expressions they replace: every variable and slot equal to the bit,
     step after step, on one thread and on two."""
     monkeypatch.setattr(fl._config, "_PARALLEL_MIN_FLOPS", 0)
     rng = np.random.default_rng(7)
@@ -268,8 +280,7 @@ def test_the_fused_adam_update_is_numpys_to_the_bit(monkeypatch, dtype, amsgrad,
             if not fused:
                 monkeypatch.setattr(optimizers, "_fusable", lambda variable, gradient: False)
             variables = [v.copy() for v in start]
-            optimizer = optimizers.Adam(learning_rate=lambda step: 0.01 / (1 + step),
-                                        amsgrad=amsgrad)
+            optimizer = _FUSED[kind](lambda step: 0.01 / (1 + step))
             for grads in steps:
                 optimizer.apply(grads, variables)
             results.append((variables, optimizer._slot_list))
@@ -279,5 +290,7 @@ def test_the_fused_adam_update_is_numpys_to_the_bit(monkeypatch, dtype, amsgrad,
     for a, b in zip(fused_vars, numpy_vars):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(fused_slots, numpy_slots):
-        for name in ("m", "v") + (("v_hat",) if amsgrad else ()):
-            np.testing.assert_array_equal(a[name], b[name])
+        assert a.keys() == b.keys()
+        for name in a:
+            if name != "scratch":
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -59,10 +59,17 @@ _UNSUPPORTED = {
 
 
 def _fusable(variable, gradient):
-    """Whether the fused update (fastlstm/_optim.pyx) takes these arrays:
+    """Whether the fused updates (fastlstm/_optim.pyx: one pass instead of
+    one per operation, the same operations to the bit) take these arrays:
     C-contiguous, of one float dtype."""
     return (variable.dtype in (np.float32, np.float64) and gradient.dtype == variable.dtype
             and variable.flags.c_contiguous and gradient.flags.c_contiguous)
+
+
+def _threads(variable):
+    """Threads for a fused update of ``variable``: a dozen operations per
+    element, under the small-call threshold on one thread."""
+    return _config.kernel_threads(12 * variable.size)[0]
 
 
 def _check_clip(value, name):
@@ -287,6 +294,11 @@ class SGD(Optimizer):
         return {"velocity": np.zeros_like(variable)} if self.momentum else {}
 
     def _update(self, variable, gradient, slots, learning_rate):
+        if self.momentum and _fusable(variable, gradient):
+            _optim.sgd(variable.reshape(-1), gradient.reshape(-1),
+                       slots["velocity"].reshape(-1), learning_rate, self.momentum,
+                       self.nesterov, _threads(variable))
+            return
         step = gradient * variable.dtype.type(learning_rate)
         if not self.momentum:
             variable -= step
@@ -349,8 +361,7 @@ class Adam(Optimizer):
             # One pass instead of a dozen, the same operations to the bit.
             _optim.adam(variable.reshape(-1), gradient.reshape(-1), m.reshape(-1),
                         v.reshape(-1), slots["v_hat"].reshape(-1) if self.amsgrad else None,
-                        alpha, self.beta_1, self.beta_2, self.epsilon,
-                        _config.kernel_threads(12 * variable.size)[0])
+                        alpha, self.beta_1, self.beta_2, self.epsilon, _threads(variable))
             return
         np.subtract(gradient, m, out=scratch)
         scratch *= 1 - self.beta_1
@@ -457,6 +468,12 @@ class RMSprop(Optimizer):
     def _update(self, variable, gradient, slots, learning_rate):
         rho = self.rho
         velocity, scratch = slots["velocity"], slots["scratch"]
+        if _fusable(variable, gradient):
+            _optim.rmsprop(variable.reshape(-1), gradient.reshape(-1), velocity.reshape(-1),
+                           slots["average_gradient"].reshape(-1) if self.centered else None,
+                           slots["momentum"].reshape(-1) if self.momentum else None,
+                           learning_rate, rho, self.momentum, self.epsilon, _threads(variable))
+            return
         velocity *= rho
         np.multiply(gradient, gradient, out=scratch)
         scratch *= 1 - rho
