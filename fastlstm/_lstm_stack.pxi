@@ -375,6 +375,36 @@ def _check_list(str name, list values, Py_ssize_t nlayers, bint optional=False):
         raise ValueError(f"{name} must have an array for every layer")
 
 
+cdef void* _data(object array, str name, tuple expected, floating* dtype_of) except? NULL:
+    """The data of a caller's buffer (C-contiguous, of ``dtype_of``'s dtype,
+    ``len(expected)`` dimensions), once its shape is checked: the kernels
+    index it and must not read or write past its end."""
+    cdef floating[::1] v1
+    cdef floating[:, ::1] v2
+    cdef floating[:, :, ::1] v3
+    if len(expected) == 1:
+        v1 = array
+        _check_buffer(name, _dims(v1.shape, 1), expected)
+        return &v1[0]
+    if len(expected) == 2:
+        v2 = array
+        _check_buffer(name, _dims(v2.shape, 2), expected)
+        return &v2[0, 0]
+    v3 = array
+    _check_buffer(name, _dims(v3.shape, 3), expected)
+    return &v3[0, 0, 0]
+
+
+cdef const unsigned char* _mask_data(object mask, str name, tuple expected) except? NULL:
+    """A (B, T) uint8 mask's data once its shape is checked; NULL for None."""
+    cdef const unsigned char[:, ::1] view
+    if mask is None:
+        return NULL
+    view = mask
+    _check_buffer(name, _dims(view.shape, 2), expected)
+    return &view[0, 0]
+
+
 def stack_forward(const floating[:, :, ::1] x,
                   list weights, list biases, list masks, list dropouts, list between,
                   bint go_backwards,
@@ -403,15 +433,12 @@ def stack_forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t nlayers = len(weights)
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I, H, G, l, k, depth
     cdef Py_ssize_t nchunks, threads
+    cdef Py_ssize_t lanes = _lanes(<floating*>&x[0, 0, 0])
     cdef floating[:, ::1] w2
-    cdef floating[::1] w1
-    cdef floating[:, :, ::1] w3
-    cdef const unsigned char[:, ::1] m2
     cdef _StackLayer* layer
     cdef _StackWorkspace work
-    cdef floating* dtype_of = NULL
+    cdef floating* dtype_of = <floating*>&x[0, 0, 0]
     cdef unsigned int csr
-    cdef Py_ssize_t lanes
     if nlayers < 1:
         raise ValueError("a stack needs at least one layer")
     if span < 1:
@@ -434,57 +461,25 @@ def stack_forward(const floating[:, :, ::1] x,
         w2 = h[l]
         H = w2.shape[1]
         G = 4 * H
-        dtype_of = &w2[0, 0]
         layer.I, layer.H = I, H
         layer.go_backwards = go_backwards if l == 0 else False
         layer.hoist = hoist if l == 0 else True
         layer.gate_slots = T if (training or layer.hoist) else 1
         layer.state_slots = T if training else 2
         layer.activation, layer.recurrent_activation = activations[l]
-        _check_buffer(f"h[{l}]", _dims(w2.shape, 2), (B, H))
-        layer.h = &w2[0, 0]
-        for name, values, shape, attr in (
-                ("weights", weights, (I + H, G), 0), ("dropouts", dropouts, (B, H), 1),
-                ("c", c, (B, H), 2), ("h_last", h_last, (B, H), 3)):
-            w2 = values[l]
-            _check_buffer(f"{name}[{l}]", _dims(w2.shape, 2), shape)
-            if attr == 0:
-                layer.weights = &w2[0, 0]
-            elif attr == 1:
-                layer.dropout = &w2[0, 0]
-            elif attr == 2:
-                layer.c = &w2[0, 0]
-            else:
-                layer.h_last = &w2[0, 0]
-        w1 = biases[l]
-        _check_buffer(f"biases[{l}]", _dims(w1.shape, 1), (G,))
-        layer.bias = &w1[0]
-        layer.mask = NULL
-        if masks[l] is not None:
-            m2 = masks[l]
-            _check_buffer(f"masks[{l}]", _dims(m2.shape, 2), (B, T))
-            layer.mask = &m2[0, 0]
-        layer.between = NULL
-        if between[l] is not None:
-            w3 = between[l]
-            _check_buffer(f"between[{l}]", _dims(w3.shape, 3), (B, T, I))
-            layer.between = &w3[0, 0, 0]
-        for name, values, shape, attr in (
-                ("outputs", outputs, (B, T, H), 0),
-                ("gates", gates, (B, layer.gate_slots, G), 1),
-                ("states", states, (B, layer.state_slots, I + H), 2),
-                ("c_prev", c_prev, (B, T if training else 1, H), 3)):
-            w3 = values[l]
-            _check_buffer(f"{name}[{l}]", _dims(w3.shape, 3), shape)
-            if attr == 0:
-                layer.outputs = &w3[0, 0, 0]
-            elif attr == 1:
-                layer.gates = &w3[0, 0, 0]
-            elif attr == 2:
-                layer.states = &w3[0, 0, 0]
-            else:
-                layer.c_prev = &w3[0, 0, 0]
-        lanes = _lanes(dtype_of)
+        layer.h = _data(h[l], f"h[{l}]", (B, H), dtype_of)
+        layer.c = _data(c[l], f"c[{l}]", (B, H), dtype_of)
+        layer.h_last = _data(h_last[l], f"h_last[{l}]", (B, H), dtype_of)
+        layer.weights = _data(weights[l], f"weights[{l}]", (I + H, G), dtype_of)
+        layer.dropout = _data(dropouts[l], f"dropouts[{l}]", (B, H), dtype_of)
+        layer.bias = _data(biases[l], f"biases[{l}]", (G,), dtype_of)
+        layer.mask = _mask_data(masks[l], f"masks[{l}]", (B, T))
+        layer.between = (NULL if between[l] is None
+                         else _data(between[l], f"between[{l}]", (B, T, I), dtype_of))
+        layer.outputs = _data(outputs[l], f"outputs[{l}]", (B, T, H), dtype_of)
+        layer.gates = _data(gates[l], f"gates[{l}]", (B, layer.gate_slots, G), dtype_of)
+        layer.states = _data(states[l], f"states[{l}]", (B, layer.state_slots, I + H), dtype_of)
+        layer.c_prev = _data(c_prev[l], f"c_prev[{l}]", (B, T if training else 1, H), dtype_of)
         depth = H if layer.hoist else I + H
         layer.packed = work.allocate(_gate_panels_size(depth, H, lanes), sizeof(dtype_of[0]),
                                      "packed weights")
@@ -562,9 +557,6 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
     cdef Py_ssize_t B = grad_outputs.shape[0], T = grad_outputs.shape[1], I, H, G, l, k, lanes
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), threads, ncolumns, tasks
     cdef floating[:, ::1] w2
-    cdef floating[::1] w1
-    cdef floating[:, :, ::1] w3
-    cdef const unsigned char[:, ::1] m2
     cdef _StackLayer* layer
     cdef _StackWorkspace work
     cdef floating* dtype_of = <floating*>&grad_outputs[0, 0, 0]
@@ -598,58 +590,26 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
         layer.I, layer.H = I, H
         layer.go_backwards = go_backwards if l == 0 else False
         layer.activation, layer.recurrent_activation = activations[l]
-        for name, values, shape, attr in (
-                ("weights", weights, (I + H, G), 0), ("dropouts", dropouts, (B, H), 1),
-                ("dh_rec", dh_rec, (B, H), 2), ("dh_pass", dh_pass, (B, H), 3),
-                ("dc", dc, (B, H), 4), ("carry", carry, (B, H), 5),
-                ("dweights", dweights, (I + H, G), 6)):
-            w2 = values[l]
-            _check_buffer(f"{name}[{l}]", _dims(w2.shape, 2), shape)
-            if attr == 0:
-                layer.weights = &w2[0, 0]
-            elif attr == 1:
-                layer.dropout = &w2[0, 0]
-            elif attr == 2:
-                layer.dh_rec = &w2[0, 0]
-            elif attr == 3:
-                layer.dh_pass = &w2[0, 0]
-            elif attr == 4:
-                layer.dc = &w2[0, 0]
-            elif attr == 5:
-                layer.carry = &w2[0, 0]
-            else:
-                layer.dweights = &w2[0, 0]
-        w1 = dbiases[l]
-        _check_buffer(f"dbiases[{l}]", _dims(w1.shape, 1), (G,))
-        layer.dbias = &w1[0]
-        layer.mask = NULL
-        if masks[l] is not None:
-            m2 = masks[l]
-            _check_buffer(f"masks[{l}]", _dims(m2.shape, 2), (B, T))
-            layer.mask = &m2[0, 0]
-        layer.between = NULL
-        if between[l] is not None:
-            w3 = between[l]
-            _check_buffer(f"between[{l}]", _dims(w3.shape, 3), (B, T, I))
-            layer.between = &w3[0, 0, 0]
+        layer.weights = _data(weights[l], f"weights[{l}]", (I + H, G), dtype_of)
+        layer.dropout = _data(dropouts[l], f"dropouts[{l}]", (B, H), dtype_of)
+        layer.dh_rec = _data(dh_rec[l], f"dh_rec[{l}]", (B, H), dtype_of)
+        layer.dh_pass = _data(dh_pass[l], f"dh_pass[{l}]", (B, H), dtype_of)
+        layer.dc = _data(dc[l], f"dc[{l}]", (B, H), dtype_of)
+        layer.carry = _data(carry[l], f"carry[{l}]", (B, H), dtype_of)
+        layer.dweights = _data(dweights[l], f"dweights[{l}]", (I + H, G), dtype_of)
+        layer.dbias = _data(dbiases[l], f"dbiases[{l}]", (G,), dtype_of)
+        layer.mask = _mask_data(masks[l], f"masks[{l}]", (B, T))
+        layer.between = (NULL if between[l] is None
+                         else _data(between[l], f"between[{l}]", (B, T, I), dtype_of))
         if l + 1 < nlayers:
-            w3 = output_gradients[l]
-            _check_buffer(f"output_gradients[{l}]", _dims(w3.shape, 3), (B, T, H))
-            layer.grad_outputs = &w3[0, 0, 0]
+            layer.grad_outputs = _data(output_gradients[l], f"output_gradients[{l}]",
+                                       (B, T, H), dtype_of)
         else:
             _check_buffer("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, H))
             layer.grad_outputs = <void*>&grad_outputs[0, 0, 0]
-        for name, values, shape, attr in (
-                ("gates", gates, (B, T, G), 1),
-                ("states", states, (B, T, I + H), 2), ("c_prev", c_prev, (B, T, H), 3)):
-            w3 = values[l]
-            _check_buffer(f"{name}[{l}]", _dims(w3.shape, 3), shape)
-            if attr == 1:
-                layer.gates = &w3[0, 0, 0]
-            elif attr == 2:
-                layer.states = &w3[0, 0, 0]
-            else:
-                layer.c_prev = &w3[0, 0, 0]
+        layer.gates = _data(gates[l], f"gates[{l}]", (B, T, G), dtype_of)
+        layer.states = _data(states[l], f"states[{l}]", (B, T, I + H), dtype_of)
+        layer.c_prev = _data(c_prev[l], f"c_prev[{l}]", (B, T, H), dtype_of)
         layer.packed = work.allocate(_transposed_panels_size(H, G, lanes), sizeof(dtype_of[0]),
                                      "packed weights")
         if l > 0:
