@@ -66,6 +66,22 @@ def assert_close_normwise(actual, expected, tol, name="", floor=0.0):
 # tol * SCALE_FLOOR in absolute terms.
 SCALE_FLOOR = 1e-3
 
+# dx and dh0 are products with the gate gradients: each entry sums 4 * units
+# terms of O(1) size (dZ_t @ kernel.T, dZ_t @ recurrent_kernel.T). Where the
+# terms cancel, as a single entry (batch = timesteps = input_dim = 1) can,
+# the entry keeps the rounding of its terms, which grows with their number
+# (n * u for n terms) and includes the few-ulp error of each gate gradient's
+# activations. Measured over 3,240 such single-entry problems (float32,
+# 1 to 81 units): absolute errors up to 2.6e-6, 2.4e-4 of an entry that had
+# cancelled to 4e-3 (NumPy's own float32 computation: up to 6.8e-7). Those
+# entries are held to the size of their terms: SCALE_FLOOR per term.
+SUMMED_OVER_GATES = ("grad_x", "grad_h0")
+
+
+def scale_floor(name, units):
+    """The smallest scale the array ``name`` of a problem with ``units`` is held to."""
+    return SCALE_FLOOR * 4 * units if name in SUMMED_OVER_GATES else SCALE_FLOOR
+
 
 # -- problems -----------------------------------------------------------------
 
@@ -132,7 +148,8 @@ def assert_matches_reference(forward, backward, dtype, **options):
             assert got is None, name
             continue
         assert got.dtype == dtype, name
-        assert_close_normwise(got, want, TOLERANCE[dtype], name, floor=SCALE_FLOOR)
+        floor = scale_floor(name, forward["recurrent_kernel"].shape[0])
+        assert_close_normwise(got, want, TOLERANCE[dtype], name, floor=floor)
     return fast
 
 
