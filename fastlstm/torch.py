@@ -47,6 +47,10 @@ _DTYPES = (torch.float32, torch.float64)
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 # Rows and columns of the tiles in which _c_order copies a transposed weight.
 _TILE = 128
+_NO_DOUBLE_BACKWARD = (
+    "fastlstm.torch.LSTM computes first-order gradients only: its backward pass cannot be "
+    "differentiated again (a gradient penalty, double backward, Hessian-vector products). "
+    "Use torch.nn.LSTM for the part of the model that needs second-order gradients")
 
 
 def _describe(value):
@@ -100,8 +104,26 @@ class _LSTMDirection(torch.autograd.Function):
         return outputs, h_n, c_n
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_outputs, grad_h, grad_c):
+        with torch.no_grad():
+            grads = _LSTMDirection._gradients(ctx, grad_outputs, grad_h, grad_c)
+        create_graph = torch.is_grad_enabled()
+        if not (create_graph and any(t is not None and t.requires_grad
+                                     for t in (*ctx.saved_tensors, grad_outputs, grad_h,
+                                               grad_c))):
+            return grads
+        # The gradients are right, but the kernels' backward pass has no
+        # derivative of its own: with create_graph=True they lead to a node
+        # that raises if anything differentiates through them, rather than
+        # to constants that would silently drop a second-order term (a
+        # gradient penalty, say). torch.autograd.function.once_differentiable
+        # does the same, but looks only at the incoming gradients.
+        error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(grads))
+        return error(*[None if g is None else g.detach().requires_grad_(True)
+                       for g in grads])
+
+    @staticmethod
+    def _gradients(ctx, grad_outputs, grad_h, grad_c):
         x, h0, c0, *weights = ctx.saved_tensors
         if ctx.cache.used:
             # A second backward through a retained graph: the first wrote the
@@ -134,8 +156,10 @@ def _run_direction(x, h0, c0, weights, mask, reverse, keep_cache):
         _numpy(x), kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
         go_backwards=reverse, return_cache=keep_cache)
     if reverse:
-        # go_backwards returns the outputs in processing order.
-        outputs = np.ascontiguousarray(outputs[:, ::-1])
+        # go_backwards returns the outputs in processing order. A copy, since
+        # for one step the reversed view counts as contiguous but keeps its
+        # negative stride, which torch.from_numpy refuses.
+        outputs = outputs[:, ::-1].copy()
     return torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n), cache
 
 

@@ -339,6 +339,39 @@ def test_retained_graph_gives_the_same_gradients_twice():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("shape", [(3, 1, INPUT_SIZE), (1, INPUT_SIZE)], ids=["batch", "unbatched"])
+def test_one_step_matches_torch(shape, bidirectional):
+    got, expected = pair(num_layers=2, bidirectional=bidirectional, batch_first=True)
+    x = random_input(shape)
+    assert_close(results(got, x), results(expected, x), torch.float64)
+
+
+def test_gradient_with_create_graph_matches_torch():
+    got, expected = pair(bidirectional=True, batch_first=True)
+    x = random_input((3, 4, INPUT_SIZE))
+    gradients = []
+    for module in (got, expected):
+        output, _ = module(x)
+        gradients.append(torch.autograd.grad(output.sum(), list(module.parameters()),
+                                             create_graph=True))
+    for found, wanted in zip(*gradients):
+        assert found.requires_grad
+        torch.testing.assert_close(found.detach(), wanted.detach(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("differentiate", ["weights", "input"])
+def test_second_order_gradient_raises_instead_of_dropping_its_term(differentiate):
+    module = fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, batch_first=True, dtype=torch.float64)
+    x = random_input((3, 4, INPUT_SIZE)).requires_grad_(True)
+    output, _ = module(x)
+    wrt = module.weight_ih_l0 if differentiate == "weights" else x
+    gradient, = torch.autograd.grad(output.sum(), wrt, create_graph=True)
+    penalty = (gradient ** 2).sum()
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        (output.sum() + penalty).backward()
+
+
 def test_inference_under_no_grad_matches_training_forward():
     module = fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2, dtype=torch.float64)
     x = random_input((4, 3, INPUT_SIZE))
