@@ -272,9 +272,15 @@ class LSTM(Layer):
             if x.ndim == 2:
                 hint = ("; a 2-D input is usually the last output of an LSTM below this one: "
                         "give that layer return_sequences=True so that it returns every step")
+            elif x.ndim > 3:
+                hint = ("; fastlstm has no TimeDistributed wrapper: to run the LSTM over "
+                        "sequences held in more axes, merge the leading ones into the batch, "
+                        f"x.reshape(-1, {x.shape[-2]}, {x.shape[-1]}), and reshape the "
+                        f"output back")
             raise ValueError(f"{self._label()}: x must have shape (batch, "
-                             f"timesteps, features), got an array with {x.ndim} "
-                             f"dimension(s), shape {x.shape}{hint}")
+                             f"timesteps, features), three dimensions: the sequences, the "
+                             f"steps of each, the features of each step; got an array with "
+                             f"{x.ndim} dimension(s), shape {x.shape}{hint}")
         batch, timesteps, features = x.shape
         if min(x.shape) == 0:
             raise ValueError(f"x must have at least one sequence, one timestep and one "
