@@ -6,7 +6,7 @@ import numpy as np
 from .. import initializers
 from ..functional import ACTIVATIONS, check_sizes, lstm_backward, run_lstm_forward
 from .._validation import (as_mask, as_real_array, check_bool, check_dtype, check_int,
-                           check_option, check_rate, check_shape, describe, reject_kwargs)
+                           check_option, check_rate, check_shape, describe)
 from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabled,
                    seed_children, seed_sequence)
 
@@ -118,13 +118,14 @@ class LSTM(Layer):
     ((32, 10, 8), ['bias', 'kernel', 'recurrent_kernel'])
     """
 
+    _sample_axes = ("timesteps", "features")
+
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", unit_forget_bias=True, *, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
                  **kwargs):
-        reject_kwargs(kwargs, "LSTM", _UNSUPPORTED)
         super().__init__(dict(
             units=units, activation=activation, recurrent_activation=recurrent_activation,
             use_bias=use_bias, kernel_initializer=kernel_initializer,
@@ -132,7 +133,7 @@ class LSTM(Layer):
             unit_forget_bias=unit_forget_bias, dropout=dropout,
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful,
-            dtype=dtype), name, trainable)
+            dtype=dtype), name, trainable, kwargs, _UNSUPPORTED)
         self.units = check_int(units, "units")
         meaning = " (the activations the kernel implements)"
         self.activation = check_option(activation, "activation", ACTIVATIONS, meaning)
