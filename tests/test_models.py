@@ -473,7 +473,7 @@ def test_training_before_compile_and_bad_data_are_named():
     with pytest.raises(ValueError, match="validation_split must be in"):
         model.fit(x, y, validation_split=1.0)
     with pytest.raises(ValueError, match="validation_data must be a tuple"):
-        model.fit(x, y, validation_data=(x, y, y))
+        model.fit(x, y, validation_data=(x, y, y[:, 0], y))
     with pytest.raises(TypeError, match="batch_size must be a positive int"):
         model.fit(x, y, batch_size=2.5)
     with pytest.raises(ValueError, match="loss must be given"):

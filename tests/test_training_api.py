@@ -236,8 +236,12 @@ def test_data_in_batches_is_checked():
         model.fit(Batches(x, y, 8), y, verbose=0)
     with pytest.raises(ValueError, match=r"batch 0 of x must be a tuple \(x, y\)"):
         model.fit(iter([x]), verbose=0)
-    with pytest.raises(TypeError, match="x must hold real numbers"):
+    with pytest.raises(TypeError, match=r"x must be an array of samples .*, or batches: a "
+                                        r"sequence .*, an iterator, or an iterable with "
+                                        r"__iter__; got dict"):
         model.fit({"x": x}, y, verbose=0)
+    with pytest.raises(TypeError, match="x must be an array of samples .* got object"):
+        model.predict(object(), verbose=0)
     with pytest.raises(ValueError, match="validation_split needs x as an array"):
         model.fit(Batches(x, y, 8), validation_split=0.5, verbose=0)
     assert model.evaluate(Batches(x, y, 8), verbose=0) == pytest.approx(
@@ -248,6 +252,65 @@ def test_data_in_batches_is_checked():
     assert model.evaluate(x, y, batch_size=8, steps=100, verbose=0) == model.evaluate(
         x, y, batch_size=8, verbose=0)
     assert model.predict(x, batch_size=8, steps=2, verbose=0).shape == (16, 2)
+
+
+class Iterable:
+    """A tf.data-like iterable of batches: only __iter__, which starts afresh."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_fit_on_an_iterable_reads_it_afresh_every_epoch():
+    x, y = _data()
+    on_arrays, on_iterable = _model(), _model()
+    on_arrays.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    batches = Iterable([(x[k:k + 8], y[k:k + 8]) for k in range(0, 40, 8)])
+    on_iterable.fit(batches, epochs=3, verbose=0)
+    assert _same_weights(on_arrays, on_iterable) and batches.passes == 3
+    # steps_per_epoch continues the pass and starts new ones, as over arrays.
+    counter = CountBatches()
+    stepped = _model()
+    stepped.fit(batches, epochs=3, steps_per_epoch=7, callbacks=[counter], verbose=0)
+    fitted = _model()
+    fitted.fit(x, y, batch_size=8, epochs=3, steps_per_epoch=7, shuffle=False, verbose=0)
+    assert counter.per_epoch == [7, 7, 7] and _same_weights(stepped, fitted)
+    # evaluate and predict read one pass; predict takes (x,) or x alone.
+    assert on_iterable.evaluate(batches, verbose=0) == pytest.approx(
+        on_iterable.evaluate(x, y, batch_size=8, verbose=0), rel=1e-12)
+    for inputs in (Iterable([(x[:8],), (x[8:],)]), Iterable([x[:8], x[8:]])):
+        assert np.array_equal(on_iterable.predict(inputs, verbose=0),
+                              on_iterable.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="x gave no batch in epoch 1"):
+        _model().fit(Iterable([]), verbose=0)
+
+
+def test_validation_data_as_batches_or_with_sample_weights():
+    x, y = _data()
+    x_val, y_val = _data(16, seed=1)
+    weights = np.random.default_rng(2).random(16)
+    logs = {}
+    for name, validation_data in (
+            ("arrays", (x_val, y_val, weights)),
+            ("sequence", Batches(x_val, y_val, 8, weights)),
+            ("iterable", Iterable([(x_val[:8], y_val[:8], weights[:8]),
+                                   (x_val[8:], y_val[8:], weights[8:])]))):
+        history = _model().fit(x, y, batch_size=8, epochs=2, shuffle=False,
+                               validation_data=validation_data, verbose=0)
+        logs[name] = history.history["val_loss"]
+    assert logs["arrays"] == logs["sequence"] == logs["iterable"]
+    model = _model()
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    assert logs["arrays"][-1] == pytest.approx(model.evaluate(
+        x_val, y_val, batch_size=8, sample_weight=weights, verbose=0), rel=1e-12)
+    with pytest.raises(ValueError, match="validation_data is read whole after every epoch.*"
+                                         "an iterator, which is read once"):
+        _model().fit(x, y, validation_data=iter([(x_val, y_val)]), verbose=0)
 
 
 # -- learning rates, schedules, AdamW -------------------------------------------------------
