@@ -22,6 +22,12 @@ iterator such as a generator (read once), or any other iterable of batches
 (an object with ``__iter__``, like a ``tf.data.Dataset`` or a PyTorch
 ``DataLoader``, iterated afresh for each pass), each batch a tuple ``(x,)``,
 ``(x, y)`` or ``(x, y, sample_weight)``.
+
+Training and evaluation data must be finite: inputs, targets and sample
+weights are checked for NaN and inf (arrays once, batches as they are
+read), because one NaN in a training batch makes every weight NaN after
+one update. ``predict`` does not check: a NaN input gives NaN outputs for
+its own samples only.
 """
 import math
 import sys
@@ -79,11 +85,38 @@ def _data(x, y, x_name="x", y_name="y"):
     return x, y
 
 
+# Values checked for NaN and inf at a time: the boolean block stays small
+# (256 KiB) however large the array, and one np.isfinite per block is as
+# fast as one over the whole array.
+_FINITE_BLOCK = 1 << 18
+
+
+def _check_finite(array, name):
+    """ValueError naming the first NaN or inf in ``array`` (the sample, and
+    the index within it); integer and boolean arrays cannot hold one."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return
+    rows = max(1, _FINITE_BLOCK // array[0].size)
+    for start in range(0, array.shape[0], rows):
+        finite = np.isfinite(array[start:start + rows])
+        if finite.all():
+            continue
+        position = np.unravel_index(np.argmin(finite), finite.shape)
+        sample = start + int(position[0])
+        within = f", index {tuple(int(k) for k in position[1:])} within the sample" \
+            if len(position) > 1 else ""
+        raise ValueError(f"{name} must hold finite numbers (one NaN or inf in training data "
+                         f"makes every weight NaN after one update), got "
+                         f"{array[(sample,) + position[1:]]} at sample {sample}{within}")
+
+
 def _targets(x, y, x_name="x", y_name="y"):
-    """:func:`_data`, with targets required."""
+    """:func:`_data`, with targets required; inputs and targets must be finite."""
     x, y = _data(x, y, x_name, y_name)
     if y is None:
         raise TypeError(f"{y_name} must be an array of targets, got None")
+    _check_finite(x, x_name)
+    _check_finite(y, y_name)
     return x, y
 
 
@@ -95,6 +128,7 @@ def _sample_weights(sample_weight, samples, name="sample_weight"):
     if weights.ndim == 0 or weights.shape[0] != samples:
         raise ValueError(f"{name} must hold one weight per sample (first axis {samples}), got "
                          f"{describe(weights)}")
+    _check_finite(weights, name)
     return weights
 
 
@@ -539,7 +573,10 @@ class Trainer:
             iterator such as a generator (read once), or any other object
             with ``__iter__`` (like a ``tf.data.Dataset`` or a PyTorch
             ``DataLoader``), iterated afresh for each pass; each batch a
-            tuple ``(x, y)`` or ``(x, y, sample_weight)``.
+            tuple ``(x, y)`` or ``(x, y, sample_weight)``. Inputs, targets
+            and sample weights must be finite: the first NaN or inf raises
+            ``ValueError`` naming the array, the sample and the index within
+            it (and the epoch and batch, for data in batches).
         y : array_like or None
             Targets, samples first (see :mod:`fastlstm.losses`).
         batch_size : int or None
@@ -662,7 +699,7 @@ class Trainer:
         Parameters
         ----------
         x, y : array_like
-            One batch of inputs and targets.
+            One batch of inputs and targets, finite (as for :meth:`fit`).
         sample_weight : array_like or None
             As for :meth:`fit`.
         class_weight : dict or None
@@ -712,7 +749,7 @@ class Trainer:
         Parameters
         ----------
         x, y : array_like, or x a sequence of batches, an iterator or an iterable
-            As for :meth:`fit`.
+            As for :meth:`fit` (finite, too).
         batch_size : int or None
             Default (None) 32, for array data.
         verbose : {"auto", 0, 1, 2}
@@ -770,7 +807,8 @@ class Trainer:
         ----------
         x : array_like, sequence of batches, iterator or iterable
             Inputs, samples first; or batches as for :meth:`fit`, each the
-            inputs alone or a tuple whose first entry is the inputs.
+            inputs alone or a tuple whose first entry is the inputs. NaN is
+            not checked for: it gives NaN outputs for its own samples.
         batch_size : int or None
             Default (None) 32, for array data.
         verbose : {"auto", 0, 1, 2}
