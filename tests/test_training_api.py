@@ -313,6 +313,19 @@ def test_validation_data_as_batches_or_with_sample_weights():
         _model().fit(x, y, validation_data=iter([(x_val, y_val)]), verbose=0)
 
 
+def test_fit_with_targets_for_the_other_cross_entropy_says_which_loss_to_use():
+    x, _ = _data(16)
+    labels = np.arange(16) % 3
+    for loss, targets, hint in (("sparse_categorical_crossentropy", np.eye(3)[labels],
+                                 "use loss='categorical_crossentropy'"),
+                                ("categorical_crossentropy", labels,
+                                 "use loss='sparse_categorical_crossentropy'")):
+        model = Sequential([fl.LSTM(4, seed=0), Dense(3, activation="softmax", seed=1)])
+        model.compile("adam", loss, metrics=["accuracy"])
+        with pytest.raises(ValueError, match=hint):
+            model.fit(x, targets, verbose=0)
+
+
 # -- NaN and inf in the data ---------------------------------------------------------------
 
 def test_nan_in_arrays_is_named_before_training():
