@@ -197,7 +197,8 @@ def test_input_shape_builds_a_stateful_model_that_then_trains():
     (lambda: Sequential([fl.LSTM(8, input_shape=(10, None))]), ValueError,
      r"building the model for the input_shape=\(10, None\) of its first layer .*number of "
      r"features"),
-])
+], ids=["int", "zero", "float", "empty", "one-axis-lstm", "batch_input_shape", "input_dim",
+        "no-features"])
 def test_bad_input_shape_is_named(make, error, match):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
