@@ -23,6 +23,7 @@ Examples
 ...              ModelCheckpoint("best.npz", save_best_only=True)]
 """
 import csv
+import errno
 import inspect
 import math
 import os
@@ -298,7 +299,11 @@ class ModelCheckpoint(Callback):
     As ``keras.callbacks.ModelCheckpoint`` with ``save_weights_only=True``:
     ``filepath`` may contain ``str.format`` fields filled with ``epoch``
     (from 1) and the epoch's logs, e.g. ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``.
-    Files are written by :meth:`Sequential.save_weights` (atomically).
+    Files are written by :meth:`Sequential.save_weights` (atomically). A
+    missing folder is created, as Keras does, when ``fit`` starts (before
+    each save when the folder's name has fields); a path where no file can be
+    written (its folder is a file or not writable, or it is a folder) raises
+    ``OSError`` naming it then, before the first epoch trains.
 
     Parameters
     ----------
@@ -345,6 +350,11 @@ class ModelCheckpoint(Callback):
         self.best = None
 
     def on_train_begin(self, logs=None):
+        # The folder is made now, as Keras makes it before saving, so that a
+        # path that cannot be written fails before the first epoch trains;
+        # a folder with fields is made at each save.
+        if "{" not in os.path.dirname(self.filepath):
+            self._prepare(self.filepath)
         maximize = self.mode == "max" or (self.mode == "auto"
                                           and _higher_is_better(self.monitor, self.model))
         self._sign = -1.0 if maximize else 1.0
@@ -354,6 +364,25 @@ class ModelCheckpoint(Callback):
                 self.best = float(self.initial_value_threshold)
             else:
                 self.best = -math.inf if maximize else math.inf
+
+    def _prepare(self, path):
+        """Create the folder of ``path`` if it is missing; an ``OSError``
+        naming ``filepath`` if no file can be written at ``path``."""
+        folder = os.path.dirname(path)
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+        except OSError as error:
+            raise OSError(error.errno, f"ModelCheckpoint cannot create the folder {folder!r} "
+                                       f"of filepath {self.filepath!r}: "
+                                       f"{error.strerror or error}") from None
+        if os.path.isdir(path):
+            raise IsADirectoryError(errno.EISDIR, f"ModelCheckpoint's filepath {path!r} is a "
+                                                  f"folder: give a file path ending in .npz")
+        if not os.access(folder or os.curdir, os.W_OK):
+            raise PermissionError(errno.EACCES, f"ModelCheckpoint cannot write filepath "
+                                                f"{self.filepath!r}: its folder "
+                                                f"{folder or os.curdir!r} is not writable")
 
     def _path(self, epoch, logs):
         try:
@@ -368,7 +397,7 @@ class ModelCheckpoint(Callback):
         if not self.save_best_only:
             if self.verbose:
                 print(f"\nEpoch {epoch + 1}: saving model to {path}")
-            self.model.save_weights(path)
+            self._save(path)
             return
         current = _monitored(self.monitor, logs, "ModelCheckpoint")
         if current is None:
@@ -378,9 +407,14 @@ class ModelCheckpoint(Callback):
                 print(f"\nEpoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to "
                       f"{current:.5f}, saving model to {path}")
             self.best = current
-            self.model.save_weights(path)
+            self._save(path)
         elif self.verbose:
             print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
+
+
+    def _save(self, path):
+        self._prepare(path)
+        self.model.save_weights(path)
 
 
 def _format_duration(seconds):

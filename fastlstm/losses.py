@@ -77,9 +77,14 @@ def _class_indices(y_true, y_pred):
     if y_true.shape == positions + (1,):
         y_true = y_true[..., 0]
     if y_true.shape != positions:
+        hint = ""
+        if y_true.shape == y_pred.shape:
+            hint = ("; these look like one-hot targets, which the non-sparse loss takes: use "
+                    "loss='categorical_crossentropy' (losses.CategoricalCrossentropy), or give "
+                    "the class indices, y_true.argmax(axis=-1)")
         raise ValueError(f"y_true must hold one class index per position, shape "
                          f"y_pred.shape[:-1] = {positions} (or {positions + (1,)}), got "
-                         f"{y_true.shape}")
+                         f"{y_true.shape}{hint}")
     if y_true.dtype.kind == "f":
         if not np.all(np.isfinite(y_true)) or np.any(y_true != np.round(y_true)):
             raise ValueError("y_true must hold integer class indices, got non-integer values")
@@ -270,6 +275,14 @@ class CategoricalCrossentropy(_CrossEntropy):
     name = "categorical_crossentropy"
 
     def _positions(self, y_true, y_pred):
+        y_true = as_real_array(y_true, "y_true", y_pred.dtype)
+        positions = y_pred.shape[:-1]
+        if y_pred.shape[-1] > 1 and y_true.shape in (positions, positions + (1,)):
+            raise ValueError(f"y_true must have the shape of y_pred {y_pred.shape} (one-hot or "
+                             f"soft targets), got {y_true.shape}: these look like class "
+                             f"indices, which the sparse loss takes: use "
+                             f"loss='sparse_categorical_crossentropy' "
+                             f"(losses.SparseCategoricalCrossentropy)")
         y_true = _dense_targets(y_true, y_pred)
         if self.from_logits:
             log_probs = _log_softmax(y_pred)

@@ -156,6 +156,14 @@ class Sequential(Trainer):
                              f"second layer named {name!r}; pass another name=")
         self.layers.append(layer)
         self._calls = None
+        # Keras 2's way to declare the input, which Keras 3 still takes.
+        declared = getattr(self.layers[0], "_input_shape_arg", None)
+        if declared is not None:
+            try:
+                self.build((None,) + tuple(declared))
+            except ValueError as error:
+                raise ValueError(f"building the model for the input_shape={declared} of its "
+                                 f"first layer {_label(self.layers[0], 0)}: {error}") from None
 
     def pop(self):
         """Remove the last layer and return it."""
@@ -189,8 +197,13 @@ class Sequential(Trainer):
             raise ValueError(f"input_shape must give the number of features (last axis), got "
                              f"{tuple(input_shape)}")
         probe = np.zeros(tuple(1 if d is None else d for d in input_shape))
+        # The probe leaves no state behind: a stateful layer would carry it into the first batch.
+        fresh = [layer for layer in self.layers
+                 if getattr(layer, "stateful", False) and getattr(layer, "states", None) is None]
         with no_grad():
             self._forward(probe, training=False)
+        for layer in fresh:
+            layer.reset_state()
         self._input_shape = (None,) + tuple(input_shape[1:])
 
     def _check_layers(self):

@@ -59,9 +59,13 @@ def _write_atomically(path, overwrite, write):
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            # Named by the path asked for, not by the temporary file.
+            raise OSError(error.errno, f"cannot write filepath {path!r}: "
+                                       f"{error.strerror or error}") from error
         raise
 
 

@@ -17,9 +17,17 @@ update; ``evaluate`` and ``predict`` run in batches inside
 
 Data comes as arrays, which the loop cuts into batches, or already in
 batches, as Keras takes it: a sequence of batches (an object with
-``__len__`` and ``__getitem__``, like ``keras.utils.PyDataset``) or an
-iterator such as a generator, each batch a tuple ``(x, y)`` or
-``(x, y, sample_weight)``.
+``__len__`` and ``__getitem__``, like ``keras.utils.PyDataset``), an
+iterator such as a generator (read once), or any other iterable of batches
+(an object with ``__iter__``, like a ``tf.data.Dataset`` or a PyTorch
+``DataLoader``, iterated afresh for each pass), each batch a tuple ``(x,)``,
+``(x, y)`` or ``(x, y, sample_weight)``.
+
+Training and evaluation data must be finite: inputs, targets and sample
+weights are checked for NaN and inf (arrays once, batches as they are
+read), because one NaN in a training batch makes every weight NaN after
+one update. ``predict`` does not check: a NaN input gives NaN outputs for
+its own samples only.
 """
 import math
 import sys
@@ -77,11 +85,38 @@ def _data(x, y, x_name="x", y_name="y"):
     return x, y
 
 
+# Values checked for NaN and inf at a time: the boolean block stays small
+# (256 KiB) however large the array, and one np.isfinite per block is as
+# fast as one over the whole array.
+_FINITE_BLOCK = 1 << 18
+
+
+def _check_finite(array, name):
+    """ValueError naming the first NaN or inf in ``array`` (the sample, and
+    the index within it); integer and boolean arrays cannot hold one."""
+    if array.dtype.kind != "f" or array.size == 0:
+        return
+    rows = max(1, _FINITE_BLOCK // array[0].size)
+    for start in range(0, array.shape[0], rows):
+        finite = np.isfinite(array[start:start + rows])
+        if finite.all():
+            continue
+        position = np.unravel_index(np.argmin(finite), finite.shape)
+        sample = start + int(position[0])
+        within = f", index {tuple(int(k) for k in position[1:])} within the sample" \
+            if len(position) > 1 else ""
+        raise ValueError(f"{name} must hold finite numbers (one NaN or inf in training data "
+                         f"makes every weight NaN after one update), got "
+                         f"{array[(sample,) + position[1:]]} at sample {sample}{within}")
+
+
 def _targets(x, y, x_name="x", y_name="y"):
-    """:func:`_data`, with targets required."""
+    """:func:`_data`, with targets required; inputs and targets must be finite."""
     x, y = _data(x, y, x_name, y_name)
     if y is None:
         raise TypeError(f"{y_name} must be an array of targets, got None")
+    _check_finite(x, x_name)
+    _check_finite(y, y_name)
     return x, y
 
 
@@ -93,6 +128,7 @@ def _sample_weights(sample_weight, samples, name="sample_weight"):
     if weights.ndim == 0 or weights.shape[0] != samples:
         raise ValueError(f"{name} must hold one weight per sample (first axis {samples}), got "
                          f"{describe(weights)}")
+    _check_finite(weights, name)
     return weights
 
 
@@ -123,19 +159,25 @@ def _class_sample_weights(y, class_weight, loss):
 
 
 def _is_dataset(x):
-    """Whether ``x`` holds batches (a sequence of batches or an iterator)
-    rather than samples."""
+    """Whether ``x`` holds batches (a sequence of batches, an iterator or
+    another iterable) rather than samples."""
     if x is None or isinstance(x, (np.ndarray, list, tuple, dict, str, bytes)) \
             or np.isscalar(x):
         return False
     if hasattr(x, "__array__") or hasattr(x, "__array_interface__"):
         return False
-    return hasattr(x, "__next__") or (hasattr(x, "__len__") and hasattr(x, "__getitem__"))
+    return hasattr(x, "__iter__") or hasattr(x, "__next__") or (
+        hasattr(x, "__len__") and hasattr(x, "__getitem__"))
 
 
-def _unpack(batch, index, need_targets):
-    """``(x, y, sample_weight)`` of one batch a dataset gave."""
-    where = f"batch {index} of x"
+def _is_sequence(x):
+    """Whether batches ``x`` can be read by index (``__len__`` and ``__getitem__``)."""
+    return hasattr(x, "__len__") and hasattr(x, "__getitem__")
+
+
+def _unpack(batch, where, need_targets):
+    """``(x, y, sample_weight)`` of one batch a dataset gave; ``where``
+    names it in errors (``epoch 2, batch 3 of x``)."""
     if isinstance(batch, tuple) and 1 <= len(batch) <= 3:
         parts = list(batch) + [None] * (3 - len(batch))
     elif not need_targets and not isinstance(batch, tuple):
@@ -143,49 +185,62 @@ def _unpack(batch, index, need_targets):
     else:
         raise ValueError(f"{where} must be a tuple (x, y) or (x, y, sample_weight), got "
                          f"{describe(batch)}")
-    if need_targets:
-        x, y = _targets(parts[0], parts[1], f"{where}: x", f"{where}: y")
-    else:
-        x, y = _data(parts[0], None, f"{where}: x")
+    if not need_targets:
+        # Predictions read the inputs alone.
+        return _data(parts[0], None, f"{where}: x") + (None,)
+    x, y = _targets(parts[0], parts[1], f"{where}: x", f"{where}: y")
     return x, y, _sample_weights(parts[2], x.shape[0], f"{where}: sample_weight")
 
 
 class _Batches:
     """Where a loop's batches come from: arrays cut into batches, a sequence
-    of batches read in order (or shuffled order), or an iterator.
+    of batches read in order (or shuffled order), an iterator, or another
+    iterable of batches, iterated afresh for each pass in its own order.
 
     :meth:`next` gives the next ``(x, y, sample_weight)`` or None at the end
-    of a pass. For ``fit``, arrays and sequences start a new pass
+    of a pass. For ``fit``, arrays, sequences and iterables start a new pass
     (reshuffled) when asked for a batch after one ends; ``evaluate`` and
-    ``predict`` read one pass at most; an iterator is read once.
+    ``predict`` read one pass at most; an iterator is read once. ``name``
+    names the data in errors; with ``first_epoch`` (the number of the first
+    :meth:`epoch`, from 0) they name the epoch of a batch too.
     """
 
     def __init__(self, x, y, sample_weight, batch_size, shuffle, rng, need_targets,
-                 owner):
+                 owner, name="x", first_epoch=None):
         # Training reads passes after passes; evaluation and prediction one at most.
         self._cycles = owner == "fit"
         self._rng = rng
         self._shuffle = shuffle
         self._need_targets = need_targets
+        self._name = name
+        self._epoch = None if first_epoch is None else first_epoch - 1
         self._pass = None
         self.exhausted = False
         # Batches an iterator has given (for messages).
         self.read = 0
         if _is_dataset(x):
-            for name, value in (("y", y), ("sample_weight", sample_weight),
-                                ("batch_size", batch_size)):
+            for argument, value in (("y", y), ("sample_weight", sample_weight),
+                                    ("batch_size", batch_size)):
                 if value is not None:
-                    raise ValueError(f"{name} must be None when x gives batches ({owner} "
-                                     f"reads them from x), got {describe(value)}")
+                    raise ValueError(f"{argument} must be None when {name} gives batches "
+                                     f"({owner} reads them from {name}), got {describe(value)}")
             self._dataset = x
             self._arrays = None
             self.is_iterator = hasattr(x, "__next__")
-            self.num_batches = None if self.is_iterator else len(x)
+            self.num_batches = None if self.is_iterator or not hasattr(x, "__len__") \
+                else len(x)
             if self.num_batches == 0:
-                raise ValueError(f"x must give at least one batch, got {describe(x)} of length 0")
+                raise ValueError(f"{name} must give at least one batch, got {describe(x)} of "
+                                 f"length 0")
             return
         self._dataset = None
         self.is_iterator = False
+        if isinstance(x, dict) or not (x is None or isinstance(x, (list, tuple)) or np.isscalar(x)
+                                       or hasattr(x, "__array__")
+                                       or hasattr(x, "__array_interface__")):
+            raise TypeError(f"{name} must be an array of samples (a NumPy array or nested "
+                            f"lists), or batches: a sequence with __len__ and __getitem__, an "
+                            f"iterator, or an iterable with __iter__; got {describe(x)}")
         if need_targets:
             x, y = _targets(x, y)
         else:
@@ -196,14 +251,23 @@ class _Batches:
         self._batch_size = _check_batch_size(batch_size)
         self.num_batches = math.ceil(x.shape[0] / self._batch_size)
 
+    def _where(self, index):
+        """``epoch 2, batch 3 of x``: a batch of a dataset, as errors name it."""
+        epoch = "" if self._epoch is None else f"epoch {self._epoch + 1}, "
+        return f"{epoch}batch {index} of {self._name}"
+
     def _new_pass(self):
         if self.is_iterator:
             return self._dataset
+        if self._arrays is None and not _is_sequence(self._dataset):
+            return (_unpack(batch, self._where(k), self._need_targets)
+                    for k, batch in enumerate(self._dataset))
         order = self._rng.permutation(self.num_batches if self._arrays is None
                                       else self._arrays[0].shape[0]) if self._shuffle else None
         if self._arrays is None:
             indices = range(self.num_batches) if order is None else order
-            return (_unpack(self._dataset[int(k)], int(k), self._need_targets) for k in indices)
+            return (_unpack(self._dataset[int(k)], self._where(int(k)), self._need_targets)
+                    for k in indices)
         x, y, weights = self._arrays
         count, size = x.shape[0], self._batch_size
 
@@ -230,7 +294,7 @@ class _Batches:
             return None
         if self.is_iterator:
             self.read += 1
-            return _unpack(batch, self.read - 1, self._need_targets)
+            return _unpack(batch, self._where(self.read - 1), self._need_targets)
         return batch
 
     def epoch(self, steps):
@@ -239,6 +303,8 @@ class _Batches:
         pass when ``steps`` is None."""
         if steps is not None and not self._cycles and self.num_batches is not None:
             steps = min(steps, self.num_batches)
+        if self._epoch is not None:
+            self._epoch += 1
         count = 0
         while steps is None or count < steps:
             batch = self.next()
@@ -246,6 +312,9 @@ class _Batches:
                 if steps is None or self.is_iterator or not self._cycles:
                     return
                 batch = self.next()
+                if batch is None:
+                    # An iterable that gives no batch at all.
+                    return
             count += 1
             yield batch
 
@@ -259,28 +328,24 @@ class _Batches:
 def _ran_out(batches_read):
     warnings.warn(f"the data ran out after {batches_read} batches, so training stops: an "
                   f"iterator is read once, so it must give steps_per_epoch * epochs batches "
-                  f"(a sequence of batches, with __len__ and __getitem__, is read again "
-                  f"every epoch)", RuntimeWarning, stacklevel=3)
+                  f"(a sequence of batches, with __len__ and __getitem__, or an iterable "
+                  f"whose __iter__ starts afresh, is read again every epoch)", RuntimeWarning,
+                  stacklevel=3)
 
 
-def _split_validation(x, y, sample_weight, validation_split, validation_data):
+def _split_validation(x, y, sample_weight, batch_size, validation_split, validation_data):
     """``(x, y, sample_weight, validation)``: the training data and the
-    validation ``(x, y, sample_weight)`` (weighted as the training samples
-    are, for a split), or None."""
+    :class:`_Batches` of the validation data (weighted as the training
+    samples are, for a split), read whole after each epoch, or None."""
     validation_split = check_real(validation_split, "validation_split", 0.0, 1.0,
                                   high_open=True)
     if validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError(f"validation_data must be a tuple (x_val, y_val), got "
-                             f"{describe(validation_data)}")
-        validation = _targets(*validation_data, x_name="validation_data[0] (x_val)",
-                              y_name="validation_data[1] (y_val)")
-        return x, y, sample_weight, validation + (None,)
+        return x, y, sample_weight, _validation_batches(validation_data, batch_size)
     if not validation_split:
         return x, y, sample_weight, None
     if _is_dataset(x):
         raise ValueError("validation_split needs x as an array (it holds out the last "
-                         "samples); with batches from a sequence or an iterator, give "
+                         "samples); with batches from a sequence or an iterable, give "
                          "validation_data")
     x, y = _targets(x, y)
     sample_weight = _sample_weights(sample_weight, x.shape[0])
@@ -294,7 +359,31 @@ def _split_validation(x, y, sample_weight, validation_split, validation_data):
     if sample_weight is not None:
         train_weights, val_weights = sample_weight[:split_at], sample_weight[split_at:]
     return (x[:split_at], y[:split_at], train_weights,
-            (x[split_at:], y[split_at:], val_weights))
+            _Batches(x[split_at:], y[split_at:], val_weights, batch_size, False, None, True,
+                     "fit"))
+
+
+def _validation_batches(validation_data, batch_size):
+    """The :class:`_Batches` of fit's ``validation_data``, as Keras takes it:
+    a tuple ``(x_val, y_val)`` or ``(x_val, y_val, val_sample_weight)`` of
+    arrays, or batches that can be read again after every epoch."""
+    if _is_dataset(validation_data):
+        if hasattr(validation_data, "__next__"):
+            raise ValueError(f"validation_data is read whole after every epoch, so it must "
+                             f"be arrays, a sequence of batches (with __len__ and "
+                             f"__getitem__) or an iterable whose __iter__ starts afresh; got "
+                             f"{describe(validation_data)}, an iterator, which is read once")
+        return _Batches(validation_data, None, None, None, False, None, True, "fit",
+                        name="validation_data")
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise ValueError(f"validation_data must be a tuple (x_val, y_val) or (x_val, y_val, "
+                         f"val_sample_weight), or batches (a sequence of batches or an "
+                         f"iterable), got {describe(validation_data)}")
+    x, y = _targets(validation_data[0], validation_data[1], "validation_data[0] (x_val)",
+                    "validation_data[1] (y_val)")
+    weights = None if len(validation_data) == 2 else _sample_weights(
+        validation_data[2], x.shape[0], "validation_data[2] (val_sample_weight)")
+    return _Batches(x, y, weights, batch_size, False, None, True, "fit")
 
 
 class Trainer:
@@ -474,15 +563,20 @@ class Trainer:
 
         Parameters
         ----------
-        x : array_like, sequence of batches or iterator
+        x : array_like, sequence of batches, iterator or iterable of batches
             Inputs, samples first: ``(samples, timesteps, features)``, or
             integer indices ``(samples, timesteps)`` for an ``Embedding``.
             Or the data already in batches (then ``y``, ``sample_weight``
             and ``batch_size`` must be None): an object with ``__len__`` and
             ``__getitem__`` (like ``keras.utils.PyDataset``; its
-            ``on_epoch_end()``, if any, is called after each epoch), or an
-            iterator such as a generator, each batch a tuple ``(x, y)`` or
-            ``(x, y, sample_weight)``.
+            ``on_epoch_end()``, if any, is called after each epoch), an
+            iterator such as a generator (read once), or any other object
+            with ``__iter__`` (like a ``tf.data.Dataset`` or a PyTorch
+            ``DataLoader``), iterated afresh for each pass; each batch a
+            tuple ``(x, y)`` or ``(x, y, sample_weight)``. Inputs, targets
+            and sample weights must be finite: the first NaN or inf raises
+            ``ValueError`` naming the array, the sample and the index within
+            it (and the epoch and batch, for data in batches).
         y : array_like or None
             Targets, samples first (see :mod:`fastlstm.losses`).
         batch_size : int or None
@@ -499,7 +593,10 @@ class Trainer:
             Fraction of the samples (the last ones, before shuffling, as in
             Keras) held out to compute ``val_*`` logs after each epoch.
             Ignored when ``validation_data`` is given; needs array data.
-        validation_data : tuple (x_val, y_val) or None
+        validation_data : tuple, sequence of batches, iterable or None
+            ``(x_val, y_val)`` or ``(x_val, y_val, val_sample_weight)``, or
+            batches as for ``x`` that can be read again after every epoch
+            (a sequence or an iterable, not an iterator).
         shuffle : bool
             Shuffle the training samples (or the order of a sequence's
             batches) before each pass, with the model's seeded generator.
@@ -520,8 +617,8 @@ class Trainer:
         steps_per_epoch : int or None
             Batches per epoch. None: one pass over the data (an iterator:
             until it ends). Given, an epoch continues the pass the previous
-            one left and starts new (reshuffled) passes over arrays or a
-            sequence as needed; an iterator that ends before
+            one left and starts new (reshuffled) passes over arrays, a
+            sequence or an iterable as needed; an iterator that ends before
             ``steps_per_epoch * epochs`` batches stops training with a
             ``RuntimeWarning``.
 
@@ -541,8 +638,9 @@ class Trainer:
             raise ValueError("class_weight and sample_weight cannot both be given (Keras' "
                              "rule): fold the class weights into sample_weight")
         x, y, sample_weight, validation = _split_validation(
-            x, y, sample_weight, validation_split, validation_data)
-        data = _Batches(x, y, sample_weight, batch_size, shuffle, self._rng, True, "fit")
+            x, y, sample_weight, batch_size, validation_split, validation_data)
+        data = _Batches(x, y, sample_weight, batch_size, shuffle, self._rng, True, "fit",
+                        first_epoch=initial_epoch)
         steps = steps_per_epoch or data.num_batches
 
         self.history = History()
@@ -568,8 +666,7 @@ class Trainer:
                 raise ValueError(f"x gave no batch in epoch {epoch + 1}: give data with at "
                                  f"least one batch")
             if validation is not None:
-                val_logs = self._evaluate(_Batches(*validation, batch_size, False, None, True,
-                                                   "fit"), None, 0, callback_list)
+                val_logs = self._evaluate(validation, None, 0, callback_list)
                 epoch_logs.update({f"val_{key}": value for key, value in val_logs.items()})
             data.on_epoch_end()
             callback_list.on_epoch_end(epoch, epoch_logs)
@@ -602,7 +699,7 @@ class Trainer:
         Parameters
         ----------
         x, y : array_like
-            One batch of inputs and targets.
+            One batch of inputs and targets, finite (as for :meth:`fit`).
         sample_weight : array_like or None
             As for :meth:`fit`.
         class_weight : dict or None
@@ -651,8 +748,8 @@ class Trainer:
 
         Parameters
         ----------
-        x, y : array_like, or x a sequence of batches or an iterator
-            As for :meth:`fit`.
+        x, y : array_like, or x a sequence of batches, an iterator or an iterable
+            As for :meth:`fit` (finite, too).
         batch_size : int or None
             Default (None) 32, for array data.
         verbose : {"auto", 0, 1, 2}
@@ -708,9 +805,10 @@ class Trainer:
 
         Parameters
         ----------
-        x : array_like, sequence of batches or iterator
+        x : array_like, sequence of batches, iterator or iterable
             Inputs, samples first; or batches as for :meth:`fit`, each the
-            inputs alone or a tuple whose first entry is the inputs.
+            inputs alone or a tuple whose first entry is the inputs. NaN is
+            not checked for: it gives NaN outputs for its own samples.
         batch_size : int or None
             Default (None) 32, for array data.
         verbose : {"auto", 0, 1, 2}

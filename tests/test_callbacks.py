@@ -264,6 +264,47 @@ def test_checkpoint_arguments_are_checked(tmp_path):
         drive(callback, [1.0])
 
 
+def test_checkpoint_creates_its_folder_when_fit_starts(tmp_path):
+    path = tmp_path / "runs" / "one" / "w.npz"
+    seen = []
+    probe = Callback()
+    probe.on_epoch_begin = lambda epoch, logs=None: seen.append(path.parent.is_dir())
+    x, y = data()
+    model = model_for()
+    model.fit(x, y, batch_size=16, epochs=2, callbacks=[ModelCheckpoint(path), probe],
+              verbose=0)
+    assert seen == [True, True] and os.listdir(path.parent) == ["w.npz"]
+    # A folder with fields is made at each save.
+    pattern = str(tmp_path / "epoch-{epoch}" / "w.npz")
+    model.fit(x, y, batch_size=16, epochs=2, callbacks=[ModelCheckpoint(pattern)], verbose=0)
+    assert all((tmp_path / f"epoch-{k}" / "w.npz").is_file() for k in (1, 2))
+
+
+def test_checkpoint_path_that_cannot_be_written_fails_before_training(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "folder.npz").mkdir()
+    x, y = data()
+    for filepath, error, match in (
+            (tmp_path / "a_file" / "w.npz", OSError,
+             r"cannot create the folder .*a_file' of filepath .*a_file/w.npz'"),
+            (tmp_path / "folder.npz", IsADirectoryError, r"filepath .*folder.npz' is a folder")):
+        recorder = Recorder()
+        with pytest.raises(error, match=match):
+            model_for().fit(x, y, epochs=1, callbacks=[recorder, ModelCheckpoint(filepath)],
+                            verbose=0)
+        assert [call[0] for call in recorder.calls] == ["on_train_begin"]
+
+
+def test_save_weights_names_the_path_asked_for_not_a_temporary_file(tmp_path):
+    model = model_for()
+    model.build((None, 5, 2))
+    path = tmp_path / "missing" / "w.npz"
+    with pytest.raises(FileNotFoundError,
+                       match=r"cannot write filepath .*missing/w.npz': ") as info:
+        model.save_weights(path)
+    assert ".tmp" not in str(info.value)
+
+
 def test_checkpoint_without_its_monitor_warns(tmp_path):
     callback = ModelCheckpoint(tmp_path / "w.npz", save_best_only=True)
     with warnings.catch_warnings(record=True) as caught:

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+import fastlstm as fl
 from fastlstm import initializers
 from fastlstm.layers import LSTM, no_grad
 from gradcheck import assert_gradient, inner, random_like
@@ -680,6 +681,18 @@ def test_bad_call_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         layer(x, **kwargs)
     assert not layer.built or kwargs  # a refused first input builds nothing
+
+
+def test_a_4d_input_says_what_the_three_dimensions_are_and_how_to_reshape():
+    x = np.ones((2, 6, 5, 3))
+    expected = (r"x must have shape \(batch, timesteps, features\), three dimensions: the "
+                r"sequences, the steps of each, the features of each step; got an array with "
+                r"4 dimension\(s\), shape \(2, 6, 5, 3\); fastlstm has no TimeDistributed"
+                r".*x.reshape\(-1, 5, 3\)")
+    for run in (small_layer(), fl.Bidirectional(small_layer()),
+                fl.Sequential([small_layer(), fl.Dense(1)]).predict):
+        with pytest.raises(ValueError, match=expected):
+            run(x)
 
 
 def test_input_with_other_features_than_built_is_refused():

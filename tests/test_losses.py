@@ -211,6 +211,28 @@ def test_sparse_labels_out_of_range_are_named():
         loss(np.zeros((2, 3)), np.ones((2, 3)))
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_one_hot_targets_for_the_sparse_loss_suggest_the_categorical_one(from_logits):
+    loss = losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+    one_hot = np.eye(3)[[0, 2, 1, 1]]
+    for y_true, y_pred in ((one_hot, np.full((4, 3), 1 / 3)),
+                           (np.stack([one_hot] * 5, 1), np.full((4, 5, 3), 1 / 3))):
+        with pytest.raises(ValueError, match=r"look like one-hot targets.*categorical_crossentropy"
+                                             r".*CategoricalCrossentropy.*argmax"):
+            loss(y_true, y_pred)
+
+
+@pytest.mark.parametrize("labels", [[0, 2, 1, 1], [[0], [2], [1], [1]]])
+def test_class_indices_for_the_categorical_loss_suggest_the_sparse_one(labels):
+    loss = losses.CategoricalCrossentropy()
+    with pytest.raises(ValueError, match=r"look like class indices.*"
+                                         r"sparse_categorical_crossentropy.*"
+                                         r"SparseCategoricalCrossentropy"):
+        loss.value_and_gradient(labels, np.full((4, 3), 1 / 3))
+    # One class: (batch,) targets for (batch, 1) predictions stay accepted.
+    assert loss([1.0, 1.0], [[1.0], [1.0]]) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_get_knows_keras_names_and_rejects_others():
     assert isinstance(losses.get("mse"), losses.MeanSquaredError)
     assert isinstance(losses.get("mean_absolute_error"), losses.MeanAbsoluteError)

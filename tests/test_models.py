@@ -6,6 +6,7 @@ import copy
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -145,6 +146,64 @@ def test_build_takes_a_keras_input_shape():
         model.build(5)
     model.build((None, None, 4))
     assert model.built and model.layers[1].input_dim == 3
+
+
+def test_input_shape_on_the_first_layer_builds_the_model_with_a_warning(capsys):
+    with pytest.warns(UserWarning, match=r"layer 'first' \(LSTM\): input_shape .* prefer "
+                                         r"building the model: model.build\(\(None, 10, 3\)\)"):
+        model = Sequential([fl.LSTM(8, input_shape=(10, 3), name="first", seed=0),
+                            Dense(1, seed=1)])
+    assert model.built and [w.shape for w in model.get_weights()] == [
+        (3, 32), (8, 32), (32,), (8, 1), (1,)]
+    model.summary()
+    assert "(None, 8)" in capsys.readouterr().out
+    built = Sequential([fl.LSTM(8, seed=0), Dense(1, seed=1)])
+    built.build((None, 10, 3))
+    for a, b in zip(model.get_weights(), built.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Built on add too, with timesteps left open, for every kind of first layer.
+    with pytest.warns(UserWarning):
+        added = Sequential()
+        added.add(fl.Bidirectional(fl.LSTM(4), input_shape=(None, 3)))
+        added.add(Dense(2))
+        assert added.built
+        assert Sequential([Embedding(9, 4, input_shape=(6,)), fl.LSTM(3)]).built
+        assert Sequential([fl.Bidirectional(fl.LSTM(4, input_shape=(5, 2)))]).built
+        assert Sequential([Dense(2, input_shape=(7,))]).built
+    # A layer's config leaves it out, as Keras' does.
+    assert "input_shape" not in model.layers[0].get_config()
+
+
+def test_input_shape_builds_a_stateful_model_that_then_trains():
+    with pytest.warns(UserWarning):
+        model = Sequential([fl.LSTM(4, stateful=True, input_shape=(5, 3)), Dense(1)])
+    assert model.layers[0].states is None
+    model.compile(loss="mse")
+    model.fit(np.ones((8, 5, 3)), np.ones((8, 1)), batch_size=8, shuffle=False, verbose=0)
+    assert model.layers[0].states[0].shape == (8, 4)
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: fl.LSTM(8, input_shape=3), TypeError,
+     r"input_shape must be a tuple of positive ints or None.*got int 3; for one axis write \(3,\)"),
+    (lambda: fl.LSTM(8, input_shape=(10, 0)), ValueError, r"input_shape .*got tuple \(10, 0\)"),
+    (lambda: fl.LSTM(8, input_shape=(10, 3.0)), ValueError, "input_shape"),
+    (lambda: Dense(8, input_shape=()), ValueError, "input_shape"),
+    (lambda: fl.LSTM(8, input_shape=(3,)), ValueError,
+     r"input_shape must be \(timesteps, features\), the shape of one sample without the batch"),
+    (lambda: fl.LSTM(8, batch_input_shape=(4, 10, 3)), TypeError,
+     r"batch_input_shape: Keras 3 dropped it; give input_shape"),
+    (lambda: Dense(8, input_dim=3), TypeError, "input_dim: give input_shape"),
+    (lambda: Sequential([fl.LSTM(8, input_shape=(10, None))]), ValueError,
+     r"building the model for the input_shape=\(10, None\) of its first layer .*number of "
+     r"features"),
+], ids=["int", "zero", "float", "empty", "one-axis-lstm", "batch_input_shape", "input_dim",
+        "no-features"])
+def test_bad_input_shape_is_named(make, error, match):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(error, match=match):
+            make()
 
 
 def test_whole_model_gradients_match_finite_differences():
@@ -415,7 +474,7 @@ def test_training_before_compile_and_bad_data_are_named():
     with pytest.raises(ValueError, match="validation_split must be in"):
         model.fit(x, y, validation_split=1.0)
     with pytest.raises(ValueError, match="validation_data must be a tuple"):
-        model.fit(x, y, validation_data=(x, y, y))
+        model.fit(x, y, validation_data=(x, y, y[:, 0], y))
     with pytest.raises(TypeError, match="batch_size must be a positive int"):
         model.fit(x, y, batch_size=2.5)
     with pytest.raises(ValueError, match="loss must be given"):

@@ -236,8 +236,12 @@ def test_data_in_batches_is_checked():
         model.fit(Batches(x, y, 8), y, verbose=0)
     with pytest.raises(ValueError, match=r"batch 0 of x must be a tuple \(x, y\)"):
         model.fit(iter([x]), verbose=0)
-    with pytest.raises(TypeError, match="x must hold real numbers"):
+    with pytest.raises(TypeError, match=r"x must be an array of samples .*, or batches: a "
+                                        r"sequence .*, an iterator, or an iterable with "
+                                        r"__iter__; got dict"):
         model.fit({"x": x}, y, verbose=0)
+    with pytest.raises(TypeError, match="x must be an array of samples .* got object"):
+        model.predict(object(), verbose=0)
     with pytest.raises(ValueError, match="validation_split needs x as an array"):
         model.fit(Batches(x, y, 8), validation_split=0.5, verbose=0)
     assert model.evaluate(Batches(x, y, 8), verbose=0) == pytest.approx(
@@ -248,6 +252,163 @@ def test_data_in_batches_is_checked():
     assert model.evaluate(x, y, batch_size=8, steps=100, verbose=0) == model.evaluate(
         x, y, batch_size=8, verbose=0)
     assert model.predict(x, batch_size=8, steps=2, verbose=0).shape == (16, 2)
+
+
+class Iterable:
+    """A tf.data-like iterable of batches: only __iter__, which starts afresh."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.batches)
+
+
+def test_fit_on_an_iterable_reads_it_afresh_every_epoch():
+    x, y = _data()
+    on_arrays, on_iterable = _model(), _model()
+    on_arrays.fit(x, y, batch_size=8, epochs=3, shuffle=False, verbose=0)
+    batches = Iterable([(x[k:k + 8], y[k:k + 8]) for k in range(0, 40, 8)])
+    on_iterable.fit(batches, epochs=3, verbose=0)
+    assert _same_weights(on_arrays, on_iterable) and batches.passes == 3
+    # steps_per_epoch continues the pass and starts new ones, as over arrays.
+    counter = CountBatches()
+    stepped = _model()
+    stepped.fit(batches, epochs=3, steps_per_epoch=7, callbacks=[counter], verbose=0)
+    fitted = _model()
+    fitted.fit(x, y, batch_size=8, epochs=3, steps_per_epoch=7, shuffle=False, verbose=0)
+    assert counter.per_epoch == [7, 7, 7] and _same_weights(stepped, fitted)
+    # evaluate and predict read one pass; predict takes (x,) or x alone.
+    assert on_iterable.evaluate(batches, verbose=0) == pytest.approx(
+        on_iterable.evaluate(x, y, batch_size=8, verbose=0), rel=1e-12)
+    for inputs in (Iterable([(x[:8],), (x[8:],)]), Iterable([x[:8], x[8:]])):
+        assert np.array_equal(on_iterable.predict(inputs, verbose=0),
+                              on_iterable.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="x gave no batch in epoch 1"):
+        _model().fit(Iterable([]), verbose=0)
+
+
+def test_validation_data_as_batches_or_with_sample_weights():
+    x, y = _data()
+    x_val, y_val = _data(16, seed=1)
+    weights = np.random.default_rng(2).random(16)
+    logs = {}
+    for name, validation_data in (
+            ("arrays", (x_val, y_val, weights)),
+            ("sequence", Batches(x_val, y_val, 8, weights)),
+            ("iterable", Iterable([(x_val[:8], y_val[:8], weights[:8]),
+                                   (x_val[8:], y_val[8:], weights[8:])]))):
+        history = _model().fit(x, y, batch_size=8, epochs=2, shuffle=False,
+                               validation_data=validation_data, verbose=0)
+        logs[name] = history.history["val_loss"]
+    assert logs["arrays"] == logs["sequence"] == logs["iterable"]
+    model = _model()
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    assert logs["arrays"][-1] == pytest.approx(model.evaluate(
+        x_val, y_val, batch_size=8, sample_weight=weights, verbose=0), rel=1e-12)
+    with pytest.raises(ValueError, match="validation_data is read whole after every epoch.*"
+                                         "an iterator, which is read once"):
+        _model().fit(x, y, validation_data=iter([(x_val, y_val)]), verbose=0)
+
+
+def test_fit_with_targets_for_the_other_cross_entropy_says_which_loss_to_use():
+    x, _ = _data(16)
+    labels = np.arange(16) % 3
+    for loss, targets, hint in (("sparse_categorical_crossentropy", np.eye(3)[labels],
+                                 "use loss='categorical_crossentropy'"),
+                                ("categorical_crossentropy", labels,
+                                 "use loss='sparse_categorical_crossentropy'")):
+        model = Sequential([fl.LSTM(4, seed=0), Dense(3, activation="softmax", seed=1)])
+        model.compile("adam", loss, metrics=["accuracy"])
+        with pytest.raises(ValueError, match=hint):
+            model.fit(x, targets, verbose=0)
+
+
+# -- NaN and inf in the data ---------------------------------------------------------------
+
+def test_nan_in_arrays_is_named_before_training():
+    x, y = _data(16)
+    weights = np.ones(16)
+    for name, position, value, where in (
+            ("x", (9, 2, 1), "nan", r"sample 9, index \(2, 1\) within the sample"),
+            ("y", (4, 1), "inf", r"sample 4, index \(1,\) within the sample"),
+            ("sample_weight", (12,), "-inf", "sample 12$")):
+        arrays = dict(x=x.copy(), y=y.copy(), sample_weight=weights.copy())
+        arrays[name][position] = float(value)
+        model = _model()
+        model.build((None, 5, 3))
+        before = model.get_weights()
+        pattern = (f"^{name} must hold finite numbers \\(one NaN or inf in training data makes "
+                   f"every weight NaN after one update\\), got {value} at {where}")
+        with pytest.raises(ValueError, match=pattern):
+            model.fit(arrays["x"], arrays["y"], sample_weight=arrays["sample_weight"],
+                      batch_size=4, verbose=0)
+        with pytest.raises(ValueError, match=pattern):
+            model.train_on_batch(arrays["x"], arrays["y"], sample_weight=arrays["sample_weight"])
+        with pytest.raises(ValueError, match=pattern):
+            model.evaluate(arrays["x"], arrays["y"], sample_weight=arrays["sample_weight"],
+                           verbose=0)
+        assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    bad_x = x.copy()
+    bad_x[3, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"validation_data\[0\] \(x_val\) must hold finite"):
+        _model().fit(x, y, validation_data=(bad_x, y), verbose=0)
+    with pytest.raises(ValueError, match=r"^x must hold finite numbers .* at sample 3,"):
+        _model().fit(bad_x, y, validation_split=0.5, verbose=0)
+    # predict does not check: the NaN sample alone gives NaN outputs.
+    predictions = _model().predict(bad_x, verbose=0)
+    assert np.isnan(predictions[3]).all() and np.isfinite(np.delete(predictions, 3, 0)).all()
+
+
+def test_nan_in_a_batch_names_the_epoch_the_batch_and_the_position():
+    x, y = _data()
+
+    class Spoiled(Batches):
+        """Batch 3 of the second pass holds a NaN."""
+
+        def __getitem__(self, index):
+            batch_x, batch_y = super().__getitem__(index)
+            if self.epochs_ended == 1 and index == 3:
+                batch_x = batch_x.copy()
+                batch_x[1, 4, 2] = np.nan
+            return batch_x, batch_y
+
+    counter = CountBatches()
+    with pytest.raises(ValueError, match=r"^epoch 2, batch 3 of x: x must hold finite numbers .*"
+                                         r"got nan at sample 1, index \(4, 2\) within the "
+                                         r"sample"):
+        _model().fit(Spoiled(x, y, 8), epochs=3, shuffle=False, callbacks=[counter], verbose=0)
+    assert counter.per_epoch == [5, 3]
+    with pytest.raises(ValueError, match=r"^epoch 5, batch 3 of x: x must hold finite"):
+        _model().fit(Spoiled(x, y, 8), epochs=6, initial_epoch=3, shuffle=False, verbose=0)
+    spoiled_y = y.copy()
+    spoiled_y[13, 1] = np.inf
+    batches = ((x[k:k + 8], spoiled_y[k:k + 8]) for k in range(0, 40, 8))
+    with pytest.raises(ValueError, match=r"^epoch 1, batch 1 of x: y must hold finite numbers .*"
+                                         r"got inf at sample 5, index \(1,\)"):
+        _model().fit(batches, verbose=0)
+
+
+def test_the_first_bad_value_of_a_large_array_is_found_past_the_first_block():
+    x = np.zeros((3000, 100, 4), np.float32)
+    x[2345, 61, 3], x[2900, 0, 0] = np.inf, np.nan
+    model = _model()
+    with pytest.raises(ValueError, match=r"got inf at sample 2345, index \(61, 3\) within"):
+        model.fit(x, np.zeros((3000, 2)), verbose=0)
+
+
+def test_large_finite_values_and_integer_data_pass_the_check():
+    x, y = _data(8)
+    x = x.astype(np.float32)
+    x[:, :, 0] = 3e38  # every value finite, their float32 sum inf
+    model = Sequential([fl.LSTM(4, seed=0), Dense(2, seed=1)], seed=0)
+    model.compile("sgd", "mse")
+    model.train_on_batch(x, y)
+    integers = Sequential([fl.Embedding(10, 3, seed=0), fl.LSTM(2, seed=1)])
+    integers.compile("sgd", "mse")
+    integers.train_on_batch(np.arange(20).reshape(4, 5) % 10, np.zeros((4, 2)))
 
 
 # -- learning rates, schedules, AdamW -------------------------------------------------------
@@ -377,11 +538,14 @@ def test_csv_logger_writes_a_header_and_a_row_per_epoch(tmp_path):
 
 def test_terminate_on_nan_stops_after_the_batch(capsys):
     x, y = _data(16)
-    x[9, 0, 0] = np.nan
+    # A finite target whose squared error overflows: the loss becomes inf in training.
+    y[9, 0] = 1e200
     batches = []
     model = _model()
-    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[
-        TerminateOnNaN(), LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(b))])
+    with np.errstate(over="ignore"):
+        model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[
+            TerminateOnNaN(),
+            LambdaCallback(on_train_batch_end=lambda b, logs: batches.append(b))])
     assert batches == [0, 1, 2]
     assert "Batch 2: Invalid loss, terminating training" in capsys.readouterr().out
 

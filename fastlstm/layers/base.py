@@ -16,11 +16,12 @@ import collections
 import contextlib
 import re
 import threading
+import warnings
 
 import numpy as np
 
 from .._validation import (as_real_array, check_bool, check_int, check_shape, describe,
-                           describe_list, is_int)
+                           describe_list, is_int, reject_kwargs)
 
 __all__ = ["Layer", "no_grad"]
 
@@ -66,6 +67,34 @@ REGULARIZERS_AND_CONSTRAINTS = {
                        "layer.params after each update",
     "lora_rank": "fastlstm has no low-rank adaptation",
 }
+
+
+# Keras 2 arguments that declared a model's input on a layer, and what replaces them.
+_INPUT_ARGUMENTS = {
+    "batch_input_shape": "Keras 3 dropped it; give input_shape, the shape of one sample "
+                         "without the batch axis (e.g. (timesteps, features)), or build the "
+                         "model: model.build((batch, timesteps, features))",
+    "input_dim": "give input_shape, the shape of one sample without the batch axis, whose "
+                 "last entry is the features (e.g. (timesteps, features)), or build the "
+                 "model: model.build((None, timesteps, features))",
+}
+
+
+def check_input_shape(value, axes=None):
+    """A layer's ``input_shape`` argument: a tuple of positive ints or None,
+    one per axis of a sample (the batch axis left out); ``axes`` names the
+    axes when the layer needs a given number of them."""
+    expected = ("a tuple of positive ints or None, one per axis of a sample without the "
+                "batch axis, e.g. (timesteps, features) for an LSTM")
+    if not isinstance(value, (tuple, list)):
+        hint = f"; for one axis write ({value},)" if is_int(value) else ""
+        raise TypeError(f"input_shape must be {expected}, got {describe(value)}{hint}")
+    if not value or any(d is not None and (not is_int(d) or d < 1) for d in value):
+        raise ValueError(f"input_shape must be {expected}, got {describe(value)}")
+    if axes is not None and len(value) != len(axes):
+        raise ValueError(f"input_shape must be ({', '.join(axes)}), the shape of one sample "
+                         f"without the batch axis, got {describe(value)}")
+    return tuple(None if d is None else int(d) for d in value)
 
 
 @contextlib.contextmanager
@@ -157,8 +186,10 @@ def dropout_mask(rng, shape, rate, dtype):
 class Layer:
     """The base of every fastlstm layer.
 
-    A subclass calls ``super().__init__(config, name, trainable)`` with its
-    constructor arguments as given, sets ``dtype``, and implements
+    A subclass calls ``super().__init__(config, name, trainable, kwargs,
+    unsupported)`` with its constructor arguments as given, the keyword
+    arguments it does not name, and the Keras arguments it does not support
+    (with why), sets ``dtype``, and implements
     ``__call__(x, mask=None, training=False)`` and
     ``backward(dy, input_gradient=True)`` (which returns None without
     ``input_gradient``); a layer with weights implements
@@ -171,6 +202,13 @@ class Layer:
     numbered from the second layer of a class on, ``lstm``, ``lstm_1``, ...)
     and a ``trainable`` flag: a layer with ``trainable = False`` keeps its
     weights through ``fit`` and ``train_on_batch``.
+
+    Every layer takes Keras' ``input_shape`` keyword, the shape of one sample
+    without the batch axis (``(timesteps, features)`` for an ``LSTM``), with
+    a ``UserWarning``, as Keras 3 does: a :class:`~fastlstm.Sequential` whose
+    first layer has it is built at once, as by ``model.build((None,) +
+    input_shape)``, the way to prefer (fastlstm has no ``Input`` layer).
+    Other layers of a model ignore it; it is not part of the configuration.
     """
 
     #: Whether the input's last axis holds features, whose number builds the
@@ -179,9 +217,24 @@ class Layer:
     # The number of input features the layer is built for (None before).
     input_dim = None
 
-    def __init__(self, config, name=None, trainable=True):
+    # The input_shape argument, as a tuple (None when not given).
+    _input_shape_arg = None
+    # The axes of one sample, when the layer needs a given number of them.
+    _sample_axes = None
+
+    def __init__(self, config, name=None, trainable=True, kwargs=None, unsupported=None):
+        kwargs = dict(kwargs or {})
+        input_shape = kwargs.pop("input_shape", None)
+        reject_kwargs(kwargs, type(self).__name__, dict(_INPUT_ARGUMENTS, **(unsupported or {})))
         self._config = config
         self.name = check_name(name, type(self).__name__)
+        if input_shape is not None:
+            self._input_shape_arg = check_input_shape(input_shape, self._sample_axes)
+            warnings.warn(f"{self._label()}: input_shape declares a model's input the Keras 2 "
+                          f"way; a Sequential whose first layer has it is built from it (other "
+                          f"layers ignore it), but prefer building the model: "
+                          f"model.build({(None,) + self._input_shape_arg})", UserWarning,
+                          stacklevel=3)
         self.trainable = trainable
         self._built = False
         self._params = {}

@@ -58,7 +58,9 @@ class Bidirectional(Layer):
     ((2, 16), (2, 8))
     """
 
-    def __init__(self, layer, merge_mode="concat", *, name=None, trainable=True):
+    _sample_axes = ("timesteps", "features")
+
+    def __init__(self, layer, merge_mode="concat", *, name=None, trainable=True, **kwargs):
         if not isinstance(layer, LSTM):
             raise TypeError(f"layer must be a fastlstm.LSTM, got {describe(layer)}")
         check_option(merge_mode, "merge_mode", _MERGE_MODES)
@@ -69,7 +71,10 @@ class Bidirectional(Layer):
         trainable = check_bool(trainable, "trainable") and layer.trainable
         # The wrapped layer as Keras serialises it: {"class_name": ..., "config": ...}.
         super().__init__({"layer": {"class_name": "LSTM", "config": config},
-                          "merge_mode": merge_mode}, name, trainable)
+                          "merge_mode": merge_mode}, name, trainable, kwargs)
+        if self._input_shape_arg is None:
+            # Bidirectional(LSTM(..., input_shape=...)): the wrapped layer's (it warned).
+            self._input_shape_arg = layer._input_shape_arg
         self._layer_repr = repr(layer)
         forward_seed, backward_seed = self._direction_seeds(config["seed"])
         self.forward_layer = LSTM(**dict(config, seed=forward_seed, trainable=trainable,

@@ -4,7 +4,7 @@ import numpy as np
 from .. import initializers
 from ..functional import dense_backward, dense_forward
 from .._validation import (as_real_array, check_bool, check_dtype, check_int, check_option,
-                           check_rate, check_real, reject_kwargs)
+                           check_rate, check_real)
 from .base import REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, seed_sequence
 
 __all__ = ["Dense", "Embedding", "Dropout", "Masking"]
@@ -73,11 +73,10 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", *, seed=None,
                  dtype="float32", name=None, trainable=True, **kwargs):
-        reject_kwargs(kwargs, "Dense", _DENSE_UNSUPPORTED)
         super().__init__(dict(units=units, activation=activation, use_bias=use_bias,
                               kernel_initializer=kernel_initializer,
                               bias_initializer=bias_initializer, seed=seed, dtype=dtype),
-                         name, trainable)
+                         name, trainable, kwargs, _DENSE_UNSUPPORTED)
         self.units = check_int(units, "units")
         self.activation = check_option(activation, "activation", _DENSE_ACTIVATIONS,
                                        none=True) or "linear"
@@ -227,10 +226,10 @@ class Embedding(Layer):
     def __init__(self, input_dim, output_dim, embeddings_initializer="uniform",
                  mask_zero=False, *, seed=None, dtype="float32", name=None, trainable=True,
                  **kwargs):
-        reject_kwargs(kwargs, "Embedding", _EMBEDDING_UNSUPPORTED)
         super().__init__(dict(input_dim=input_dim, output_dim=output_dim,
                               embeddings_initializer=embeddings_initializer,
-                              mask_zero=mask_zero, seed=seed, dtype=dtype), name, trainable)
+                              mask_zero=mask_zero, seed=seed, dtype=dtype), name, trainable,
+                         kwargs, _EMBEDDING_UNSUPPORTED)
         self.input_dim = check_int(input_dim, "input_dim")
         self.output_dim = check_int(output_dim, "output_dim")
         if isinstance(embeddings_initializer, str) and embeddings_initializer == "uniform":
@@ -339,10 +338,9 @@ class Dropout(Layer):
 
     def __init__(self, rate, *, seed=None, dtype="float32", name=None, trainable=True,
                  **kwargs):
-        reject_kwargs(kwargs, "Dropout", {
+        super().__init__(dict(rate=rate, seed=seed, dtype=dtype), name, trainable, kwargs, {
             "noise_shape": "one mask per value is drawn; for a mask shared over time steps "
                            "use LSTM's dropout argument"})
-        super().__init__(dict(rate=rate, seed=seed, dtype=dtype), name, trainable)
         self.rate = check_rate(rate, "rate")
         self.seed = seed
         self._rng = np.random.default_rng(seed_sequence(seed))
@@ -413,8 +411,7 @@ class Masking(Layer):
 
     def __init__(self, mask_value=0.0, *, dtype="float32", name=None, trainable=True,
                  **kwargs):
-        reject_kwargs(kwargs, "Masking")
-        super().__init__(dict(mask_value=mask_value, dtype=dtype), name, trainable)
+        super().__init__(dict(mask_value=mask_value, dtype=dtype), name, trainable, kwargs)
         self.mask_value = check_real(mask_value, "mask_value")
         self.dtype = check_dtype(dtype)
         self._built = True

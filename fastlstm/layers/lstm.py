@@ -6,7 +6,7 @@ import numpy as np
 from .. import initializers
 from ..functional import ACTIVATIONS, check_sizes, lstm_backward, run_lstm_forward
 from .._validation import (as_mask, as_real_array, check_bool, check_dtype, check_int,
-                           check_option, check_rate, check_shape, describe, reject_kwargs)
+                           check_option, check_rate, check_shape, describe)
 from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabled,
                    seed_children, seed_sequence)
 
@@ -118,13 +118,14 @@ class LSTM(Layer):
     ((32, 10, 8), ['bias', 'kernel', 'recurrent_kernel'])
     """
 
+    _sample_axes = ("timesteps", "features")
+
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", unit_forget_bias=True, *, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
                  **kwargs):
-        reject_kwargs(kwargs, "LSTM", _UNSUPPORTED)
         super().__init__(dict(
             units=units, activation=activation, recurrent_activation=recurrent_activation,
             use_bias=use_bias, kernel_initializer=kernel_initializer,
@@ -132,7 +133,7 @@ class LSTM(Layer):
             unit_forget_bias=unit_forget_bias, dropout=dropout,
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful,
-            dtype=dtype), name, trainable)
+            dtype=dtype), name, trainable, kwargs, _UNSUPPORTED)
         self.units = check_int(units, "units")
         meaning = " (the activations the kernel implements)"
         self.activation = check_option(activation, "activation", ACTIVATIONS, meaning)
@@ -272,9 +273,15 @@ class LSTM(Layer):
             if x.ndim == 2:
                 hint = ("; a 2-D input is usually the last output of an LSTM below this one: "
                         "give that layer return_sequences=True so that it returns every step")
+            elif x.ndim > 3:
+                hint = ("; fastlstm has no TimeDistributed wrapper: to run the LSTM over "
+                        "sequences held in more axes, merge the leading ones into the batch, "
+                        f"x.reshape(-1, {x.shape[-2]}, {x.shape[-1]}), and reshape the "
+                        f"output back")
             raise ValueError(f"{self._label()}: x must have shape (batch, "
-                             f"timesteps, features), got an array with {x.ndim} "
-                             f"dimension(s), shape {x.shape}{hint}")
+                             f"timesteps, features), three dimensions: the sequences, the "
+                             f"steps of each, the features of each step; got an array with "
+                             f"{x.ndim} dimension(s), shape {x.shape}{hint}")
         batch, timesteps, features = x.shape
         if min(x.shape) == 0:
             raise ValueError(f"x must have at least one sequence, one timestep and one "

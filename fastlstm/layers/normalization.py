@@ -2,8 +2,7 @@
 import numpy as np
 
 from .. import initializers
-from .._validation import (as_real_array, check_bool, check_dtype, check_real, describe, is_int,
-                           reject_kwargs)
+from .._validation import as_real_array, check_bool, check_dtype, check_real, describe, is_int
 from .base import REGULARIZERS_AND_CONSTRAINTS, Layer, seed_sequence
 
 __all__ = ["LayerNormalization"]
@@ -60,11 +59,10 @@ class LayerNormalization(Layer):
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
                  beta_initializer="zeros", gamma_initializer="ones", *, dtype="float32",
                  name=None, trainable=True, **kwargs):
-        reject_kwargs(kwargs, "LayerNormalization", _UNSUPPORTED)
         super().__init__(dict(axis=axis, epsilon=epsilon, center=center, scale=scale,
                               rms_scaling=rms_scaling, beta_initializer=beta_initializer,
                               gamma_initializer=gamma_initializer, dtype=dtype),
-                         name, trainable)
+                         name, trainable, kwargs, _UNSUPPORTED)
         if not is_int(axis) or axis != -1:
             raise ValueError(f"axis must be -1 (fastlstm normalises over the last axis, the "
                              f"features), got {describe(axis)}")
