@@ -229,3 +229,25 @@ def test_installation_gives_the_readme_s_test_command():
     bash = [code.strip() for language, code, _ in code_blocks(DOCS / "installation.rst")
             if language == "bash"]
     assert command in bash
+
+
+def test_maths_is_mathml_and_no_page_loads_a_script_from_the_internet(built_docs):
+    pages_with_maths = {str(path.relative_to(DOCS).with_suffix(".html")) for path in PAGES
+                        if re.search(r"\.\. math::|:math:`", path.read_text())}
+    assert pages_with_maths
+    for page in built_docs.rglob("*.html"):
+        html = page.read_text()
+        assert not re.search(r"<script[^>]*\bsrc=[\"'](https?:)?//", html), page
+        if str(page.relative_to(built_docs)) in pages_with_maths:
+            assert "<math" in html, page
+            # No LaTeX left for a script to typeset.
+            assert not re.search(r"\\begin|\\\[|\\\(|\\sigma", html), page
+
+
+def test_a_table_s_frame_fits_its_cells():
+    # tables.css displays tables as blocks (to scroll wide ones); a block is as wide as
+    # the text column unless its width follows its content.
+    rules = (DOCS / "_static" / "tables.css").read_text()
+    table_rule = re.search(r"table\.docutils\s*\{([^}]*)\}", rules)[1]
+    assert "display: block" in table_rule
+    assert re.search(r"(^|;)\s*width:\s*fit-content", table_rule, re.M)
