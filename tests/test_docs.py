@@ -105,6 +105,37 @@ def test_page_examples_run(path, monkeypatch, tmp_path):
         assert result.failed == 0, f"{where}:\n{report.getvalue()}"
 
 
+# What fits alabaster's text column (page_width 1100px less the sidebar): 740 px of code at
+# 15.3 px, where DejaVu Sans Mono, the fallback of its fonts on Linux, is 9.2 px a character.
+CODE_WIDTH = 80
+
+
+@pytest.mark.parametrize("path", PAGES, ids=_page_id)
+def test_example_lines_fit_the_page(path):
+    # A longer line scrolls: its end (often the comment) is hidden from the reader.
+    long_lines = [f"{_page_id(path)}:{line}: {len(text)} characters: {text}"
+                  for language, code, line in code_blocks(path) if language in EXECUTED
+                  for text in code.splitlines() if len(text) > CODE_WIDTH]
+    assert long_lines == []
+
+
+def _labels(config_output):
+    """The line labels of ``show_config``'s output, without their machine's values."""
+    return [line[:16].strip() if line.startswith(" ") else line.split()[0]
+            for line in config_output.splitlines()]
+
+
+def test_performance_page_shows_a_whole_show_config_output():
+    blocks = code_blocks(DOCS / "performance.rst")
+    call = next(k for k, (_, code, _) in enumerate(blocks) if "show_config()" in code)
+    language, shown, _ = blocks[call + 1]
+    printed = io.StringIO()
+    fastlstm.show_config(file=printed)
+    assert language == "text"
+    assert "..." not in shown
+    assert _labels(shown) == _labels(printed.getvalue())
+
+
 # The build
 
 
