@@ -10,6 +10,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "scripts"))
+sys.path.insert(0, os.path.join(HERE, "_ext"))
 
 import fastlstm  # noqa: E402
 import make_figures  # noqa: E402
@@ -26,8 +27,11 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
+    "mathml",
 ]
+# Maths as MathML written at build time (_ext/mathml.py): the pages need no
+# JavaScript from the internet to show their formulas.
+html_math_renderer = "mathml"
 
 # The docstrings are numpydoc style.
 napoleon_google_docstring = False
@@ -40,7 +44,7 @@ autosummary_generate = False
 exclude_patterns = ["_build", "scripts", "_generated/*.rst"]
 templates_path = []
 html_static_path = ["_static"]
-html_css_files = ["tables.css"]
+html_css_files = ["tables.css", "maths.css"]
 html_theme = "alabaster"
 html_title = f"fastlstm {release}"
 html_theme_options = {"description": "Fast CPU training of LSTMs", "page_width": "1100px"}

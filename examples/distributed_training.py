@@ -17,9 +17,10 @@ epoch. Only rank 0 prints and writes the checkpoint.
 Target: a held-out mean squared error under 0.002 (predicting the mean sum,
 1, scores about 0.17).
 
-Run ``mpiexec -n 2 python examples/distributed_training.py`` (about ten
-seconds on two cores); it also runs as one process. ``--quick`` trains a few
-steps only, as the tests do.
+Run ``mpiexec -n 2 python examples/distributed_training.py`` (about 2 s on
+an idle 2-core machine, longer when other programs keep the cores busy); it
+also runs as one process. ``--quick`` trains a few steps only, as the tests
+do.
 """
 import argparse
 import os

@@ -13,7 +13,8 @@ and writes them to a checkpoint (ModelCheckpoint(save_best_only=True)).
 
 Target: accuracy of at least 99% on 2,000 held-out sequences.
 
-Run ``python examples/sequence_classification.py`` (a few seconds on two cores);
+Run ``python examples/sequence_classification.py`` (about 3 s on an idle
+2-core machine, longer when other programs keep the cores busy);
 ``--quick`` trains a few steps only, as the tests do.
 """
 import argparse

@@ -15,8 +15,9 @@ Target: a test mean absolute error at most 60% of the persistence forecast's
 (next year = this year). An AR(24) model fitted by least squares on the same
 windows is printed for comparison.
 
-Run ``python examples/sunspots_forecasting.py`` (a few seconds on two cores;
-needs statsmodels: ``pip install statsmodels`` or ``fastlstm[examples]``);
+Run ``python examples/sunspots_forecasting.py`` (about 2 s on an idle 2-core
+machine, longer when other programs keep the cores busy; needs
+statsmodels: ``pip install statsmodels`` or ``fastlstm[examples]``);
 ``--quick`` trains a few steps only, as the tests do.
 """
 import argparse

@@ -105,6 +105,37 @@ def test_page_examples_run(path, monkeypatch, tmp_path):
         assert result.failed == 0, f"{where}:\n{report.getvalue()}"
 
 
+# What fits alabaster's text column (page_width 1100px less the sidebar): 740 px of code at
+# 15.3 px, where DejaVu Sans Mono, the fallback of its fonts on Linux, is 9.2 px a character.
+CODE_WIDTH = 80
+
+
+@pytest.mark.parametrize("path", PAGES, ids=_page_id)
+def test_example_lines_fit_the_page(path):
+    # A longer line scrolls: its end (often the comment) is hidden from the reader.
+    long_lines = [f"{_page_id(path)}:{line}: {len(text)} characters: {text}"
+                  for language, code, line in code_blocks(path) if language in EXECUTED
+                  for text in code.splitlines() if len(text) > CODE_WIDTH]
+    assert long_lines == []
+
+
+def _labels(config_output):
+    """The line labels of ``show_config``'s output, without their machine's values."""
+    return [line[:16].strip() if line.startswith(" ") else line.split()[0]
+            for line in config_output.splitlines()]
+
+
+def test_performance_page_shows_a_whole_show_config_output():
+    blocks = code_blocks(DOCS / "performance.rst")
+    call = next(k for k, (_, code, _) in enumerate(blocks) if "show_config()" in code)
+    language, shown, _ = blocks[call + 1]
+    printed = io.StringIO()
+    fastlstm.show_config(file=printed)
+    assert language == "text"
+    assert "..." not in shown
+    assert _labels(shown) == _labels(printed.getvalue())
+
+
 # The build
 
 
@@ -229,3 +260,25 @@ def test_installation_gives_the_readme_s_test_command():
     bash = [code.strip() for language, code, _ in code_blocks(DOCS / "installation.rst")
             if language == "bash"]
     assert command in bash
+
+
+def test_maths_is_mathml_and_no_page_loads_a_script_from_the_internet(built_docs):
+    pages_with_maths = {str(path.relative_to(DOCS).with_suffix(".html")) for path in PAGES
+                        if re.search(r"\.\. math::|:math:`", path.read_text())}
+    assert pages_with_maths
+    for page in built_docs.rglob("*.html"):
+        html = page.read_text()
+        assert not re.search(r"<script[^>]*\bsrc=[\"'](https?:)?//", html), page
+        if str(page.relative_to(built_docs)) in pages_with_maths:
+            assert "<math" in html, page
+            # No LaTeX left for a script to typeset.
+            assert not re.search(r"\\begin|\\\[|\\\(|\\sigma", html), page
+
+
+def test_a_table_s_frame_fits_its_cells():
+    # tables.css displays tables as blocks (to scroll wide ones); a block is as wide as
+    # the text column unless its width follows its content.
+    rules = (DOCS / "_static" / "tables.css").read_text()
+    table_rule = re.search(r"table\.docutils\s*\{([^}]*)\}", rules)[1]
+    assert "display: block" in table_rule
+    assert re.search(r"(^|;)\s*width:\s*fit-content", table_rule, re.M)
