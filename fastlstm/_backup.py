@@ -1,13 +1,16 @@
 """The files and the contents of :class:`fastlstm.callbacks.BackupAndRestore`'s backups.
 
-A backup is one uncompressed ``.npz`` file, ``backup-<number>.npz``: every
-array it holds, under generated names, and a ``state.json`` member, the
-rest of the state as JSON in which ``{"__array__": name}`` stands for an
-array. Every member carries its CRC-32 checksum (the zip format's), checked
-when a backup is read, and once right after it is written: only then does
-the backup before it go. Files are written as :mod:`fastlstm.saving`
-writes them, to a temporary file renamed over the target, so a crash
-leaves whole backups only.
+A backup is one file, ``backup-<number>.state``: a first line naming the
+format, the length of a JSON header (8 bytes, little-endian), the header,
+the arrays' bytes one after the other, and the CRC-32 checksum of all that
+(4 bytes, little-endian). The header holds the state, in which
+``{"__array__": k}`` stands for the ``k``-th array, and each array's dtype
+and shape. Raw arrays cost one copy to the file, where an ``.npz`` costs
+one more in memory and zipfile's checksums of each member. A backup is
+written as :mod:`fastlstm.saving` writes its files, to a temporary file
+renamed over the target, and read back and checked against its checksum
+before the backup before it goes: a crash leaves whole backups only, and
+a damaged one is found.
 
 What a backup holds (:func:`capture`): the weights, the optimizer's state
 and where the fit is (epoch and batch), which every rank shares; and for
@@ -18,27 +21,28 @@ layer carries, where the data is, the epoch's running loss and metrics,
 and the state of every callback that keeps one (the History included).
 """
 import json
+import math
 import os
 import re
-import zipfile
 import zlib
 
 import numpy as np
 
 from ._validation import describe
-from .saving import _assign_weights, _build_for, _read_npz, _write_atomically
+from .saving import _assign_weights, _build_for, _write_atomically
 
-_STATE = "state.json"
-_FILE = re.compile(r"backup-(\d+)\.npz$")
-_TEMPORARY = re.compile(r"backup-\d+\.npz\.[0-9a-f]+\.tmp$")
+_MAGIC = b"fastlstm backup 1\n"
+_FILE = re.compile(r"backup-(\d+)\.state$")
+_TEMPORARY = re.compile(r"backup-\d+\.state\.[0-9a-f]+\.tmp$")
 
 
 def _flatten(value, arrays, where):
-    """``value`` as JSON data, each array moved to ``arrays`` under a new name."""
+    """``value`` as JSON data, each array appended to ``arrays``."""
     if isinstance(value, np.ndarray):
-        name = f"array_{len(arrays)}"
-        arrays[name] = value
-        return {"__array__": name}
+        if value.dtype.hasobject:
+            raise TypeError(f"{where} must hold numbers to be backed up, got {describe(value)}")
+        arrays.append(np.ascontiguousarray(value))
+        return {"__array__": len(arrays) - 1}
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
@@ -85,37 +89,56 @@ def remove_unfinished(directory):
 def write(directory, number, content):
     """Write ``content`` (plain data) as backup ``number`` of ``directory``,
     check it reads back whole, and return its path."""
-    arrays = {}
-    state = json.dumps(_flatten(content, arrays, "the backup"))
-    arrays[_STATE] = np.frombuffer(state.encode("utf-8"), np.uint8)
-    path = os.path.join(directory, f"backup-{number:08d}.npz")
-    _write_atomically(path, True, lambda stream: np.savez(stream, **arrays))
-    _verify(path)
+    arrays = []
+    state = _flatten(content, arrays, "the backup")
+    header = json.dumps({"state": state, "arrays": [[a.dtype.str, a.shape] for a in arrays]})
+    header = header.encode("utf-8")
+    path = os.path.join(directory, f"backup-{number:08d}.state")
+
+    def write_parts(stream):
+        checksum = 0
+        for part in [_MAGIC, len(header).to_bytes(8, "little"), header] + [
+                memoryview(array.reshape(-1).view(np.uint8)) for array in arrays]:
+            stream.write(part)
+            checksum = zlib.crc32(part, checksum)
+        stream.write(checksum.to_bytes(4, "little"))
+
+    _write_atomically(path, True, write_parts)
+    _checked_bytes(path)
     return path
 
 
-def _verify(path):
-    """ValueError unless every member of the backup at ``path`` matches its checksum."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()
-    except (OSError, zipfile.BadZipFile, zlib.error, EOFError) as error:
-        raise ValueError(f"backup {path!r} is damaged: {error}") from None
-    if damaged is not None:
-        raise ValueError(f"backup {path!r} is damaged: member {damaged!r} fails its checksum")
+def _checked_bytes(path):
+    """The bytes of the backup at ``path`` before its checksum; ValueError
+    unless they match it."""
+    with open(path, "rb") as stream:
+        data = stream.read()
+    if not data.startswith(_MAGIC):
+        raise ValueError(f"backup {path!r} is not a fastlstm backup (it does not begin with "
+                         f"{_MAGIC!r})")
+    if len(data) < len(_MAGIC) + 12 or \
+            zlib.crc32(memoryview(data)[:-4]) != int.from_bytes(data[-4:], "little"):
+        raise ValueError(f"backup {path!r} is damaged: its bytes do not match their checksum")
+    return memoryview(data)[:-4]
 
 
 def read(path):
     """The content of the backup at ``path``; ValueError if it is damaged."""
-    _verify(path)
-    arrays = _read_npz(path, f"backup {path!r}")
-    if _STATE not in arrays:
-        raise ValueError(f"backup {path!r} has no {_STATE}: it is not a fastlstm backup")
+    data = _checked_bytes(path)
+    start = len(_MAGIC) + 8
+    end = start + int.from_bytes(data[len(_MAGIC):start], "little")
     try:
-        state = json.loads(arrays.pop(_STATE).tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"backup {path!r} has an unreadable {_STATE}: {error}") from None
-    return _unflatten(state, arrays)
+        header = json.loads(bytes(data[start:end]).decode("utf-8"))
+        arrays = []
+        for dtype, shape in header["arrays"]:
+            dtype, count = np.dtype(dtype), math.prod(shape)
+            arrays.append(np.frombuffer(data, dtype, count, end).reshape(shape).copy())
+            end += count * dtype.itemsize
+        if end != len(data):
+            raise ValueError(f"{len(data) - end} bytes follow the arrays")
+        return _unflatten(header["state"], arrays)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"backup {path!r} cannot be read: {error}") from None
 
 
 def _walk_layers(model):

@@ -923,7 +923,7 @@ class BackupAndRestore(Callback):
     ``LambdaCallback``'s closures).
 
     Each backup is one file, written to a temporary file and renamed, then
-    read back and checked against its checksums; only then is the backup
+    read back and checked against its checksum; only then is the backup
     before the previous one deleted, so the two newest are on disk. At
     restore, a damaged newest backup is reported with a warning and the one
     before it is used. A backup that does not match the model, its

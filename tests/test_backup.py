@@ -62,7 +62,7 @@ def _result(folder):
 
 def _backups(folder):
     backup = folder / "backup"
-    return sorted(backup.glob("backup-*.npz")) if backup.is_dir() else []
+    return sorted(backup.glob("backup-*.state")) if backup.is_dir() else []
 
 
 def _killed_until_done(folder, seed, ranks=0, save_freq="epoch", truncate=False):
@@ -323,7 +323,7 @@ def test_other_callbacks_with_a_state_are_an_error(tmp_path):
 
 def test_a_damaged_only_backup_is_an_error(tmp_path):
     _interrupted_backup(tmp_path)
-    (only,) = tmp_path.glob("backup-*.npz")
+    (only,) = tmp_path.glob("backup-*.state")
     with open(only, "r+b") as stream:
         stream.truncate(100)
     with pytest.raises(ValueError, match="no backup in backup_dir .* can be restored: backup "
@@ -332,13 +332,13 @@ def test_a_damaged_only_backup_is_an_error(tmp_path):
 
 
 def test_the_two_newest_backups_are_kept_and_interrupted_writes_cleared(tmp_path):
-    leftover = tmp_path / "backup-00000009.npz.0123456789ab.tmp"
+    leftover = tmp_path / "backup-00000009.state.0123456789ab.tmp"
     tmp_path.mkdir(exist_ok=True)
     leftover.write_bytes(b"half a backup")
     _fit(_model(), _data(), callbacks.BackupAndRestore(tmp_path, 2, delete_checkpoint=False))
     # 4 epochs of 5 batches: a backup every 2 batches, 10 in all.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-00000009.npz",
-                                                          "backup-00000010.npz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-00000009.state",
+                                                          "backup-00000010.state"]
 
 
 def test_backup_and_restore_checks_its_arguments(tmp_path):
