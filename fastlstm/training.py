@@ -563,7 +563,9 @@ class Trainer:
             Metrics are not weighted (Keras weights only
             ``weighted_metrics``).
         initial_epoch : int
-            The epoch to start counting from (to resume training).
+            The epoch to start counting from (to resume training). A
+            :class:`~fastlstm.callbacks.BackupAndRestore` that restores a
+            backup starts ``fit`` where the backup was made instead.
         steps_per_epoch : int or None
             Batches per epoch. None: one pass over the data (an iterator:
             until it ends). Given, an epoch continues the pass the previous

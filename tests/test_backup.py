@@ -257,7 +257,8 @@ def test_a_generator_resumes_at_the_next_epoch_with_a_warning(tmp_path):
     with pytest.warns(RuntimeWarning, match="cannot be rewound.*resumes at the start of "
                                             "epoch 3"):
         history = fit(_model(), callbacks.BackupAndRestore(tmp_path, save_freq=2))
-    # Epochs 1 and 2 from the backup (epoch 2's batches 7 and 8 lost), 3 and 4 trained.
+    # Epoch 1 comes from the backup; epoch 2, interrupted after the backup of
+    # its first batch, is not in the History; epochs 3 and 4 train.
     assert history.epoch == [0, 2, 3]
     assert len(history.history["loss"]) == 3
 
@@ -377,3 +378,29 @@ def test_a_backup_of_other_data_is_an_error(tmp_path):
         _fit(model, (np.concatenate([x, x[:8]]), np.concatenate([y, y[:8]])),
              callbacks.BackupAndRestore(tmp_path, 2))
     assert model.optimizer.iterations == 0
+
+
+def test_a_stateful_layer_resumes_with_the_states_it_carried(tmp_path):
+    def model():
+        fl.set_num_threads(1)
+        stateful = fl.Sequential([fl.LSTM(4, stateful=True, seed=0, dtype="float64"),
+                                  fl.Dense(1, seed=1, dtype="float64")], seed=2)
+        stateful.compile(optimizer="rmsprop", loss="mse")
+        return stateful
+
+    def fit(stateful, backup, interrupt_at=None):
+        used = [backup] if interrupt_at is None else [InterruptAt(interrupt_at), backup]
+        return stateful.fit(*_data(), batch_size=8, epochs=3, shuffle=False, verbose=0,
+                            callbacks=used)
+
+    reference = model()
+    expected = reference.fit(*_data(), batch_size=8, epochs=3, shuffle=False, verbose=0)
+    with pytest.raises(Interrupt):
+        fit(model(), callbacks.BackupAndRestore(tmp_path, save_freq=3), interrupt_at=8)
+    resumed = model()
+    history = fit(resumed, callbacks.BackupAndRestore(tmp_path, save_freq=3))
+    assert history.history == expected.history
+    for got, want in zip(resumed.layers[0].states, reference.layers[0].states):
+        assert np.array_equal(got, want)
+    for got, want in zip(resumed.get_weights(), reference.get_weights()):
+        assert np.array_equal(got, want)
