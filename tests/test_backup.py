@@ -3,8 +3,9 @@ bit for bit the weights, the History and the files of a fit never
 interrupted, on one process and on two MPI ranks.
 
 The subprocess tests run tests/backup/train.py, which sends itself SIGKILL
-after a random delay (drawn from a seeded generator, so the same delays
-are tried every time), and launch it again until it finishes. The
+a random delay after a random batch (both drawn from a seeded generator, so
+the same moments are tried every time), and launch it again until it
+finishes. The
 in-process tests interrupt fit by raising from a callback, which leaves
 the backups as a kill would.
 """
@@ -23,11 +24,12 @@ import fastlstm as fl
 from fastlstm import callbacks
 
 SCRIPT = Path(__file__).resolve().parent / "backup" / "train.py"
-# The last launch runs without a kill, so every test ends.
-LAUNCHES = 10
-# The fit itself takes about 0.2 s on one process, 0.4 s on two ranks (after
-# the imports, which the delay does not count).
-FIT_SECONDS = {0: 0.25, 2: 0.4}
+# The last launch runs without a kill, so every test ends. The fit has 96
+# batches (64 on each of two ranks), each a few milliseconds long: a kill
+# after 4 to 24 batches and up to 20 ms leaves most launches some progress.
+LAUNCHES = 6
+KILL_BATCHES = (4, 25)
+KILL_SECONDS = 0.02
 
 
 def _environment():
@@ -66,7 +68,7 @@ def _backups(folder):
 
 
 def _killed_until_done(folder, seed, ranks=0, save_freq="epoch", truncate=False):
-    """Launch the fit with a backup, kill it after a random delay, launch it
+    """Launch the fit with a backup, kill it at a random moment, launch it
     again, until it finishes; its result and the launches' stderr."""
     rng = np.random.default_rng(seed)
     folder.mkdir()
@@ -80,7 +82,8 @@ def _killed_until_done(folder, seed, ranks=0, save_freq="epoch", truncate=False)
         resumed += bool(backups)
         options = ["--backup", "--save-freq", str(save_freq)]
         if launch < LAUNCHES - 1:
-            options += ["--kill-after", f"{rng.uniform(0.0, FIT_SECONDS[ranks]):.3f}",
+            options += ["--kill-after", str(rng.integers(*KILL_BATCHES)),
+                        f"{rng.uniform(0.0, KILL_SECONDS):.4f}",
                         "--kill-rank", str(rng.integers(max(ranks, 1)))]
         result = _run(folder, ranks, options)
         errors.append(result.stderr)
@@ -89,7 +92,7 @@ def _killed_until_done(folder, seed, ranks=0, save_freq="epoch", truncate=False)
         # Killed, not failed: SIGKILL (mpiexec reports the rank's signal, 9).
         assert result.returncode in (-9, 9), result.stderr
         killed += 1
-    assert killed >= 1 and resumed >= 1, (killed, resumed)
+    assert killed >= 2 and resumed >= 2, (killed, resumed)
     return _result(folder), errors
 
 

@@ -4,12 +4,14 @@ EarlyStopping restoring the best weights, a best-only ModelCheckpoint and a
 CSVLogger, in float64 on one thread. test_backup.py kills it and starts it
 again until it finishes; it then writes what it ended with to OUTPUT.
 
-    python train.py FOLDER OUTPUT [--save-freq N] [--kill-after SECONDS]
+    python train.py FOLDER OUTPUT [--backup] [--save-freq N] [--kill-after K SECONDS]
     mpiexec -n 2 python train.py FOLDER OUTPUT --mpi [--kill-rank R] ...
 
---kill-after sends SIGKILL to the process (under MPI, to rank R alone)
-that many seconds after fit starts, if it is still running. Without
---backup, fit runs without BackupAndRestore (the uninterrupted reference).
+--kill-after K SECONDS sends SIGKILL to the process (under MPI, to rank R
+alone) SECONDS after the end of its K-th batch, from another thread, so
+that the kill lands wherever fit is then: in a batch, in a callback, in
+the middle of writing a backup. Without --backup, fit runs without
+BackupAndRestore (the uninterrupted reference).
 """
 import argparse
 import os
@@ -28,11 +30,27 @@ def arguments():
     parser.add_argument("folder")
     parser.add_argument("output")
     parser.add_argument("--save-freq", default="epoch")
-    parser.add_argument("--kill-after", type=float)
+    parser.add_argument("--kill-after", nargs=2, type=float)
     parser.add_argument("--kill-rank", type=int, default=0)
     parser.add_argument("--mpi", action="store_true")
     parser.add_argument("--backup", action="store_true")
     return parser.parse_args()
+
+
+class KillAfter(callbacks.Callback):
+    """SIGKILL this process ``seconds`` after the end of its ``batches``-th batch."""
+
+    def __init__(self, batches, seconds):
+        super().__init__()
+        self.batches, self.seconds = int(batches), seconds
+        self.seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.batches:
+            timer = threading.Timer(self.seconds, os.kill, (os.getpid(), signal.SIGKILL))
+            timer.daemon = True
+            timer.start()
 
 
 def data(rank, ranks):
@@ -75,13 +93,9 @@ def main():
         save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
         used.append(callbacks.BackupAndRestore(os.path.join(args.folder, "backup"), save_freq))
     if args.kill_after is not None and rank == args.kill_rank:
-        timer = threading.Timer(args.kill_after, os.kill, (os.getpid(), signal.SIGKILL))
-        timer.daemon = True
-        timer.start()
+        used.insert(0, KillAfter(*args.kill_after))
     history = model.fit(x, y, batch_size=8, epochs=30, validation_data=validation, verbose=0,
                         callbacks=used)
-    if args.kill_after is not None and rank == args.kill_rank:
-        timer.cancel()
     if rank != 0:
         return
     with open(os.path.join(args.folder, "best.npz"), "rb") as best, \
