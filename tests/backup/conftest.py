@@ -1,3 +1,4 @@
-# The scripts here run under mpiexec, launched by tests/test_distributed.py;
-# collecting them (for doctests) would run MPI code inside pytest itself.
+# The script here runs in subprocesses (under mpiexec too), launched by
+# tests/test_backup.py; collecting it (for doctests) would import it inside
+# pytest itself.
 collect_ignore_glob = ["*.py"]
