@@ -14,7 +14,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -367,9 +366,31 @@ def test_callback_states_are_plain_data_that_a_new_callback_continues_from():
     fresh.on_train_begin()
     fresh.set_state(stopping.get_state())
     assert (fresh.wait, fresh.best, fresh.best_epoch) == (1, 1.0, 0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert callbacks.TerminateOnNaN().get_state() is None
+    assert callbacks.TerminateOnNaN().get_state() is None
+
+
+def test_an_appended_csv_log_loses_the_rows_written_after_the_backup(tmp_path):
+    # Rows of an earlier run stay; the row the interrupted fit wrote after
+    # its last backup is cut, and written again when the resumed fit gets there.
+    class InterruptAtEpochEnd(callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise Interrupt
+
+    def fit(log, *extra):
+        return _fit(_model(), _data(), extra=[callbacks.CSVLogger(log, append=True), *extra])
+
+    earlier = "epoch,loss\n0,9.0\n"
+    (tmp_path / "expected.csv").write_text(earlier)
+    fit(tmp_path / "expected.csv")
+    (tmp_path / "log.csv").write_text(earlier)
+    with pytest.raises(Interrupt):
+        fit(tmp_path / "log.csv", InterruptAtEpochEnd(),
+            callbacks.BackupAndRestore(tmp_path / "backup"))
+    # Epoch 3's row is written, its backup is not.
+    assert (tmp_path / "log.csv").read_text().count("\n") == 2 + 3
+    fit(tmp_path / "log.csv", callbacks.BackupAndRestore(tmp_path / "backup"))
+    assert (tmp_path / "log.csv").read_text() == (tmp_path / "expected.csv").read_text()
 
 
 def test_a_backup_of_other_data_is_an_error(tmp_path):
