@@ -1,6 +1,6 @@
 """Callbacks with Keras' hooks and names: History, EarlyStopping,
 ModelCheckpoint, ReduceLROnPlateau, LearningRateScheduler, CSVLogger,
-TerminateOnNaN, LambdaCallback.
+TerminateOnNaN, LambdaCallback, BackupAndRestore.
 
 ``Sequential.fit`` calls, in this order: ``on_train_begin``; per epoch
 ``on_epoch_begin``, per batch ``on_train_batch_begin`` and
@@ -33,16 +33,24 @@ import warnings
 
 import numpy as np
 
+from . import _backup
 from ._validation import (check_bool, check_int, check_path, check_real, check_str, describe,
-                          is_real)
+                          is_int, is_real)
 
 __all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "ProgbarLogger",
            "ReduceLROnPlateau", "LearningRateScheduler", "CSVLogger", "TerminateOnNaN",
-           "LambdaCallback"]
+           "LambdaCallback", "BackupAndRestore"]
 
 
 class Callback:
-    """Base class: every hook does nothing; override the ones you need."""
+    """Base class: every hook does nothing; override the ones you need.
+
+    A callback whose decisions depend on what it saw in earlier epochs
+    (counters, best values, files) gives that state to
+    :class:`BackupAndRestore` through :meth:`get_state` and
+    :meth:`set_state`, so that a resumed fit continues as the interrupted
+    one would have.
+    """
 
     def __init__(self):
         self.model = None
@@ -53,6 +61,16 @@ class Callback:
 
     def set_params(self, params):
         self.params = params
+
+    def get_state(self):
+        """The callback's state as plain data (dicts with str keys, lists,
+        numbers, str, None, NumPy arrays), or None (the default) when it
+        keeps none."""
+        return None
+
+    def set_state(self, state):
+        """Continue from :meth:`get_state`'s ``state``; called after
+        ``on_train_begin`` when a backup is restored."""
 
     def on_train_begin(self, logs=None):
         """Called once at the start of ``fit``."""
@@ -121,6 +139,12 @@ class CallbackList:
         callback.set_params(self.params)
         self.callbacks.append(callback)
 
+    def move_to_end(self, kind):
+        """Move the callbacks of class ``kind`` after the others (in their order)."""
+        moved = [callback for callback in self.callbacks if isinstance(callback, kind)]
+        self.callbacks[:] = [callback for callback in self.callbacks
+                             if not isinstance(callback, kind)] + moved
+
     def __getattr__(self, hook):
         if not hook.startswith("on_"):
             raise AttributeError(hook)
@@ -154,6 +178,13 @@ class History(Callback):
         self.epoch.append(epoch)
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(value)
+
+    def get_state(self):
+        return {"history": self.history, "epoch": self.epoch}
+
+    def set_state(self, state):
+        self.history = {key: list(values) for key, values in state["history"].items()}
+        self.epoch = list(state["epoch"])
 
 
 def _higher_is_better(monitor, model):
@@ -273,6 +304,15 @@ class EarlyStopping(Callback):
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
+    def get_state(self):
+        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
+                "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+
+    def set_state(self, state):
+        self.wait, self.stopped_epoch = state["wait"], state["stopped_epoch"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.best_weights = state["best_weights"]
+
     def on_train_end(self, logs=None):
         if self.stopped_epoch > 0 and self.verbose:
             print(f"Epoch {self.stopped_epoch + 1}: early stopping")
@@ -383,6 +423,12 @@ class ModelCheckpoint(Callback):
             raise PermissionError(errno.EACCES, f"ModelCheckpoint cannot write filepath "
                                                 f"{self.filepath!r}: its folder "
                                                 f"{folder or os.curdir!r} is not writable")
+
+    def get_state(self):
+        return {"best": self.best}
+
+    def set_state(self, state):
+        self.best = state["best"]
 
     def _path(self, epoch, logs):
         try:
@@ -603,6 +649,13 @@ class ReduceLROnPlateau(Callback):
     def on_train_begin(self, logs=None):
         self._reset()
 
+    def get_state(self):
+        return {"best": self.best, "cooldown_counter": self.cooldown_counter, "wait": self.wait}
+
+    def set_state(self, state):
+        self.best, self.wait = state["best"], state["wait"]
+        self.cooldown_counter = state["cooldown_counter"]
+
     def on_epoch_end(self, epoch, logs=None):
         optimizer = _optimizer_of(self.model, "ReduceLROnPlateau")
         if logs is not None:
@@ -725,11 +778,7 @@ class CSVLogger(Callback):
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
-        try:
-            self.filename = os.fspath(filename)
-        except TypeError:
-            raise TypeError(f"filename must be a str or os.PathLike, got "
-                            f"{describe(filename)}") from None
+        self.filename = _fspath(filename, "filename")
         if not isinstance(separator, str) or len(separator) != 1:
             raise ValueError(f"separator must be one character, got {describe(separator)}")
         self.sep = separator
@@ -745,17 +794,44 @@ class CSVLogger(Callback):
             with open(self.filename, newline="") as existing:
                 self._write_header = not existing.readline()
         self._file = open(self.filename, "a" if self.append else "w", newline="")
+        # Where this fit's rows begin (after an appended-to file's).
+        self._start = self._file.tell()
         self._writer = None
         self.keys = None
+
+    def get_state(self):
+        """The columns and the rows this fit wrote (the file may lose them
+        with the process)."""
+        self._file.flush()
+        with open(self.filename, newline="") as written:
+            written.seek(self._start)
+            rows = written.read()
+        return {"keys": self.keys, "write_header": self._write_header, "start": self._start,
+                "rows": rows}
+
+    def set_state(self, state):
+        """Cut the file back to where the backed-up fit began its rows (an
+        interrupted fit may have written more), and write those rows again."""
+        self._file.truncate(state["start"])
+        self._file.seek(state["start"])
+        self._file.write(state["rows"])
+        self._file.flush()
+        self._start, self._write_header = state["start"], state["write_header"]
+        self.keys = state["keys"]
+        self._writer = None
+        if self.keys is not None:
+            self._writer = self._dict_writer()
+
+    def _dict_writer(self):
+        return csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys, delimiter=self.sep,
+                              lineterminator="\n", extrasaction="ignore")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.keys is None:
             self.keys = sorted(logs)
         if self._writer is None:
-            self._writer = csv.DictWriter(self._file, fieldnames=["epoch"] + self.keys,
-                                          delimiter=self.sep, lineterminator="\n",
-                                          extrasaction="ignore")
+            self._writer = self._dict_writer()
             if self._write_header:
                 self._writer.writeheader()
         row = {"epoch": epoch}
@@ -768,6 +844,14 @@ class CSVLogger(Callback):
             self._file.close()
         self._file = None
         self._writer = None
+
+
+def _fspath(value, name):
+    """``value`` (a str or os.PathLike) as a path."""
+    try:
+        return os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a str or os.PathLike, got {describe(value)}") from None
 
 
 def _csv_value(value):
@@ -844,3 +928,184 @@ def _hook(function, name):
     if name.startswith("on_epoch_") or "_batch_" in name:
         return lambda index, logs=None: function(index, logs)
     return lambda logs=None: function(logs)
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole state of ``fit`` so that a fit killed at any moment
+    continues, when started again, exactly where it was, as
+    ``keras.callbacks.BackupAndRestore`` does for the weights and the epoch.
+
+    At the start of ``fit``, the newest backup in ``backup_dir`` (if any) is
+    restored and ``fit`` resumes at the epoch and batch it was made at, with
+    the same shuffled order; ``initial_epoch`` is then ignored. A backup
+    holds the weights, the optimizer's slots, step count (so a learning-rate
+    schedule's position) and rate, every random generator of the model and
+    its layers (shuffling, dropout and recurrent-dropout masks, ``Dropout``
+    layers), the states stateful layers carry, where the data is, the
+    epoch's running loss and metrics, the History, and the state of every
+    callback that keeps one (:meth:`Callback.get_state`: ``EarlyStopping``,
+    ``ReduceLROnPlateau``, ``ModelCheckpoint``'s best value, ``CSVLogger``'s
+    rows). With seeded layers and model, float64 and one thread, the
+    resumed fit ends with bit for bit the weights and the History of a fit
+    never interrupted.
+
+    Not restored: a generator or any other iterator given as ``x``, which
+    cannot be rewound (``fit`` then resumes at the start of the next epoch,
+    reading it from where it is, with a ``RuntimeWarning``); the state of a
+    sequence of batches itself (what its ``on_epoch_end`` changes); and
+    what callbacks without :meth:`Callback.get_state` keep (a
+    ``LambdaCallback``'s closures).
+
+    Each backup is one file, written to a temporary file and renamed, then
+    read back and checked against its checksum; only then is the backup
+    before the previous one deleted, so the two newest are on disk. At
+    restore, a damaged newest backup is reported with a warning and the one
+    before it is used. A backup that does not match the model, its
+    optimizer, its metrics or the callbacks with a state raises
+    ``ValueError`` before anything changes.
+
+    Under MPI (a model compiled with a
+    :class:`fastlstm.distributed.DistributedOptimizer`), rank 0 writes the
+    backups, with every rank's random generators, data position and
+    callbacks gathered; at restore it reads the backup and every rank takes
+    its own part, so a job relaunched on as many ranks resumes.
+
+    ``fit`` runs this callback after the others, so that a backup holds
+    their state after each hook. When ``fit`` ends, the backups are deleted
+    (``delete_checkpoint``); after a crash they stay for the next run.
+
+    Parameters
+    ----------
+    backup_dir : str or os.PathLike
+        The folder of the backups, created if missing; one per training run.
+    save_freq : "epoch" or int
+        "epoch" (the default): back up at the end of every epoch. An int
+        ``N``: back up after every ``N`` batches, counted across epochs.
+    delete_checkpoint : bool
+        Delete the backups (and the folder, if left empty) when ``fit``
+        ends. Default True.
+
+    Examples
+    --------
+    >>> from fastlstm.callbacks import BackupAndRestore
+    >>> backup = BackupAndRestore("run-backup", save_freq=50)
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
+        super().__init__()
+        self.backup_dir = _fspath(backup_dir, "backup_dir")
+        if save_freq != "epoch":
+            if not is_int(save_freq):
+                raise TypeError(f"save_freq must be 'epoch' or a number of batches (a positive "
+                                f"int), got {describe(save_freq)}")
+            save_freq = check_int(save_freq, "save_freq")
+        self.save_freq = save_freq
+        self.delete_checkpoint = check_bool(delete_checkpoint, "delete_checkpoint")
+        self._comm = None
+        self._rank = 0
+        self._number = 0
+        self._kept = None
+        self._batches = 0
+        self._epoch = 0
+        self._restored = None
+
+    def _others(self):
+        return [callback for callback in self.model._fit_callbacks if callback is not self]
+
+    def _newest(self):
+        """``(path, content)`` of the newest backup that reads back whole, or None."""
+        damaged = []
+        for _, path in _backup.backup_files(self.backup_dir):
+            try:
+                content = _backup.read(path)
+            except ValueError as error:
+                damaged.append(str(error))
+                continue
+            for reason in damaged:
+                warnings.warn(f"{reason}; restoring the backup before it, {path!r}",
+                              RuntimeWarning, stacklevel=4)
+            return path, content
+        if damaged:
+            raise ValueError(f"no backup in backup_dir {self.backup_dir!r} can be restored: "
+                             f"{'; '.join(damaged)}")
+        return None
+
+    def on_train_begin(self, logs=None):
+        # Under MPI the optimizer averages over the ranks' communicator.
+        self._comm = getattr(self.model.optimizer, "comm", None)
+        self._rank = 0 if self._comm is None else self._comm.Get_rank()
+        self._batches = 0
+        self._restored = None
+        found = None
+        if self._rank == 0:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            _backup.remove_unfinished(self.backup_dir)
+            files = _backup.backup_files(self.backup_dir)
+            self._number = files[0][0] if files else 0
+            try:
+                found = self._newest()
+            except ValueError as error:
+                found = error
+        if self._comm is not None:
+            found = self._comm.bcast(found, root=0)
+        if isinstance(found, ValueError):
+            raise found
+        if found is None:
+            return
+        path, content = found
+        ranks = 1 if self._comm is None else self._comm.Get_size()
+        if len(content["ranks"]) != ranks:
+            raise ValueError(f"backup {path!r} was made by a fit on {len(content['ranks'])} "
+                             f"processes, and this fit runs on {ranks}: relaunch it on as many")
+        own = content["ranks"][self._rank]
+        stateful = _backup.restore(self.model, self._others(), content["shared"], own, path)
+        self._kept = path
+        self._restored = (stateful, own, content["shared"]["optimizer"]["learning_rate"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        if self._restored is None:
+            return
+        stateful, own, learning_rate = self._restored
+        self._restored = None
+        if self.model._resume_at == (epoch, 0):
+            return
+        # fit resumed in the middle of this epoch, whose start the others'
+        # on_epoch_begin has just replayed: undo what that changed.
+        _backup.set_callback_states(stateful, own)
+        if learning_rate is not None:
+            self.model.optimizer.learning_rate = learning_rate
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches += 1
+        if self._batches >= self.save_freq:
+            self._batches = 0
+            self._back_up(self._epoch, batch + 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.save_freq == "epoch":
+            self._back_up(epoch + 1, 0)
+
+    def _back_up(self, epoch, step):
+        """Write a backup from which fit resumes at batch ``step`` of ``epoch``."""
+        shared, own = _backup.capture(self.model, self._others(), epoch, step)
+        ranks = [own] if self._comm is None else self._comm.gather(own, root=0)
+        if self._rank != 0:
+            return
+        self._number += 1
+        path = _backup.write(self.backup_dir, self._number, {"shared": shared, "ranks": ranks})
+        for _, older in _backup.backup_files(self.backup_dir):
+            if older not in (path, self._kept):
+                os.unlink(older)
+        self._kept = path
+
+    def on_train_end(self, logs=None):
+        if not self.delete_checkpoint or self._rank != 0:
+            return
+        for _, path in _backup.backup_files(self.backup_dir):
+            os.unlink(path)
+        self._kept = None
+        if os.path.isdir(self.backup_dir) and not os.listdir(self.backup_dir):
+            os.rmdir(self.backup_dir)

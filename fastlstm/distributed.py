@@ -182,6 +182,14 @@ class DistributedOptimizer(optimizers_module.Optimizer):
         """Build the wrapped optimizer for ``variables`` (see :meth:`Optimizer.build`)."""
         self.optimizer.build(variables)
 
+    def get_state(self):
+        """The wrapped optimizer's state (see :meth:`Optimizer.get_state`)."""
+        return self.optimizer.get_state()
+
+    def set_state(self, state, variables, check_only=False):
+        """Set the wrapped optimizer's state (see :meth:`Optimizer.set_state`)."""
+        self.optimizer.set_state(state, variables, check_only)
+
     def apply(self, grads, variables=None):
         """Average ``grads`` over the ranks, then apply them with the wrapped optimizer.
 

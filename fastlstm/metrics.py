@@ -75,6 +75,14 @@ class Metric:
             self._total += float(np.sum(scores[mask]))
             self._count += int(mask.sum())
 
+    def get_state(self):
+        """The running sums, as plain data (what a backup records)."""
+        return {"total": self._total, "count": self._count}
+
+    def set_state(self, state):
+        """Continue from :meth:`get_state`'s sums."""
+        self._total, self._count = state["total"], state["count"]
+
     def result(self):
         """The mean score over every position seen, a float (0.0 before any)."""
         return self._total / self._count if self._count else 0.0

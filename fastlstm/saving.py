@@ -102,8 +102,9 @@ def _read_npz(source, what):
         raise ValueError(f"{what} is not a readable .npz weights file: {error}") from None
 
 
-def _assign_weights(model, loaded, what):
-    """Copy ``loaded`` into ``model``'s weights once every name and shape checks out."""
+def _assign_weights(model, loaded, what, check_only=False):
+    """Copy ``loaded`` into ``model``'s weights once every name and shape
+    checks out (``check_only``: only check)."""
     expected = _model_weights(model, "to load into yet")
     missing = [name for name in expected if name not in loaded]
     unexpected = sorted(name for name in loaded if name not in expected)
@@ -123,6 +124,8 @@ def _assign_weights(model, loaded, what):
                             f"{array.shape}")
     if problems:
         raise ValueError(f"{what} does not match the model: {'; '.join(problems)}")
+    if check_only:
+        return
     for name, array in expected.items():
         np.copyto(array, loaded[name], casting="unsafe")
 

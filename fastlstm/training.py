@@ -40,7 +40,7 @@ from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from ._validation import (as_real_array, check_bool, check_int, check_real, describe, is_int,
                           is_real)
-from .callbacks import CallbackList, History, Progbar, ProgbarLogger
+from .callbacks import BackupAndRestore, CallbackList, History, Progbar, ProgbarLogger
 from .layers.base import no_grad
 
 __all__ = ["Trainer"]
@@ -215,6 +215,10 @@ class _Batches:
         self._name = name
         self._epoch = None if first_epoch is None else first_epoch - 1
         self._pass = None
+        # The order of the pass under way (None: the data's own) and the
+        # batches it has given: where a backup resumes the data.
+        self._order = None
+        self._position = 0
         self.exhausted = False
         # Batches an iterator has given (for messages).
         self.read = 0
@@ -256,23 +260,35 @@ class _Batches:
         epoch = "" if self._epoch is None else f"epoch {self._epoch + 1}, "
         return f"{epoch}batch {index} of {self._name}"
 
-    def _new_pass(self):
+    @property
+    def rewinds(self):
+        """Whether a pass can be resumed at a batch: arrays and sequences can;
+        an iterator, and an iterable that orders its own batches, cannot."""
+        return self._arrays is not None or _is_sequence(self._dataset)
+
+    def _new_pass(self, resume=None):
+        """A pass in a new (shuffled) order, or ``resume = (order, position)``:
+        the rest of a pass a backup recorded."""
         if self.is_iterator:
             return self._dataset
-        if self._arrays is None and not _is_sequence(self._dataset):
+        if not self.rewinds:
             return (_unpack(batch, self._where(k), self._need_targets)
                     for k, batch in enumerate(self._dataset))
-        order = self._rng.permutation(self.num_batches if self._arrays is None
-                                      else self._arrays[0].shape[0]) if self._shuffle else None
+        if resume is None:
+            order = self._rng.permutation(self.num_batches if self._arrays is None
+                                          else self._arrays[0].shape[0]) if self._shuffle else None
+            resume = (order, 0)
+        order, first = resume
+        self._order, self._position = order, first
         if self._arrays is None:
             indices = range(self.num_batches) if order is None else order
             return (_unpack(self._dataset[int(k)], self._where(int(k)), self._need_targets)
-                    for k in indices)
+                    for k in indices[first:])
         x, y, weights = self._arrays
         count, size = x.shape[0], self._batch_size
 
         def cut():
-            for start in range(0, count, size):
+            for start in range(first * size, count, size):
                 stop = min(start + size, count)
                 batch = slice(start, stop) if order is None else order[start:stop]
                 yield (x[batch], None if y is None else y[batch],
@@ -295,7 +311,39 @@ class _Batches:
         if self.is_iterator:
             self.read += 1
             return _unpack(batch, self._where(self.read - 1), self._need_targets)
+        if self.rewinds:
+            self._position += 1
         return batch
+
+    def get_state(self):
+        """Where the data is, as plain data: the order of the pass under way
+        and the batches it gave (None between passes); an iterator's
+        batches read."""
+        if not self.rewinds:
+            return {"iterator": True, "read": self.read}
+        if self._pass is None:
+            return {"iterator": False, "pass": None}
+        return {"iterator": False, "pass": {"order": self._order, "position": self._position}}
+
+    def set_state(self, state, check_only=False):
+        """Continue the pass :meth:`get_state` recorded (of arrays or a
+        sequence: an iterator cannot be rewound). ValueError, before
+        anything changes, if it does not fit this data; ``check_only``
+        stops there."""
+        recorded = state["pass"]
+        if recorded is not None:
+            order, position = recorded["order"], int(recorded["position"])
+            size = self.num_batches if self._arrays is None else self._arrays[0].shape[0]
+            if order is not None and (not isinstance(order, np.ndarray)
+                                      or order.shape != (size,)) \
+                    or not 0 <= position <= self.num_batches:
+                raise ValueError(f"the backup's data position (batch {position} of a pass over "
+                                 f"{'?' if order is None else len(order)} items) does not fit "
+                                 f"x ({self.num_batches} batches of {size} items): give the "
+                                 f"data of the interrupted fit")
+        if check_only:
+            return
+        self._pass = None if recorded is None else self._new_pass((order, position))
 
     def epoch(self, steps):
         """The batches of one epoch: ``steps`` of them (continuing the pass
@@ -399,6 +447,11 @@ class Trainer:
         self.stop_training = False
         self._loss_total = 0.0
         self._loss_seen = 0
+        # During fit: its data and callbacks, and where a restored backup
+        # resumes it ((epoch, step), set by the callback that restores it).
+        self._fit_data = None
+        self._fit_callbacks = []
+        self._resume_at = None
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None):
         """Choose how ``fit`` trains and what it reports.
@@ -613,7 +666,9 @@ class Trainer:
             Metrics are not weighted (Keras weights only
             ``weighted_metrics``).
         initial_epoch : int
-            The epoch to start counting from (to resume training).
+            The epoch to start counting from (to resume training). A
+            :class:`~fastlstm.callbacks.BackupAndRestore` that restores a
+            backup starts ``fit`` where the backup was made instead.
         steps_per_epoch : int or None
             Batches per epoch. None: one pass over the data (an iterator:
             until it ends). Given, an epoch continues the pass the previous
@@ -648,20 +703,30 @@ class Trainer:
             "epochs": epochs, "steps": steps, "verbose": verbose})
         # After the user's callbacks, as in Keras: the bar's epoch line comes last.
         callback_list.append(self.history)
+        # A backup records the state the other callbacks and the History reach at each hook.
+        callback_list.move_to_end(BackupAndRestore)
         if verbose:
             callback_list.append(ProgbarLogger())
 
         self.stop_training = False
+        self._fit_data, self._fit_callbacks = data, callback_list.callbacks
+        self._resume_at = None
         callback_list.on_train_begin()
+        first_epoch, first_step = self._resume_at or (initial_epoch, 0)
+        if self._resume_at is not None and self.stop_training and not first_step:
+            # The interrupted fit had stopped: only on_train_end was left.
+            first_epoch = epochs
         epoch_logs = {}
-        for epoch in range(initial_epoch, epochs):
+        for epoch in range(first_epoch, epochs):
             if data.exhausted:
                 _ran_out(data.read)
                 break
-            self._reset_metrics()
+            if not first_step:
+                self._reset_metrics()
             callback_list.on_epoch_begin(epoch)
             epoch_logs, count = self._train_epoch(data, steps_per_epoch, class_weight,
-                                                  callback_list)
+                                                  callback_list, first_step)
+            first_step = 0
             if count == 0:
                 raise ValueError(f"x gave no batch in epoch {epoch + 1}: give data with at "
                                  f"least one batch")
@@ -676,13 +741,19 @@ class Trainer:
             if self.stop_training:
                 break
         callback_list.on_train_end(epoch_logs)
+        self._fit_data, self._fit_callbacks = None, []
         return self.history
 
-    def _train_epoch(self, data, steps, class_weight, callback_list):
-        """One epoch's batches of ``data``; the epoch's logs and its number of batches."""
-        logs = {}
-        count = 0
-        for step, (x_batch, y_batch, weights) in enumerate(data.epoch(steps)):
+    def _train_epoch(self, data, steps, class_weight, callback_list, first_step=0):
+        """One epoch's batches of ``data`` from batch ``first_step`` on (a
+        restored backup's; the running logs then continue); the epoch's logs
+        and its number of batches."""
+        logs = self._logs() if first_step else {}
+        count = first_step
+        if first_step and self.stop_training:
+            return dict(logs), count
+        remaining = None if steps is None else steps - first_step
+        for step, (x_batch, y_batch, weights) in enumerate(data.epoch(remaining), first_step):
             callback_list.on_train_batch_begin(step)
             self._train_step(x_batch, y_batch, self._weighted(y_batch, weights, class_weight))
             count += 1
@@ -691,6 +762,67 @@ class Trainer:
             if self.stop_training:
                 break
         return dict(logs), count
+
+    def _fit_state(self):
+        """What a backup of the running fit holds beyond the layers, the
+        optimizer and the callbacks, as plain data: where the data is, the
+        epoch's running loss and metrics, and whether a callback stopped
+        training."""
+        return {"data": self._fit_data.get_state(), "loss_total": self._loss_total,
+                "loss_seen": self._loss_seen, "stop_training": bool(self.stop_training),
+                "metrics": [dict(metric.get_state(), name=metric.name, kind=type(metric).__name__)
+                            if metric is not None else {"name": identifier, "kind": None}
+                            for metric, identifier in zip(self.metrics,
+                                                          self._metric_identifiers)]}
+
+    def _resumes_exactly(self, state):
+        """Whether the data of :meth:`_fit_state`'s ``state`` and this fit's
+        can continue where the backup was made (both can be rewound)."""
+        return self._fit_data.rewinds and not state["data"]["iterator"]
+
+    def _check_fit_state(self, state):
+        """ValueError unless :meth:`_fit_state`'s ``state`` fits this fit's
+        metrics and data (checked before anything is restored)."""
+        recorded = [(m["name"], m["kind"]) for m in state["metrics"]]
+        own = [(m.name, type(m).__name__) if m is not None else (identifier, None)
+               for m, identifier in zip(self.metrics, self._metric_identifiers)]
+        # An "accuracy" not resolved yet (kind None) matches any kind.
+        if len(recorded) != len(own) or any(
+                name != own_name or None not in (kind, own_kind) and kind != own_kind
+                for (name, kind), (own_name, own_kind) in zip(recorded, own)):
+            raise ValueError(f"the backup's metrics {recorded} are not the model's {own}: "
+                             f"compile the model as the interrupted fit's was")
+        if self._resumes_exactly(state):
+            self._fit_data.set_state(state["data"], check_only=True)
+
+    def _resume_fit(self, state, epoch, step):
+        """Continue this fit from :meth:`_fit_state`'s ``state``, recorded at
+        batch ``step`` of ``epoch``: fit starts there. Data from an iterator
+        (or an iterable with ``__iter__`` alone) cannot be rewound: fit then starts at the next epoch's start, with
+        a warning."""
+        if not self._resumes_exactly(state):
+            if step:
+                epoch, step = epoch + 1, 0
+            kind, reading = (("an iterator", "from where it is now") if self._fit_data.is_iterator
+                             else ("an iterable that orders its own batches", "afresh"))
+            warnings.warn(f"x is {kind}, which cannot be rewound to where the backup was "
+                          f"made, so training resumes at the start of epoch {epoch + 1}, "
+                          f"reading x {reading}; give a sequence of "
+                          f"batches (with __len__ and __getitem__) or arrays to resume "
+                          f"exactly", RuntimeWarning, stacklevel=2)
+        else:
+            self._fit_data.set_state(state["data"])
+        if step:
+            self._loss_total, self._loss_seen = state["loss_total"], state["loss_seen"]
+            for k, recorded in enumerate(state["metrics"]):
+                if recorded["kind"] is None:
+                    continue
+                if self.metrics[k] is None:
+                    self.metrics[k] = getattr(metrics_module, recorded["kind"])(
+                        name=recorded["name"])
+                self.metrics[k].set_state(recorded)
+        self.stop_training = state["stop_training"]
+        self._resume_at = (epoch, step)
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
                        return_dict=False):

@@ -187,6 +187,63 @@ class Optimizer:
         self._slot_list = [self._slots(v) for v in self._variables]
         self.iterations = 0
 
+    def get_state(self):
+        """The optimizer's progress as plain data (what a backup records):
+        its class, ``iterations`` (where a schedule is), the float learning
+        rate (None for a schedule) and every slot, keyed
+        ``"<variable index>/<slot>"`` (None before the first update)."""
+        return {"class": type(self).__name__, "iterations": self.iterations,
+                "learning_rate": None if callable(self._learning_rate) else self._learning_rate,
+                "slots": None if self._slot_list is None else self._state_slots(self._slot_list)}
+
+    @staticmethod
+    def _state_slots(slot_list):
+        """The slots of ``slot_list`` that hold state, keyed ``"<variable index>/<slot>"``
+        (scratch slots are working memory)."""
+        return {f"{k}/{name}": array for k, variable_slots in enumerate(slot_list)
+                for name, array in variable_slots.items() if name != "scratch"}
+
+    def set_state(self, state, variables, check_only=False):
+        """Continue from :meth:`get_state`'s ``state``, built for
+        ``variables`` (those of the next ``apply``).
+
+        Every name, shape and dtype is checked before anything changes;
+        ``check_only`` stops there. Raises ValueError naming what does not
+        match (another optimizer, other variables).
+        """
+        expected = self._state_slots(self._slot_list if self._variables is not None
+                                     else [self._slots(v) for v in variables])
+        problems = []
+        if state["class"] != type(self).__name__:
+            problems.append(f"it is {state['class']}, the model's is {type(self).__name__}")
+        elif state["slots"] is not None:
+            if sorted(state["slots"]) != sorted(expected):
+                problems.append(f"its slots are {sorted(state['slots'])}, the model's "
+                                f"{sorted(expected)}")
+            else:
+                problems.extend(f"slot {name} is {describe(state['slots'][name])}, the model's "
+                                f"has shape {array.shape} and dtype {array.dtype}"
+                                for name, array in expected.items()
+                                if state["slots"][name].shape != array.shape
+                                or state["slots"][name].dtype != array.dtype)
+        if (state["learning_rate"] is None) != callable(self._learning_rate):
+            problems.append("one learning rate is a schedule and the other a float")
+        if problems:
+            raise ValueError(f"the backup's optimizer does not match the model's: "
+                             f"{'; '.join(problems)}")
+        if check_only:
+            return
+        if state["slots"] is None:
+            self._variables = self._slot_list = None
+        else:
+            if self._variables is None:
+                self.build(variables)
+            for name, array in self._state_slots(self._slot_list).items():
+                np.copyto(array, state["slots"][name])
+        self.iterations = int(state["iterations"])
+        if state["learning_rate"] is not None:
+            self._learning_rate = float(state["learning_rate"])
+
     def apply(self, grads, variables=None):
         """Clip ``grads``, then update each variable in place by its gradient.
 
