@@ -96,8 +96,9 @@ class LSTM(keras.layers.LSTM):
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", unroll=False,
                  use_cudnn="auto", **kwargs):
-        _activation_name(activation, "activation")
-        _activation_name(recurrent_activation, "recurrent_activation")
+        # By the kernels' names, found once (not under a tracing compiler).
+        activations = (_activation_name(activation, "activation"),
+                       _activation_name(recurrent_activation, "recurrent_activation"))
         # name: (value, the accepted values, why the others are refused)
         options = {"unroll": (unroll, (False,), "the time loop is one compiled kernel"),
                    "use_cudnn": (use_cudnn, ("auto", False), "fastlstm runs on the CPU"),
@@ -112,6 +113,7 @@ class LSTM(keras.layers.LSTM):
         # Keeps Bidirectional from replacing both directions by Keras' own
         # fused LSTM: this layer's loop is inner_loop.
         self.use_cudnn = False
+        self._activations = activations
         self._lstm = _backend_ops()
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
@@ -142,11 +144,18 @@ class LSTM(keras.layers.LSTM):
             mask = ops.cast(mask, "bool")
         outputs, h, c = self._lstm(
             x, *weights, bias, h0, c0, mask, recurrent_dropout_mask, self.go_backwards,
-            _activation_name(cell.activation, "activation"),
-            _activation_name(cell.recurrent_activation, "recurrent_activation"))
-        last_output = outputs[:, -1]
-        if mask is not None and self.zero_output_for_mask:
-            # Bidirectional's setting: masked steps output zeros.
+            *self._activations)
+        if mask is not None:
             kept = ops.flip(mask, axis=1) if self.go_backwards else mask
-            outputs = ops.where(ops.expand_dims(kept, -1), outputs, ops.zeros_like(outputs))
-        return last_output, outputs, [h, c]
+            if self.zero_output_for_mask:
+                # Bidirectional's setting: masked steps output zeros.
+                return outputs[:, -1], ops.where(ops.expand_dims(kept, -1), outputs,
+                                                 ops.zeros_like(outputs)), [h, c]
+            if keras.backend.backend() == "jax":
+                # Keras' JAX loop outputs the initial h at the masked steps
+                # before the first kept one, where its other backends (and
+                # the kernels) output zeros: do as the backend's LSTM does.
+                started = ops.cumsum(ops.cast(kept, "int32"), axis=1) > 0
+                outputs = ops.where(ops.expand_dims(started, -1), outputs,
+                                    ops.expand_dims(h0, 1))
+        return outputs[:, -1], outputs, [h, c]
