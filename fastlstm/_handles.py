@@ -26,18 +26,29 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, mask, recurrent_dropout_m
             go_backwards, activation, recurrent_activation, keep_cache):
     """Run the kernels on arrays already checked by the caller's layer.
 
-    Args:
-        x: (batch, timesteps, features) array of the weights' dtype.
-        kernel, recurrent_kernel, bias: Keras-layout weights; bias may be None.
-        h0, c0: (batch, units) initial states.
-        mask: bool (batch, timesteps) array, True keeps a step; or None.
-        recurrent_dropout_mask: (batch, units) multipliers of h_{t-1}; or None.
-        go_backwards: process the steps in reverse (outputs in processing order).
-        activation, recurrent_activation: names the kernels implement.
-        keep_cache: keep what :func:`backward` needs.
+    Parameters
+    ----------
+    x : ndarray, shape (batch, timesteps, features)
+        Cast to the weights' dtype.
+    kernel, recurrent_kernel, bias : ndarray
+        Weights in Keras' layout; ``bias`` may be None.
+    h0, c0 : ndarray, shape (batch, units)
+        Initial states.
+    mask : ndarray of bool, shape (batch, timesteps), or None
+        True keeps a step.
+    recurrent_dropout_mask : ndarray, shape (batch, units), or None
+        Multipliers of ``h_{t-1}`` in the recurrent product.
+    go_backwards : bool
+        Process the steps in reverse; the outputs come in processing order.
+    activation, recurrent_activation : str
+        Names the kernels implement.
+    keep_cache : bool
+        Keep what :func:`backward` needs.
 
-    Returns:
-        ``(outputs, h, c, handle)``: the handle of the kept cache, or 0.
+    Returns
+    -------
+    tuple
+        ``(outputs, h, c, handle)``: ``handle`` names the kept cache, 0 none.
     """
     dtype = kernel.dtype
     x, h0, c0 = (np.asarray(a, dtype) for a in (x, h0, c0))
@@ -59,15 +70,21 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, mask, recurrent_dropout_m
 def backward(handle, grad_outputs, grad_h, grad_c, input_gradient=True):
     """Backpropagate through the forward pass of ``handle`` and forget its cache.
 
-    Args:
-        handle: what :func:`forward` returned.
-        grad_outputs: (batch, timesteps, units) gradient of the outputs.
-        grad_h, grad_c: (batch, units) gradients of the final states.
-        input_gradient: compute the gradient of ``x`` (else it is None).
+    Parameters
+    ----------
+    handle : int
+        What :func:`forward` returned.
+    grad_outputs : ndarray, shape (batch, timesteps, units)
+        Gradient of the outputs.
+    grad_h, grad_c : ndarray, shape (batch, units)
+        Gradients of the final states.
+    input_gradient : bool
+        Compute the gradient of ``x`` (else it is None).
 
-    Returns:
-        :class:`~fastlstm.LSTMGradients`; ``bias`` is zeros when the forward
-        ran without one.
+    Returns
+    -------
+    LSTMGradients
+        ``bias`` is zeros when the forward pass ran without one.
     """
     with _lock:
         entry = _caches.pop(int(handle), None)

@@ -71,27 +71,36 @@ class LSTM(keras.layers.LSTM):
     (``get_weights()`` of either layer loads into the other with
     ``set_weights``); see its documentation. Regularizers, constraints,
     masks, ``initial_state``, ``stateful`` and ``Bidirectional`` work as
-    there. What differs:
+    there.
 
-    - ``activation`` and ``recurrent_activation`` must be "tanh",
-      "sigmoid" or "hard_sigmoid" (the kernels' activations);
-    - ``unroll=True``, ``use_cudnn=True`` and ``implementation=1`` are
-      refused (there is one implementation: the kernels, on the CPU);
-    - with ``recurrent_dropout``, one mask per sequence is shared by the
-      four gates, for the input and for the recurrent state (Keras draws
-      one per gate then); ``dropout`` alone uses Keras' very mask.
+    Parameters
+    ----------
+    units : int
+        Dimensionality of the output space.
+    activation, recurrent_activation : {"tanh", "sigmoid", "hard_sigmoid"}
+        The activations the kernels implement; defaults "tanh" and "sigmoid".
+    unroll : False
+        True is refused: the time loop is one compiled kernel.
+    use_cudnn : "auto" or False
+        True is refused: fastlstm runs on the CPU.
+    **kwargs
+        The other arguments of ``keras.layers.LSTM``; ``implementation``
+        must be 2 (its default).
 
-    Args:
-        units: Dimensionality of the output space.
-        **kwargs: The other arguments of ``keras.layers.LSTM``.
+    Notes
+    -----
+    With ``recurrent_dropout``, one mask per sequence is shared by the four
+    gates, for the input and for the recurrent state (Keras draws one per
+    gate then); ``dropout`` alone uses Keras' very mask.
 
-    Examples:
-        >>> import keras
-        >>> import fastlstm.keras
-        >>> inputs = keras.Input((10, 8))
-        >>> outputs = fastlstm.keras.LSTM(16, return_sequences=True)(inputs)
-        >>> tuple(outputs.shape)
-        (None, 10, 16)
+    Examples
+    --------
+    >>> import keras
+    >>> import fastlstm.keras
+    >>> inputs = keras.Input((10, 8))
+    >>> outputs = fastlstm.keras.LSTM(16, return_sequences=True)(inputs)
+    >>> tuple(outputs.shape)
+    (None, 10, 16)
     """
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", unroll=False,
@@ -119,8 +128,11 @@ class LSTM(keras.layers.LSTM):
     def inner_loop(self, sequences, initial_state, mask, training=False):
         """The whole sequence in one call to fastlstm's kernels.
 
-        Returns ``(last_output, outputs, [h, c])`` as Keras' loop does:
-        ``outputs`` in processing order (reversed with ``go_backwards``).
+        Returns
+        -------
+        tuple
+            ``(last_output, outputs, [h, c])`` as Keras' loop returns them:
+            ``outputs`` in processing order (reversed with ``go_backwards``).
         """
         if isinstance(mask, (list, tuple)):
             mask = mask[0]

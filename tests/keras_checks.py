@@ -266,6 +266,26 @@ def check_dropout_follows_training():
     assert_close(got(x, training=True), expected(x, training=True), "dropout=0.4, seed=5")
 
 
+def check_mixed_precision():
+    """Under mixed_float16 the layer computes in float32 and returns float16."""
+    keras = _keras()
+    x = inputs()
+    _, expected = pair(return_sequences=True)
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        import fastlstm.keras
+
+        got = fastlstm.keras.LSTM(UNITS, return_sequences=True)
+        got.build((None, TIMESTEPS, FEATURES))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    got.set_weights(expected.get_weights())
+    output = got(x)
+    assert keras.backend.standardize_dtype(output.dtype) == "float16", output.dtype
+    # The input and the result are rounded to float16 (11 significant bits).
+    assert_close(keras.ops.cast(output, "float32"), expected(x), "mixed_float16", 2e-3)
+
+
 def check_unsupported_arguments_are_named():
     import fastlstm.keras
 
