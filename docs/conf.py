@@ -5,6 +5,7 @@ Build with ``python -m sphinx -W --keep-going -b html docs docs/_build/html``
 which draws the figures and writes the performance table into
 ``_generated/`` from ``_static/bench.json``.
 """
+import importlib.util
 import os
 import sys
 
@@ -13,6 +14,12 @@ sys.path.insert(0, os.path.join(HERE, "scripts"))
 sys.path.insert(0, os.path.join(HERE, "_ext"))
 
 import fastlstm  # noqa: E402
+
+# Autodoc imports fastlstm.keras, and Keras picks its backend when first
+# imported (TensorFlow unless told): one fastlstm supports, when installed.
+for _backend in ("jax", "torch"):
+    if "KERAS_BACKEND" not in os.environ and importlib.util.find_spec(_backend):
+        os.environ["KERAS_BACKEND"] = _backend
 import make_figures  # noqa: E402
 
 make_figures.make_all(out=os.path.join(HERE, "_generated"))

@@ -6,7 +6,8 @@
 ``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at
            the benchmark's sizes (docs/performance.rst): median times of a training step and of inference;
            with ``--torch-adapter``, also fastlstm.torch.LSTM in PyTorch training
-           steps, padded and packed.
+           steps, padded and packed; with ``--keras``, fastlstm.keras.LSTM in
+           Keras 3's fit on each backend.
 """
 import argparse
 import sys
@@ -32,6 +33,12 @@ def _info(args):
 
 
 def _bench(args):
+    if args.keras:
+        from ._bench_keras import run as run_keras
+
+        results = run_keras(models=args.models or None, turns=args.turns, epochs=args.epochs,
+                            threads=args.threads)
+        return 1 if any(model["errors"] for model in results["models"].values()) else 0
     if args.models is not None:
         from ._bench_models import run as run_models
 
@@ -129,6 +136,11 @@ def main(argv=None):
                        help="with --models: this batch size instead of each model's own, "
                             "as many batches per epoch (small batches run stacked LSTM "
                             "layers pipelined)")
+    bench.add_argument("--keras", action="store_true",
+                       help="instead, time one epoch of Keras' fit on the char and stack512 "
+                            "models with keras.layers.LSTM and fastlstm.keras.LSTM on each "
+                            "installed Keras backend, and fastlstm's own Sequential "
+                            "(--models, --turns, --epochs and --threads apply)")
     bench.add_argument("--generation", action="store_true",
                        help="time text generation (a stateful layer fed one step at a time) "
                             "even when --sizes narrows the run (default: with all sizes)")

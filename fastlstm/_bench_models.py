@@ -197,18 +197,28 @@ def _worker(argv):
 
 def _run_worker(python, name, framework, epochs, threads, batch, timeout):
     """The epoch times of one worker process, or the reason it gave none."""
-    # run_path, not the file as a script: fastlstm's own directory must not come
-    # first on sys.path, where fastlstm/torch.py would hide PyTorch.
+    return run_script(python, __file__, [name, framework, epochs, threads, batch],
+                      f"{framework} on {name}", timeout)
+
+
+def run_script(python, path, arguments, label, timeout, env=None):
+    """The JSON a worker script printed last, or None and the reason it gave
+    none (``label`` names the worker).
+
+    The script runs by ``runpy.run_path``, not as ``python path``: fastlstm's
+    own directory must not come first on ``sys.path``, where fastlstm/torch.py
+    and fastlstm/keras.py would hide PyTorch and Keras.
+    """
     command = [python, "-c", "import runpy, sys; runpy.run_path(sys.argv[1], "
-               "run_name='__main__')", os.path.abspath(__file__), name, framework,
-               str(epochs), str(threads), str(batch)]
+               "run_name='__main__')", os.path.abspath(path), *map(str, arguments)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                              env=env)
     except (OSError, subprocess.TimeoutExpired) as error:
-        return None, f"{framework} on {name}: {error}"
+        return None, f"{label}: {error}"
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return None, f"{framework} on {name} failed: {last}"
+        return None, f"{label} failed: {last}"
     return json.loads(done.stdout.strip().splitlines()[-1]), None
 
 
@@ -253,14 +263,7 @@ def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=No
         the ratios, and notes on what could not run.
     """
     file = sys.stdout if file is None else file
-    if threads is None:
-        from . import num_threads
-
-        threads = num_threads()
-    models = list(MODELS) if models is None else list(models)
-    unknown = [name for name in models if name not in MODELS]
-    if unknown:
-        raise ValueError(f"unknown model(s) {unknown}; the models are {list(MODELS)}")
+    models, threads = checked_models(models, MODELS, threads)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     pythons = {"fastlstm": sys.executable, "torch": sys.executable,
@@ -302,6 +305,20 @@ def run(models=None, turns=3, epochs=2, threads=None, keras_python=None, file=No
         _print_model(name, results["models"][name], file, batch == MODELS[name][1])
         file.flush()
     return results
+
+
+def checked_models(models, known, threads):
+    """``(models, threads)``: the names asked for (None: all of ``known``),
+    checked, and the threads (None: :func:`fastlstm.num_threads`)."""
+    if threads is None:
+        from fastlstm import num_threads
+
+        threads = num_threads()
+    models = list(known) if models is None else list(models)
+    unknown = [name for name in models if name not in known]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; the models are {list(known)}")
+    return models, threads
 
 
 def _print_model(name, result, file, targets=True):

@@ -85,6 +85,8 @@ def test_page_examples_run(path, monkeypatch, tmp_path):
     if any(re.search(r"^\s*(>>> )?(import torch|from torch)", code, re.M)
            for _, code, _ in blocks):
         pytest.importorskip("torch", reason=f"{_page_id(path)} uses PyTorch")
+    if any(re.search(r"^\s*(>>> )?import keras", code, re.M) for _, code, _ in blocks):
+        pytest.importorskip("keras", reason=f"{_page_id(path)} uses Keras")
     # Examples that write files write them into a fresh folder.
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{path.stem}"}
