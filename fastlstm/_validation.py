@@ -148,12 +148,17 @@ def check_shape(array, name, expected, meaning):
         raise ValueError(f"{name} must have shape {expected} {meaning}, got {array.shape}")
 
 
-def check_path(value, name, suffix, meaning):
-    """``value`` as a str path ending in ``suffix``."""
+def as_path(value, name):
+    """``value`` (a str or os.PathLike) as a path."""
     try:
-        path = os.fspath(value)
+        return os.fspath(value)
     except TypeError:
         raise TypeError(f"{name} must be a str or os.PathLike, got {describe(value)}") from None
+
+
+def check_path(value, name, suffix, meaning):
+    """``value`` as a str path ending in ``suffix``."""
+    path = as_path(value, name)
     if not isinstance(path, str) or not path.endswith(suffix):
         raise ValueError(f"{name} must end in {suffix!r} ({meaning}), got {path!r}")
     return path

@@ -34,8 +34,8 @@ import warnings
 import numpy as np
 
 from . import _backup
-from ._validation import (check_bool, check_int, check_path, check_real, check_str, describe,
-                          is_int, is_real)
+from ._validation import (as_path, check_bool, check_int, check_path, check_real, check_str,
+                          describe, is_int, is_real)
 
 __all__ = ["Callback", "History", "EarlyStopping", "ModelCheckpoint", "ProgbarLogger",
            "ReduceLROnPlateau", "LearningRateScheduler", "CSVLogger", "TerminateOnNaN",
@@ -457,7 +457,6 @@ class ModelCheckpoint(Callback):
         elif self.verbose:
             print(f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
 
-
     def _save(self, path):
         self._prepare(path)
         self.model.save_weights(path)
@@ -778,7 +777,7 @@ class CSVLogger(Callback):
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
-        self.filename = _fspath(filename, "filename")
+        self.filename = as_path(filename, "filename")
         if not isinstance(separator, str) or len(separator) != 1:
             raise ValueError(f"separator must be one character, got {describe(separator)}")
         self.sep = separator
@@ -844,14 +843,6 @@ class CSVLogger(Callback):
             self._file.close()
         self._file = None
         self._writer = None
-
-
-def _fspath(value, name):
-    """``value`` (a str or os.PathLike) as a path."""
-    try:
-        return os.fspath(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a str or os.PathLike, got {describe(value)}") from None
 
 
 def _csv_value(value):
@@ -993,7 +984,7 @@ class BackupAndRestore(Callback):
 
     def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint=True):
         super().__init__()
-        self.backup_dir = _fspath(backup_dir, "backup_dir")
+        self.backup_dir = as_path(backup_dir, "backup_dir")
         if save_freq != "epoch":
             if not is_int(save_freq):
                 raise TypeError(f"save_freq must be 'epoch' or a number of batches (a positive "

@@ -798,8 +798,8 @@ class Trainer:
     def _resume_fit(self, state, epoch, step):
         """Continue this fit from :meth:`_fit_state`'s ``state``, recorded at
         batch ``step`` of ``epoch``: fit starts there. Data from an iterator
-        (or an iterable with ``__iter__`` alone) cannot be rewound: fit then starts at the next epoch's start, with
-        a warning."""
+        (or an iterable with ``__iter__`` alone) cannot be rewound: fit then
+        starts at the next epoch's start, with a warning."""
         if not self._resumes_exactly(state):
             if step:
                 epoch, step = epoch + 1, 0
