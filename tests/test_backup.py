@@ -11,7 +11,6 @@ the backups as a kill would.
 """
 import os
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 import fastlstm as fl
 from fastlstm import callbacks
+from launch import mpiexec, package_environment
 
 SCRIPT = Path(__file__).resolve().parent / "backup" / "train.py"
 # The last launch runs without a kill, so every test ends. The fit has 96
@@ -31,28 +31,16 @@ KILL_BATCHES = (4, 25)
 KILL_SECONDS = 0.02
 
 
-def _environment():
-    # The processes import the fastlstm under test, wherever it is.
-    env = dict(os.environ)
-    package_root = str(Path(fl.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    return env
-
-
 def _command(folder, ranks, options):
     command = [sys.executable, str(SCRIPT), str(folder), str(folder / "result.pkl"), *options]
     if not ranks:
         return command
-    launcher = shutil.which("mpiexec", path=os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if launcher is None:
-        pytest.fail("mpiexec is not on PATH: install an MPI (pip install mpich) with mpi4py")
-    return [launcher, "-n", str(ranks)] + command + ["--mpi"]
+    return [mpiexec(), "-n", str(ranks)] + command + ["--mpi"]
 
 
 def _run(folder, ranks=0, options=()):
     result = subprocess.run(_command(folder, ranks, options), capture_output=True, text=True,
-                            timeout=120, env=_environment())
+                            timeout=120, env=package_environment())
     return result
 
 

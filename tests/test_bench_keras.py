@@ -35,7 +35,8 @@ def test_runner_prints_ratios_against_both_targets(monkeypatch):
     monkeypatch.setattr(_bench_keras, "_run_worker", worker)
     stream = io.StringIO()
     results = _bench_keras.run(models=["char"], turns=2, epochs=1, threads=1, file=stream)
-    installed = [b for b in ("jax", "torch") if f"{b}/keras" in results["models"]["char"]["seconds"]]
+    timed = results["models"]["char"]["seconds"]
+    installed = [b for b in ("jax", "torch") if f"{b}/keras" in timed]
     assert len(calls) == 2 * (1 + 2 * len(installed))
     text = stream.getvalue()
     assert "fastlstm Sequential: 2.000" in text

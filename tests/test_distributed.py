@@ -7,9 +7,7 @@ weights are broadcast, failures end the whole job quickly, and every step
 makes one Allreduce.
 """
 import json
-import os
 import pickle
-import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
+from launch import mpiexec, package_environment
 
 pytest.importorskip("mpi4py", reason="distributed training needs mpi4py (the mpi extra)")
 from fastlstm import distributed  # noqa: E402
@@ -27,28 +26,12 @@ SCRIPTS = Path(__file__).resolve().parent / "distributed"
 RANKS = 2
 
 
-def _environment():
-    # The processes import the fastlstm under test, wherever it is.
-    env = dict(os.environ)
-    package_root = str(Path(fl.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    return env
-
-
-def _mpiexec():
-    launcher = shutil.which("mpiexec", path=os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    if launcher is None:
-        pytest.fail("mpiexec is not on PATH: install an MPI (pip install mpich) with mpi4py")
-    return launcher
-
-
 def run_script(name, *args, ranks=RANKS, timeout=120, folder=SCRIPTS):
     command = [sys.executable, str(folder / name), *map(str, args)]
     if ranks:
-        command = [_mpiexec(), "-n", str(ranks)] + command
+        command = [mpiexec(), "-n", str(ranks)] + command
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env=_environment())
+                          env=package_environment())
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +127,7 @@ def test_importing_fastlstm_imports_neither_mpi4py_nor_joblib():
     code = ("import sys, fastlstm; "
             "print(sorted({'mpi4py', 'joblib'} & set(sys.modules)))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=_environment(), timeout=60)
+                            env=package_environment(), timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -154,7 +137,7 @@ def test_without_mpi4py_the_import_error_says_what_to_install():
             "try:\n    import fastlstm.distributed\n"
             "except ImportError as error:\n    print(error)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=_environment(), timeout=60)
+                            env=package_environment(), timeout=60)
     assert 'pip install "fastlstm[mpi]"' in result.stdout
 
 

@@ -340,7 +340,8 @@ def test_retained_graph_gives_the_same_gradients_twice():
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("shape", [(3, 1, INPUT_SIZE), (1, INPUT_SIZE)], ids=["batch", "unbatched"])
+@pytest.mark.parametrize("shape", [(3, 1, INPUT_SIZE), (1, INPUT_SIZE)],
+                         ids=["batch", "unbatched"])
 def test_one_step_matches_torch(shape, bidirectional):
     got, expected = pair(num_layers=2, bidirectional=bidirectional, batch_first=True)
     x = random_input(shape)
