@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import tempfile
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -104,7 +105,13 @@ def _buildable(build):
     return _compiles(["-Werror"] + build["flags"])
 
 
-def _extension(name, openmp=False, extra=()):
+# What the kernel builds include besides _lstm.pyx: an edit rebuilds them.
+KERNEL_SOURCES = sorted(os.path.join("fastlstm", name) for name in os.listdir(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastlstm"))
+    if name.endswith((".h", ".pxi")) or name == "_lstm.pyx")
+
+
+def _extension(name, openmp=False, extra=(), depends=()):
     flags = OPTIMISE + list(extra) + (OPENMP if openmp else [])
     return Extension(
         f"fastlstm.{name}",
@@ -112,11 +119,14 @@ def _extension(name, openmp=False, extra=()):
         extra_compile_args=flags,
         extra_link_args=OPENMP if openmp else [],
         define_macros=MACROS,
+        # The kernels' one-step path takes NumPy arrays through NumPy's C API.
+        include_dirs=[numpy.get_include()],
+        depends=list(depends),
     )
 
 
 extensions = [_extension("_cpu"), _extension("_blas"), _extension("_optim", openmp=True)] + [
-    _extension(build["module"], openmp=True, extra=build["flags"])
+    _extension(build["module"], openmp=True, extra=build["flags"], depends=KERNEL_SOURCES)
     for build in BUILDS.values() if _buildable(build)]
 
 setup(

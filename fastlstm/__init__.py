@@ -14,6 +14,7 @@ _config.prepare_blas()
 
 from ._config import PerformanceWarning, num_threads, set_num_threads, show_config  # noqa: E402
 from .functional import LSTMCache, LSTMGradients, lstm_backward, lstm_forward, workspace_nbytes  # noqa: E402
+from ._packed import PackedLSTM  # noqa: E402
 from ._stack import (LSTMStackCache, LSTMStackGradients, lstm_stack_backward,  # noqa: E402
                      lstm_stack_forward)
 from .layers import (LSTM, Bidirectional, Dense, Dropout, Embedding,  # noqa: E402
@@ -23,6 +24,7 @@ from . import (callbacks, convert, initializers, losses, metrics, models,  # noq
                optimizers, saving)
 
 __all__ = [
+    "PackedLSTM",
     "__version__",
     "Bidirectional",
     "Dense",

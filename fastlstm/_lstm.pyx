@@ -474,6 +474,32 @@ def split_units(Py_ssize_t batch, Py_ssize_t units, Py_ssize_t itemsize, int thr
             and (units + lanes - 1) // lanes >= 2 * threads)
 
 
+def gate_panels_size(Py_ssize_t depth, Py_ssize_t units, Py_ssize_t itemsize):
+    """Elements of the gate panels of ``depth`` rows of weights for
+    ``units`` units (units padded to whole panels of this build's lanes)."""
+    return _gate_panels_size(depth, units, FL_VECTOR_BYTES // itemsize)
+
+
+def pack_gate_panels(const floating[:, ::1] weights, floating[::1] packed):
+    """Lay ``weights`` (depth, 4H) out in the gate panels the forward step
+    reads, into ``packed`` (gate_panels_size elements, 64-byte aligned): what
+    ``forward`` does on each call, for a caller that keeps the panels."""
+    cdef Py_ssize_t depth = weights.shape[0], H = weights.shape[1] // 4
+    _check_panels(&packed[0], packed.shape[0], depth, H)
+    with nogil:
+        _pack_gate_panels(&weights[0, 0], depth, H, &packed[0])
+
+
+cdef int _check_panels(floating* packed, Py_ssize_t size, Py_ssize_t depth,
+                       Py_ssize_t H) except -1:
+    if size != _gate_panels_size(depth, H, _lanes(packed)):
+        raise ValueError(f"packed must have {_gate_panels_size(depth, H, _lanes(packed))} "
+                         f"elements for {depth} rows of weights of {H} units, got {size}")
+    if <size_t>packed % 64:
+        raise ValueError("packed must start on a 64-byte boundary")
+    return 0
+
+
 def vector_lanes(Py_ssize_t itemsize):
     """Lanes of this build's vectors for items of ``itemsize`` bytes: the
     units of one gate panel."""
@@ -504,14 +530,16 @@ cdef void _pack_gate_panels(const floating* w, Py_ssize_t depth, Py_ssize_t H,
     of L units: panel u holds, for each row k, the i-gate columns of units
     uL .. uL+L-1, then their f, c and o columns. Units past H are zeros."""
     cdef Py_ssize_t L = _lanes(packed)
-    cdef Py_ssize_t blocks = (H + L - 1) // L, u, k, g, l, unit
+    cdef Py_ssize_t blocks = (H + L - 1) // L, u, k, g, n
     cdef floating* p = packed
     for u in range(blocks):
+        n = min(L, H - u * L)
         for k in range(depth):
             for g in range(4):
-                for l in range(L):
-                    unit = u * L + l
-                    p[l] = w[k * 4 * H + g * H + unit] if unit < H else 0
+                # Runs of L contiguous columns: the copy runs at memcpy's speed.
+                memcpy(p, w + k * 4 * H + g * H + u * L, n * sizeof(floating))
+                if n < L:
+                    memset(p + n, 0, (L - n) * sizeof(floating))
                 p += L
 
 
@@ -1088,7 +1116,8 @@ def forward(const floating[:, :, ::1] x,
             int activation,
             int recurrent_activation,
             int num_threads,
-            bint by_units=False):
+            bint by_units=False,
+            floating[::1] packed_weights=None):
     """Run the forward kernel into caller-allocated buffers.
 
     x (B, T, I); weights (I + H, 4H), kernel stacked on recurrent_kernel;
@@ -1100,7 +1129,9 @@ def forward(const floating[:, :, ::1] x,
     input product of all steps, or part of each step's product (see
     _forward_rows). by_units: split the units among the threads rather
     than the batch (see split_units). The weights the steps read are packed
-    into a workspace of this call. The caller has made BLAS single-threaded.
+    into a workspace of this call, unless ``packed_weights`` holds them
+    already (pack_gate_panels of the rows the steps read: recurrent_kernel's
+    with ``hoist``, all otherwise). The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef Py_ssize_t G = 4 * H
@@ -1129,12 +1160,18 @@ def forward(const floating[:, :, ::1] x,
     _check_buffer("states", (states.shape[0], states.shape[1], states.shape[2]), (B, T if training else 2, I + H))
     _check_buffer("c_prev", (c_prev.shape[0], c_prev.shape[1], c_prev.shape[2]), (B, T if training else 1, H))
     _check_buffer("h_last", (h_last.shape[0], h_last.shape[1]), (B, H))
-    raw = _workspace(_gate_panels_size(depth, H, _lanes(&h[0, 0])), sizeof(h[0, 0]),
-                     "packed weights")
-    packed = _aligned(raw, &h[0, 0])
+    raw = NULL
+    if packed_weights is not None:
+        _check_panels(&packed_weights[0], packed_weights.shape[0], depth, H)
+        packed = &packed_weights[0]
+    else:
+        raw = _workspace(_gate_panels_size(depth, H, _lanes(&h[0, 0])), sizeof(h[0, 0]),
+                         "packed weights")
+        packed = _aligned(raw, &h[0, 0])
     try:
         with nogil:
-            _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
+            if raw != NULL:
+                _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
             if by_units and num_threads > 1:
                 with parallel(num_threads=num_threads):
                     csr = fl_flush_denormals()
@@ -1249,3 +1286,4 @@ def backward(const floating[:, ::1] weights,
 
 
 include "_lstm_stack.pxi"
+include "_lstm_step.pxi"

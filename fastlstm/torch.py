@@ -40,6 +40,7 @@ import numpy as np
 from ._validation import check_bool, describe
 from .convert import _keras_from_torch, _torch_gradients_from_keras
 from .functional import lstm_backward, lstm_forward
+from ._packed import PackedLSTM
 
 __all__ = ["LSTM"]
 
@@ -291,6 +292,9 @@ class LSTM(torch.nn.Module):
                     self.register_parameter(kind + suffix, torch.nn.Parameter(
                         torch.empty(shapes[kind], dtype=dtype)))
         self._parameter_names = names
+        # Per layer and direction: the PackedLSTM of inference calls and
+        # what its weights were made from (see _infer).
+        self._packed = {}
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -380,7 +384,10 @@ class LSTM(torch.nn.Module):
                 inputs = (x, *state, *weights)
                 keep_cache = torch.is_grad_enabled() and any(
                     t is not None and t.requires_grad for t in inputs)
-                output, h, c = _LSTMDirection.apply(*inputs, mask, bool(direction), keep_cache)
+                if keep_cache:
+                    output, h, c = _LSTMDirection.apply(*inputs, mask, bool(direction), True)
+                else:
+                    output, h, c = self._infer(index, x, *state, weights, mask, bool(direction))
                 outputs.append(output)
                 h_n.append(h)
                 c_n.append(c)
@@ -401,6 +408,29 @@ class LSTM(torch.nn.Module):
         else:
             output = x
         return output, (h_n, c_n)
+
+    def _infer(self, index, x, h0, c0, weights, mask, reverse):
+        """One layer and direction with nothing to differentiate: through a
+        :class:`~fastlstm.PackedLSTM` of its weights, kept until a weight
+        changes (each tensor's ``_version`` counts its in-place changes, so an
+        optimizer step, ``load_state_dict`` or ``copy_`` is seen)."""
+        key = tuple(None if w is None else (w.data_ptr(), w._version, w.dtype)
+                    for w in weights)
+        cached = self._packed.get(index)
+        if cached is None or cached[0] != key:
+            views = [_numpy(w) for w in weights]
+            kernel, recurrent_kernel, bias = _keras_from_torch(*views)
+            # The views keep the weights' memory alive while they are the
+            # key, so that no other tensor can take their addresses.
+            cached = self._packed[index] = (key, PackedLSTM(
+                _c_order(kernel), _c_order(recurrent_kernel), bias), views)
+        initial_state = None if h0 is None else [_numpy(h0), _numpy(c0)]
+        outputs, h_n, c_n = cached[1](_numpy(x), initial_state=initial_state, mask=mask,
+                                      go_backwards=reverse)
+        if reverse:
+            # In time order; a copy, as in _run_direction.
+            outputs = outputs[:, ::-1].copy()
+        return torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n)
 
     def _drop(self, x, packing):
         """Inverted dropout with the draws torch.nn.LSTM makes: one Bernoulli

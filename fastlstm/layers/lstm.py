@@ -3,14 +3,14 @@ import inspect
 
 import numpy as np
 
-from .. import initializers
+from .. import _kernels, initializers
 from ..functional import ACTIVATIONS, check_sizes, lstm_backward, run_lstm_forward
 from .._validation import (as_mask, as_real_array, check_bool, check_dtype, check_int,
                            check_option, check_rate, check_shape, describe)
 from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabled,
                    seed_children, seed_sequence)
 
-__all__ = ["LSTM"]
+__all__ = ["LSTM", "LSTMCell"]
 
 _WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
 
@@ -157,6 +157,7 @@ class LSTM(Layer):
         self.stateful = check_bool(stateful, "stateful")
         self.dtype = check_dtype(dtype)
         self._states = None
+        self._cell = None
         # Bidirectional sets this, as Keras does: with return_sequences, masked
         # steps output zeros instead of repeating the previous output.
         self._zero_output_for_mask = False
@@ -306,6 +307,8 @@ class LSTM(Layer):
                                              self.recurrent_dropout, self.dtype)
 
         record = grad_enabled()
+        if timesteps == 1 and keep is None and recurrent_dropout is None and not record:
+            return self._one_step(x[:, 0], state)
         outputs, h, c, cache = run_lstm_forward(
             "fast", x, self._params["kernel"], self._params["recurrent_kernel"],
             self._params.get("bias"), state, keep, self.go_backwards, record,
@@ -325,6 +328,30 @@ class LSTM(Layer):
         # A copy, so the returned last output does not keep every output alive.
         output = outputs if self.return_sequences else outputs[:, -1].copy()
         return [output, h, c] if self.return_state else output
+
+    def _one_step(self, x, state):
+        """A call on one step of every sequence, recording nothing: the
+        step reads the weights where they lie (nothing packed, copied or
+        kept), as :attr:`cell` does."""
+        batch = x.shape[0]
+        if state is None:
+            h = c = np.zeros((batch, self.units), self.dtype)
+        else:
+            h, c = state
+        h, c = self.cell._run(np.ascontiguousarray(x), h, c)
+        if self.stateful:
+            self._states = [h.copy(), c.copy()]
+        self._keep(None)
+        output = h[:, None, :] if self.return_sequences else h
+        return [output, h.copy(), c] if self.return_state else output
+
+    @property
+    def cell(self):
+        """The layer's one-step interface, as ``keras.layers.LSTMCell``:
+        ``h, [h, c] = layer.cell(x_t, [h, c])``. See :class:`LSTMCell`."""
+        if self._cell is None:
+            self._cell = LSTMCell(self)
+        return self._cell
 
     def _initial_state(self, initial_state, batch, names):
         if initial_state is None:
@@ -414,3 +441,114 @@ class LSTM(Layer):
 
     def _optional_grad(self, value, name, shape):
         return None if value is None else self._grad_array(value, name, shape)
+
+
+class LSTMCell:
+    """One step of an LSTM layer, with Keras' ``LSTMCell`` interface.
+
+    ``layer.cell`` is the cell of ``layer`` (built by its first call, or by
+    ``layer.build(input_dim)``): it shares the layer's weights, so it sees
+    every change to them (``set_weights``, an optimizer step, a write into
+    ``layer.params``) at its next call. For loops that carry their own
+    state, such as sampling a character at a time:
+
+    >>> import numpy as np, fastlstm as fl
+    >>> layer = fl.LSTM(8, seed=0)
+    >>> layer.build(3)
+    >>> h = c = np.zeros((2, 8), np.float32)
+    >>> for x_t in np.ones((5, 2, 3), np.float32):
+    ...     output, (h, c) = layer.cell(x_t, [h, c])
+    >>> output.shape, output is h
+    ((2, 8), True)
+
+    A call runs the step of :func:`~fastlstm.lstm_forward` on one time step,
+    with the same results (to the bit where that one computes each step's
+    input product in the step, as at the sizes sampling uses). It reads the
+    weights where they lie rather than packing a copy, allocates only the
+    two arrays it returns and records nothing for ``backward``: it is the
+    inference path. Dropout does not apply (``training=True`` on a layer
+    with dropout raises), as in a Keras cell called outside training.
+    """
+
+    def __init__(self, layer):
+        self._layer = layer
+        self._step = None
+        self._scratch = None
+
+    @property
+    def units(self):
+        """The layer's units."""
+        return self._layer.units
+
+    @property
+    def state_size(self):
+        """``[units, units]``: the sizes of h and c, as Keras' cell."""
+        return [self._layer.units, self._layer.units]
+
+    @property
+    def output_size(self):
+        """``units``."""
+        return self._layer.units
+
+    def get_initial_state(self, batch_size):
+        """``[h, c]``, zeros of shape ``(batch_size, units)`` in the layer's dtype."""
+        batch_size = check_int(batch_size, "batch_size")
+        shape = (batch_size, self._layer.units)
+        return [np.zeros(shape, self._layer.dtype), np.zeros(shape, self._layer.dtype)]
+
+    def __call__(self, inputs, states, training=False):
+        """One step: ``(h, [h, c])`` from ``inputs (batch, input_dim)`` and
+        ``states = [h, c]``, each ``(batch, units)``. New arrays; the
+        arguments are not modified."""
+        layer = self._layer
+        x = inputs
+        if not (type(x) is np.ndarray and x.dtype == layer.dtype and x.ndim == 2
+                and x.flags.c_contiguous):
+            x = np.ascontiguousarray(as_real_array(inputs, "inputs", layer.dtype))
+            if x.ndim != 2 or 0 in x.shape:
+                raise ValueError(f"{layer._label()} cell: inputs must have shape (batch, "
+                                 f"input_dim), one step of every sequence, got shape "
+                                 f"{x.shape}")
+        if not layer.built:
+            layer.build(x.shape[1])
+        elif x.shape[1] != layer.input_dim:
+            raise ValueError(f"{layer._label()} cell: inputs has {x.shape[1]} features (last "
+                             f"axis), but the layer was built for input_dim={layer.input_dim}")
+        if training is not False and check_bool(training, "training") and (
+                layer.dropout or layer.recurrent_dropout):
+            raise ValueError(f"{layer._label()} cell: training=True would apply dropout, "
+                             f"which the cell's inference step does not; train the layer "
+                             f"on whole sequences")
+        h, c = self._states(states, x.shape[0])
+        h, c = self._run(x, h, c)
+        return h, [h, c]
+
+    def _states(self, states, batch):
+        layer = self._layer
+        if isinstance(states, (list, tuple)) and len(states) == 2:
+            h, c = states
+            if all(type(s) is np.ndarray and s.dtype == layer.dtype and s.flags.c_contiguous
+                   and s.shape == (batch, layer.units) for s in (h, c)):
+                return h, c
+        return layer._initial_state(states, batch, ("states[0] (h)", "states[1] (c)"))[0]
+
+    def _run(self, x, h, c):
+        """The step on checked arrays: new ``h, c``."""
+        params = self._layer._params
+        step = self._step
+        if (step is None or step.kernel is not params["kernel"]
+                or step.recurrent_kernel is not params["recurrent_kernel"]
+                or step.bias is not params.get("bias", step.bias)):
+            kernels = _kernels.current()
+            step = self._step = kernels.Step(
+                params["kernel"], params["recurrent_kernel"], params.get("bias"),
+                kernels.Activation[self._layer.activation.upper()],
+                kernels.Activation[self._layer.recurrent_activation.upper()])
+        batch = x.shape[0]
+        scratch = self._scratch
+        if scratch is None or scratch.shape[0] != batch:
+            scratch = self._scratch = np.empty((batch, 4 * self._layer.units), x.dtype)
+        h_out = np.empty_like(h)
+        c_out = np.empty_like(c)
+        step.step(x, h, c, h_out, c_out, scratch)
+        return h_out, c_out

@@ -1,0 +1,255 @@
+"""An LSTM's weights checked, copied and laid out once: :class:`PackedLSTM`.
+
+:func:`~fastlstm.lstm_forward` starts every call from nothing: it checks the
+weights, stacks kernel on recurrent_kernel, lays them out for the CPU's
+vectors, chooses how to split the work and allocates its workspace. A
+served model calls the same weights over and over; this object does all of
+that once and keeps it, as an inference session does.
+"""
+import threading
+
+import numpy as np
+
+from . import _config, _kernels
+from .functional import ACTIVATIONS, _check_weights, _forward_plan, check_sizes
+from ._validation import as_mask, as_real_array, check_bool, check_option, check_shape, describe
+
+__all__ = ["PackedLSTM"]
+
+
+class _Workspace:
+    """The scratch buffers of the inference forward pass for one shape
+    (see ``forward`` in ``fastlstm/_lstm.pyx``); the outputs and final
+    states are the caller's and are allocated per call."""
+
+    __slots__ = ("gates", "states", "c_prev", "h_last", "ones")
+
+    def __init__(self, batch, timesteps, input_dim, units, hoist, dtype):
+        self.gates = np.empty((batch, timesteps if hoist else 1, 4 * units), dtype)
+        self.states = np.empty((batch, 2, input_dim + units), dtype)
+        self.c_prev = np.empty((batch, 1, units), dtype)
+        self.h_last = np.empty((batch, units), dtype)
+        self.ones = np.ones((batch, units), dtype)
+
+    @property
+    def nbytes(self):
+        return sum(getattr(self, name).nbytes for name in self.__slots__)
+
+
+class PackedLSTM:
+    """An LSTM for inference whose weights are checked, copied and packed once.
+
+    Parameters
+    ----------
+    kernel, recurrent_kernel, bias, activation, recurrent_activation
+        As :func:`~fastlstm.lstm_forward` takes them (bias None for none).
+        The arrays are copied: changing them afterwards does not change this
+        object, which is why it never needs to check them again.
+
+    Calling it runs :func:`~fastlstm.lstm_forward` with ``return_cache=False``
+    and gives the same results, to the bit: ``outputs, h, c =
+    packed(x, initial_state=None, mask=None, go_backwards=False)``. What
+    each call of ``lstm_forward`` does before the kernel runs (checking the
+    weights, stacking and packing them into the layout of the CPU's
+    vectors, planning the threads, allocating the workspace) is done here
+    once per weights, or once per input shape, and kept.
+    :meth:`step` runs one step with Keras' ``LSTMCell`` interface.
+
+    Examples
+    --------
+    >>> import numpy as np, fastlstm as fl
+    >>> rng = np.random.default_rng(0)
+    >>> kernel, recurrent_kernel = rng.standard_normal((3, 16)), rng.standard_normal((4, 16))
+    >>> lstm = fl.PackedLSTM(kernel, recurrent_kernel, np.zeros(16))
+    >>> x = rng.standard_normal((2, 5, 3))
+    >>> outputs, h, c = lstm(x)
+    >>> bool(np.array_equal(outputs, fl.lstm_forward(x, kernel, recurrent_kernel,
+    ...                     np.zeros(16), return_cache=False)[0]))
+    True
+    >>> h, (h, c) = lstm.step(x[:, 0], [np.zeros((2, 4)), np.zeros((2, 4))])
+    """
+
+    def __init__(self, kernel, recurrent_kernel, bias=None, activation="tanh",
+                 recurrent_activation="sigmoid"):
+        self.activation = check_option(activation, "activation", ACTIVATIONS)
+        self.recurrent_activation = check_option(recurrent_activation, "recurrent_activation",
+                                                 ACTIVATIONS)
+        dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(
+            kernel, recurrent_kernel, bias)
+        self.dtype, self.units, self.input_dim = dtype, units, kernel.shape[0]
+        # kernel stacked on recurrent_kernel, as the kernels read them; the
+        # properties below are read-only views of this one copy.
+        self._weights = np.concatenate([kernel, recurrent_kernel]).astype(dtype, order="C")
+        self._weights.flags.writeable = False
+        self.use_bias = bias is not None
+        self._bias = (np.array(bias, dtype, order="C") if self.use_bias
+                      else np.zeros(4 * units, dtype))
+        self._bias.flags.writeable = False
+        self._start()
+
+    def _start(self):
+        """What the object keeps besides its weights, made anew after pickling."""
+        kernels = _kernels.current()
+        self._build = _kernels.current_name()
+        self._codes = (kernels.Activation[self.activation.upper()],
+                       kernels.Activation[self.recurrent_activation.upper()])
+        self._step = kernels.Step(self.kernel, self.recurrent_kernel, self._bias, *self._codes)
+        self._panels = {}
+        self._plans = {}
+        self._workspaces = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in (
+            "activation", "recurrent_activation", "dtype", "units", "input_dim", "use_bias",
+            "_weights", "_bias")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for array in (self._weights, self._bias):
+            array.flags.writeable = False
+        self._start()
+
+    @property
+    def kernel(self):
+        """The input weights (input_dim, 4 * units), read-only."""
+        return self._weights[:self.input_dim]
+
+    @property
+    def recurrent_kernel(self):
+        """The recurrent weights (units, 4 * units), read-only."""
+        return self._weights[self.input_dim:]
+
+    @property
+    def bias(self):
+        """The biases (4 * units,), read-only; None without."""
+        return self._bias if self.use_bias else None
+
+    def __repr__(self):
+        return (f"<PackedLSTM input_dim={self.input_dim} units={self.units} "
+                f"dtype={self.dtype.name} activation={self.activation!r} "
+                f"recurrent_activation={self.recurrent_activation!r}>")
+
+    def _packed(self, kernels, hoist):
+        """The gate panels of the rows the steps read (see forward's
+        ``packed_weights``), packed on first use for this build."""
+        key = (_kernels.current_name(), hoist)
+        panels = self._panels.get(key)
+        if panels is None:
+            rows = self._weights[self.input_dim:] if hoist else self._weights
+            size = kernels.gate_panels_size(rows.shape[0], self.units, self.dtype.itemsize)
+            # 64-byte aligned, as the panels' vector loads need.
+            spare = 64 // self.dtype.itemsize
+            raw = np.empty(size + spare, self.dtype)
+            start = (-raw.ctypes.data % 64) // self.dtype.itemsize
+            panels = raw[start:start + size]
+            kernels.pack_gate_panels(rows, panels)
+            self._panels[key] = panels
+        return panels
+
+    def _plan(self, batch, timesteps):
+        key = (batch, timesteps, _config.num_threads(), _kernels.current_name())
+        plan = self._plans.get(key)
+        if plan is None:
+            check_sizes(batch, timesteps, self.input_dim, self.units)
+            plan = self._plans[key] = _forward_plan(batch, timesteps, self.input_dim, self.units)
+        return plan
+
+    def __call__(self, x, initial_state=None, mask=None, go_backwards=False):
+        """Run the LSTM over ``x`` (batch, timesteps, input_dim): ``outputs,
+        h, c`` as :func:`~fastlstm.lstm_forward` returns them (without the cache)."""
+        x = as_real_array(x, "x", self.dtype)
+        if x.ndim != 3 or 0 in x.shape[:2] or x.shape[2] != self.input_dim:
+            raise ValueError(f"x must have shape (batch, timesteps, input_dim={self.input_dim}) "
+                             f"with at least one sequence and one timestep, got shape "
+                             f"{x.shape}")
+        batch, timesteps = x.shape[:2]
+        x = np.ascontiguousarray(x)
+        go_backwards = check_bool(go_backwards, "go_backwards")
+        h, c = self._initial_state(initial_state, batch)
+        mask_bytes = None
+        if mask is not None:
+            mask_bytes = np.ascontiguousarray(as_mask(mask, "mask", (batch, timesteps))).view(
+                np.uint8)
+        threads, single_blas, hoist = self._plan(batch, timesteps)
+        kernels = _kernels.current()
+        packed = self._packed(kernels, hoist)
+        outputs = np.empty((batch, timesteps, self.units), self.dtype)
+        # One workspace per shape, used by one call at a time: a concurrent
+        # call from another thread gets a workspace of its own.
+        owned = self._lock.acquire(blocking=False)
+        try:
+            workspace = self._workspace(batch, timesteps, hoist, owned)
+            with _config.single_threaded_blas(single_blas):
+                kernels.forward(x, self._weights, self._bias, mask_bytes, workspace.ones,
+                                go_backwards, outputs, h, c, workspace.gates, workspace.states,
+                                workspace.c_prev, workspace.h_last, False, hoist, *self._codes,
+                                threads, packed_weights=packed)
+        finally:
+            if owned:
+                self._lock.release()
+        return outputs, h, c
+
+    def _workspace(self, batch, timesteps, hoist, keep):
+        key = (batch, timesteps, hoist)
+        workspace = self._workspaces.get(key) if keep else None
+        if workspace is None:
+            workspace = _Workspace(batch, timesteps, self.input_dim, self.units, hoist,
+                                   self.dtype)
+            if keep:
+                # The workspace of the last shape only: a server fed many
+                # shapes keeps one workspace, not one per shape.
+                self._workspaces = {key: workspace}
+        return workspace
+
+    def _initial_state(self, initial_state, batch):
+        """Copies of h0 and c0 (the kernel writes the final states over
+        them), or zeros."""
+        shape = (batch, self.units)
+        if initial_state is None:
+            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
+        if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:
+            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays of shape "
+                             f"(batch, units) = {shape}, got {describe(initial_state)}")
+        states = []
+        for value, name in zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")):
+            array = as_real_array(value, name, self.dtype)
+            check_shape(array, name, shape, "(batch, units)")
+            states.append(np.array(array, self.dtype, order="C"))
+        return states
+
+    def step(self, inputs, states):
+        """One step, with Keras' ``LSTMCell`` interface: ``(h, [h, c])`` from
+        ``inputs (batch, input_dim)`` and ``states = [h, c]``. New arrays;
+        the same results as a call on a sequence of that one step, to the
+        bit where such a call computes the input product in the step."""
+        x = inputs
+        if not (type(x) is np.ndarray and x.dtype == self.dtype and x.ndim == 2
+                and x.flags.c_contiguous and x.shape[1] == self.input_dim):
+            x = np.ascontiguousarray(as_real_array(inputs, "inputs", self.dtype))
+            if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.input_dim:
+                raise ValueError(f"inputs must have shape (batch, input_dim={self.input_dim}),"
+                                 f" one step of every sequence, got shape {x.shape}")
+        batch = x.shape[0]
+        shape = (batch, self.units)
+        h = c = None
+        if isinstance(states, (list, tuple)) and len(states) == 2:
+            h, c = states
+        if not all(type(s) is np.ndarray and s.dtype == self.dtype and s.flags.c_contiguous
+                   and s.shape == shape for s in (h, c)):
+            if not isinstance(states, (list, tuple)) or len(states) != 2:
+                raise ValueError(f"states must be a list [h, c] of two arrays of shape "
+                                 f"(batch, units) = {shape}, got {describe(states)}")
+            h, c = (np.ascontiguousarray(as_real_array(s, name, self.dtype))
+                    for s, name in zip(states, ("states[0] (h)", "states[1] (c)")))
+            check_shape(h, "states[0] (h)", shape, "(batch, units)")
+            check_shape(c, "states[1] (c)", shape, "(batch, units)")
+        if self._build != _kernels.current_name():
+            kernels = _kernels.current()
+            self._step = kernels.Step(self.kernel, self.recurrent_kernel, self._bias,
+                                      *self._codes)
+            self._build = _kernels.current_name()
+        h_out = np.empty(shape, self.dtype)
+        c_out = np.empty(shape, self.dtype)
+        self._step.step(x, h, c, h_out, c_out, np.empty((batch, 4 * self.units), self.dtype))
+        return h_out, [h_out, c_out]
