@@ -41,11 +41,17 @@ class PackedLSTM:
 
     Parameters
     ----------
-    kernel, recurrent_kernel, bias, activation, recurrent_activation
-        As :func:`~fastlstm.lstm_forward` takes them (bias None for none).
-        The arrays are copied: changing them afterwards does not change this
-        object, which is why it never needs to check them again.
+    kernel : ndarray, shape (input_dim, 4 * units)
+    recurrent_kernel : ndarray, shape (units, 4 * units)
+    bias : ndarray, shape (4 * units,), or None
+    activation, recurrent_activation : str
+        As :func:`~fastlstm.lstm_forward` takes them. The arrays are
+        copied: changing them afterwards does not change this object, which
+        is why it never checks them again. ``kernel``, ``recurrent_kernel``
+        and ``bias`` are then read-only views of the copies.
 
+    Notes
+    -----
     Calling it runs :func:`~fastlstm.lstm_forward` with ``return_cache=False``
     and gives the same results, to the bit: ``outputs, h, c =
     packed(x, initial_state=None, mask=None, go_backwards=False)``. What

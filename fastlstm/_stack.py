@@ -136,10 +136,11 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     ----------
     x : array_like, shape (batch, timesteps, input_dim)
         The input sequences of the first layer; cast to the weights' dtype.
-    layers : list of (kernel, recurrent_kernel, bias)
-        Each layer's weights, as :func:`~fastlstm.lstm_forward` takes them
-        (``bias`` may be None); layer l's kernel has as many rows as layer
-        l - 1 has units. Every layer has the first kernel's dtype.
+    layers : list of tuple
+        Each layer's weights ``(kernel, recurrent_kernel, bias)``, as
+        :func:`~fastlstm.lstm_forward` takes them (``bias`` may be None);
+        layer l's kernel has as many rows as layer l - 1 has units. Every
+        layer has the first kernel's dtype.
     initial_states : list of ([h0, c0] or None), or None
         Each layer's initial states, (batch, units of the layer); zeros for
         None.

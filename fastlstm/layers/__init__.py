@@ -1,7 +1,8 @@
 """Keras-style layers over the functional LSTM, one per module, on one base.
 
 :class:`~fastlstm.layers.base.Layer` (``base.py``) owns what every layer
-shares; ``lstm.py`` holds :class:`LSTM`, ``bidirectional.py``
+shares; ``lstm.py`` holds :class:`LSTM` and its one-step
+:class:`LSTMCell`, ``bidirectional.py``
 :class:`Bidirectional`, ``core.py`` :class:`Dense`, :class:`Embedding`,
 :class:`Dropout` and :class:`Masking`, ``normalization.py``
 :class:`LayerNormalization`.
@@ -10,10 +11,10 @@ from .._validation import describe
 from .base import Layer, no_grad
 from .bidirectional import Bidirectional
 from .core import Dense, Dropout, Embedding, Masking
-from .lstm import LSTM
+from .lstm import LSTM, LSTMCell
 from .normalization import LayerNormalization
 
-__all__ = ["Layer", "LSTM", "Bidirectional", "Dense", "Embedding", "Dropout", "Masking",
+__all__ = ["Layer", "LSTM", "LSTMCell", "Bidirectional", "Dense", "Embedding", "Dropout", "Masking",
            "LayerNormalization", "no_grad", "serialize", "deserialize"]
 
 _CLASSES = {cls.__name__: cls for cls in (LSTM, Bidirectional, Dense, Embedding, Dropout,
