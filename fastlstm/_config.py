@@ -185,26 +185,18 @@ def num_threads():
     return kernel_threads()[0]
 
 
-# Below this many floating-point operations a call runs on one thread: it takes
-# well under a millisecond alone, while waking a second thread and joining it
-# costs tens of microseconds on an idle machine and a whole scheduler time
-# slice (milliseconds) on a busy one, where the second core is not free.
-_PARALLEL_MIN_FLOPS = 20_000_000
-
-
-def kernel_threads(flops=None):
-    """``(threads, single_threaded_blas)`` for a kernel call of ``flops`` work.
+def kernel_threads():
+    """``(threads, single_threaded_blas)`` of the kernels.
 
     With OpenMP and an OpenBLAS whose threads can be set, the kernels use
-    their own threads and BLAS runs single-threaded inside them. Otherwise
-    the kernels run on one thread and leave BLAS its own threads. Small calls
-    run on one thread.
+    their own threads (:func:`set_num_threads`) and BLAS runs single-threaded
+    inside them. Otherwise the kernels run on one thread and leave BLAS its
+    own threads. How many of them a call takes is the planner's
+    (``fastlstm/_plan.py``).
     """
     module = _kernels.current()
     if not module.openmp_enabled() or not _openblas():
         return 1, False
-    if flops is not None and flops < _PARALLEL_MIN_FLOPS:
-        return 1, True
     if _threads["num_threads"] is not None:
         return _threads["num_threads"], True
     return max(1, module.max_threads()), True

@@ -13,8 +13,8 @@ Forward, per thread (a contiguous block of batch rows):
      block of up to R rows: one register tile computes
        gates[rows, t, i/f/c/o of the panel's units] += h_{t-1}[rows] @ panel
      (small layers, instead of 1. and this: the tile computes
-        [x_t, h_{t-1}][rows] @ [kernel; recurrent_kernel] panel; see
-        hoist_input_product)
+        [x_t, h_{t-1}][rows] @ [kernel; recurrent_kernel] panel; the
+        planner, fastlstm/_plan.py, chooses)
      and the fused element-wise step runs on the tile's units at once: add
      bias, activate, update c and h, apply the mask, keep the activated gates
      (training) for the backward pass.
@@ -419,32 +419,6 @@ cdef inline Py_ssize_t _column_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_
     # Column blocks in multiples of 16 keep each thread's slice vector-aligned.
     cdef Py_ssize_t blocks = (n + 15) // 16
     return min(((k * blocks) // nchunks) * 16, n)
-
-
-# The input product of a step, [x_t @ kernel], is hoisted out of the time
-# loop (one GEMM for all steps) when each thread's share of it is more than
-# this many multiply-adds; smaller layers multiply [x_t, h_{t-1}] by the
-# packed [kernel; recurrent_kernel] in the step. Measured on 2026-11-27 (Xeon
-# family 6 model 207, avx512 build, one thread, CPU time of the call under
-# a load average of 5 to 7; hoisted / per step, inference, runs apart):
-# B=1, I=32, H=256 1.20, 1.02, 1.07; the bench's small (B=32, I=32, H=64)
-# 1.32, 1.67; long (B=16, I=64, H=128) 1.15, 1.55; B=32, I=64, H=128 1.03;
-# above the threshold B=32, I=128, H=256 1.07, 0.75; B=64 0.77, 1.58; I=512
-# 0.47 to 0.95. Training forward passes favoured hoisting above it (0.52 to
-# 0.92) and were within noise below it.
-cdef Py_ssize_t HOIST_MIN_MULTIPLY_ADDS = 1000000
-
-
-def hoist_input_product(Py_ssize_t rows, Py_ssize_t input_dim, Py_ssize_t units):
-    """Whether the forward pass, on threads of ``rows`` batch rows each,
-    computes the input product of all steps as one GEMM before the loop.
-
-    Otherwise each step's packed product runs over [x_t, h_{t-1}] and the
-    packed [kernel; recurrent_kernel], so inference needs no (B, T, 4H)
-    gate buffer. Chosen when a step's input product has more than
-    HOIST_MIN_MULTIPLY_ADDS multiply-adds per thread.
-    """
-    return rows * input_dim * 4 * units > HOIST_MIN_MULTIPLY_ADDS
 
 
 # The forward pass splits the units among the threads, rather than the

@@ -8,7 +8,7 @@
 # at the call. Each gate pre-activation sums [x_t, h_{t-1}] @ [kernel;
 # recurrent_kernel] in the order of the forward pass's per-step product, so
 # a step gives the bits of lstm_forward on a sequence of one step wherever
-# that one computes its input product per step (see hoist_input_product).
+# that one computes its input product per step (see fastlstm/_plan.py).
 cimport numpy as cnp
 import numpy as np
 
@@ -134,10 +134,8 @@ cdef class Step:
 
     ``Step(kernel, recurrent_kernel, bias, activation, recurrent_activation)``
     keeps references to the arrays (C-contiguous, one float dtype; bias None
-    for none) and the activation codes. ``step(x, h, c, h_out, c_out, z)``
-    writes the states after one step from x (B, I) and h, c (B, H) into
-    h_out, c_out (which may be h and c), with z (B, 4H) as scratch. Single
-    threaded; BLAS is not called.
+    for none) and the activation codes; ``step(x, h, c)`` returns the states
+    after one step. Single threaded; BLAS is not called.
     """
 
     cdef readonly cnp.ndarray kernel, recurrent_kernel, bias
@@ -163,36 +161,44 @@ cdef class Step:
         self.kernel, self.recurrent_kernel, self.bias = kernel, recurrent_kernel, bias
         self.activation, self.recurrent_activation = activation, recurrent_activation
 
-    def step(self, cnp.ndarray x, cnp.ndarray h, cnp.ndarray c, cnp.ndarray h_out,
-             cnp.ndarray c_out, cnp.ndarray z):
+    def __call__(self, cnp.ndarray x, cnp.ndarray h, cnp.ndarray c):
+        """``(h_out, c_out)``: the states after one step from x (B, I) and
+        h, c (B, H), in new arrays; x, h and c are left as they are."""
         cdef Py_ssize_t B = cnp.PyArray_DIM(x, 0) if cnp.PyArray_NDIM(x) == 2 else -1
         cdef Py_ssize_t I = self.input_dim, H = self.units
-        cdef int t = self.typenum
+        cdef int t = self.typenum, status
+        cdef cnp.npy_intp dims[2]
+        cdef void* scratch
         # The pointer arithmetic below trusts these shapes.
         _check_matrix(x, t, B, I, "x")
         _check_matrix(h, t, B, H, "h")
         _check_matrix(c, t, B, H, "c")
-        _check_matrix(h_out, t, B, H, "h_out")
-        _check_matrix(c_out, t, B, H, "c_out")
-        _check_matrix(z, t, B, 4 * H, "z")
-        cdef int status
+        dims[0], dims[1] = B, H
+        cdef cnp.ndarray h_out = cnp.PyArray_EMPTY(2, dims, t, 0)
+        cdef cnp.ndarray c_out = cnp.PyArray_EMPTY(2, dims, t, 0)
+        scratch = malloc(B * 4 * H * (4 if t == cnp.NPY_FLOAT32 else 8))
+        if scratch == NULL:
+            raise MemoryError(f"cannot allocate the {B * 4 * H} gate values of a step")
         if t == cnp.NPY_FLOAT32:
             with nogil:
                 status = _step(B, I, H, <float*>cnp.PyArray_DATA(x),
-                      <float*>cnp.PyArray_DATA(self.kernel),
-                      <float*>cnp.PyArray_DATA(self.recurrent_kernel),
-                      <float*>cnp.PyArray_DATA(self.bias), <float*>cnp.PyArray_DATA(h),
-                      <float*>cnp.PyArray_DATA(c), <float*>cnp.PyArray_DATA(h_out),
-                      <float*>cnp.PyArray_DATA(c_out), <float*>cnp.PyArray_DATA(z),
-                      self.activation, self.recurrent_activation)
+                               <float*>cnp.PyArray_DATA(self.kernel),
+                               <float*>cnp.PyArray_DATA(self.recurrent_kernel),
+                               <float*>cnp.PyArray_DATA(self.bias), <float*>cnp.PyArray_DATA(h),
+                               <float*>cnp.PyArray_DATA(c), <float*>cnp.PyArray_DATA(h_out),
+                               <float*>cnp.PyArray_DATA(c_out), <float*>scratch,
+                               self.activation, self.recurrent_activation)
         else:
             with nogil:
                 status = _step(B, I, H, <double*>cnp.PyArray_DATA(x),
-                      <double*>cnp.PyArray_DATA(self.kernel),
-                      <double*>cnp.PyArray_DATA(self.recurrent_kernel),
-                      <double*>cnp.PyArray_DATA(self.bias), <double*>cnp.PyArray_DATA(h),
-                      <double*>cnp.PyArray_DATA(c), <double*>cnp.PyArray_DATA(h_out),
-                      <double*>cnp.PyArray_DATA(c_out), <double*>cnp.PyArray_DATA(z),
-                      self.activation, self.recurrent_activation)
+                               <double*>cnp.PyArray_DATA(self.kernel),
+                               <double*>cnp.PyArray_DATA(self.recurrent_kernel),
+                               <double*>cnp.PyArray_DATA(self.bias),
+                               <double*>cnp.PyArray_DATA(h), <double*>cnp.PyArray_DATA(c),
+                               <double*>cnp.PyArray_DATA(h_out),
+                               <double*>cnp.PyArray_DATA(c_out), <double*>scratch,
+                               self.activation, self.recurrent_activation)
+        free(scratch)
         if status:
             raise MemoryError("cannot allocate the step's tail panel")
+        return h_out, c_out

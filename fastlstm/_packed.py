@@ -10,8 +10,8 @@ import threading
 
 import numpy as np
 
-from . import _config, _kernels
-from .functional import ACTIVATIONS, _check_weights, _forward_plan, check_sizes
+from . import _config, _kernels, _plan
+from .functional import ACTIVATIONS, _check_weights, check_sizes
 from ._validation import as_mask, as_real_array, check_bool, check_option, check_shape, describe
 
 __all__ = ["PackedLSTM"]
@@ -158,7 +158,8 @@ class PackedLSTM:
         plan = self._plans.get(key)
         if plan is None:
             check_sizes(batch, timesteps, self.input_dim, self.units)
-            plan = self._plans[key] = _forward_plan(batch, timesteps, self.input_dim, self.units)
+            plan = self._plans[key] = _plan.forward_plan(batch, timesteps, self.input_dim,
+                                                         self.units)
         return plan
 
     def __call__(self, x, initial_state=None, mask=None, go_backwards=False):
@@ -177,7 +178,8 @@ class PackedLSTM:
         if mask is not None:
             mask_bytes = np.ascontiguousarray(as_mask(mask, "mask", (batch, timesteps))).view(
                 np.uint8)
-        threads, single_blas, hoist = self._plan(batch, timesteps)
+        plan = self._plan(batch, timesteps)
+        threads, single_blas, hoist = plan.threads, plan.single_threaded_blas, plan.hoist
         kernels = _kernels.current()
         packed = self._packed(kernels, hoist)
         outputs = np.empty((batch, timesteps, self.units), self.dtype)
@@ -255,7 +257,5 @@ class PackedLSTM:
             self._step = kernels.Step(self.kernel, self.recurrent_kernel, self._bias,
                                       *self._codes)
             self._build = _kernels.current_name()
-        h_out = np.empty(shape, self.dtype)
-        c_out = np.empty(shape, self.dtype)
-        self._step.step(x, h, c, h_out, c_out, np.empty((batch, 4 * self.units), self.dtype))
-        return h_out, [h_out, c_out]
+        h, c = self._step(x, h, c)
+        return h, [h, c]

@@ -15,10 +15,9 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _config, _kernels
+from . import _config, _kernels, _plan
 from .functional import (ACTIVATIONS, LSTMGradients, _BACKENDS, _Cache, _check_weights,
-                         _forward_flops, check_cache, check_sizes, lstm_backward,
-                         run_lstm_forward)
+                         check_cache, check_sizes, lstm_backward, run_lstm_forward)
 from ._validation import as_real_array, check_bool, check_option, check_shape, describe
 
 __all__ = ["lstm_stack_forward", "lstm_stack_backward", "LSTMStackCache",
@@ -31,42 +30,6 @@ LSTMStackGradients.__doc__ = """Gradients of a loss with respect to the argument
 ``x`` is the gradient of the stack's input (None without ``input_gradient``);
 ``layers`` holds one :class:`~fastlstm.LSTMGradients` per layer, whose ``x``
 is None (a layer's input is the output of the layer below, not an argument)."""
-
-# The measured rule (pipeline_stack). Measured on 2026-11-27 (Xeon family 6
-# model 207, avx512 build, 2 threads, float32, load average about 1): the
-# median of 9 calls (5 for 512 units and batch 64) of stack forward (+
-# backward when training) over 100 steps of 32 features (50 of 512 for 512
-# units), pipelined / layer by layer, the two alternating:
-#   units            batch:   1     2     4     8     16    64
-#   128 x 2            infer  0.90  0.96  0.89  1.07  0.90  1.21
-#                      train  0.69  0.85  0.81  1.06  0.98  1.17
-#   256 x 2            infer  0.40  0.57  0.56  1.32  0.95  1.15
-#                      train  0.63  0.79  0.78  1.12  1.04  0.99
-#   512 x 2            infer  0.88  0.99  0.91  0.97  0.88  1.05
-#                      train  0.77  0.85  0.85  0.94  0.91  1.01
-#   256 x 3            infer  0.63  0.71  0.74  1.15  1.01  1.17
-#                      train  0.69  0.99  0.95  1.32  1.22  0.96
-#   128 x 4            infer  0.57  0.76  0.74  1.02  1.00  1.26
-#                      train  0.63  0.88  0.84  1.04  1.02  1.04
-# At two rows per thread and fewer the batch split leaves each thread's
-# tiles mostly empty (or a thread idle), and the pipelined call wins; from
-# four rows per thread on, each thread's share fills its tiles well enough,
-# and the layer-by-layer call computes every input product for all steps
-# in one BLAS product.
-PIPELINE_MAX_ROWS_PER_THREAD = 2
-
-# A pipelined layer above the first computes its input product (and, in the
-# backward pass, the layer below's output gradient) for a span of steps at
-# once, so that each weight panel serves at least this many rows while it
-# is in cache: one step for batches this large, more for smaller ones. A
-# layer then lags the one below by a span.
-SPAN_ROWS = 16
-
-
-def stack_span(batch, timesteps):
-    """The steps of a pipelined layer's input product computed at once."""
-    return max(1, min(timesteps, -(-SPAN_ROWS // batch)))
-
 
 class LSTMStackCache(_Cache):
     """What :func:`lstm_stack_forward` keeps for :func:`lstm_stack_backward`.
@@ -83,27 +46,6 @@ class LSTMStackCache(_Cache):
 
     def _details(self):
         return f" pipelined={self.pipelined}"
-
-
-def pipeline_stack(batch, timesteps, input_dim, units):
-    """Whether the fast backend runs a stack of layers of ``units`` (a
-    sequence, one entry per layer) over ``batch`` sequences of
-    ``timesteps`` steps of ``input_dim`` features as one pipelined call,
-    when nothing else rules it out.
-
-    The measured rule (figures above): two or more layers, on two or more
-    threads (a call under the small-call threshold runs on one), and a
-    batch that the batch split would cut into at most
-    ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread.
-    """
-    threads = _config.kernel_threads(_stack_flops(batch, timesteps, input_dim, units))[0]
-    return (len(units) >= 2 and threads >= 2
-            and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD)
-
-
-def _stack_flops(batch, timesteps, input_dim, units):
-    inputs = [input_dim] + list(units[:-1])
-    return sum(_forward_flops((batch, timesteps, i), u) for i, u in zip(inputs, units))
 
 
 def _per_layer(value, name, count, check):
@@ -165,7 +107,7 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     pipelined : bool or None
         True runs the stack as one pipelined call (fast backend; only the
         first layer may go backwards; no dropout masks in inference); False
-        layer by layer; None (default) chooses by :func:`pipeline_stack`.
+        layer by layer; None (default) chooses by the planner (``fastlstm/_plan.py``).
 
     Returns
     -------
@@ -274,7 +216,8 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     if pipelined and obstacle:
         raise ValueError(f"pipelined=True, but this stack cannot run pipelined: {obstacle}")
     if pipelined is None:
-        pipelined = obstacle is None and pipeline_stack(batch, timesteps, input_dim, units)
+        pipelined = obstacle is None and _plan.pipeline_stack(batch, timesteps, input_dim,
+                                                             units)
     args = (x, weights, states, masks, go_backwards, between, recurrent,
             list(zip(activation, recurrent_activation)), return_cache)
     if pipelined:
@@ -320,10 +263,10 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
     kernels = _kernels.current()
     units = [w[1].shape[0] for w in weights]
     inputs = [input_dim] + units[:-1]
-    threads, single_blas = _config.kernel_threads(
-        _stack_flops(batch, timesteps, input_dim, units))
-    hoist = bool(kernels.hoist_input_product(batch, input_dim, units[0]))
-    span = stack_span(batch, timesteps)
+    threads, single_blas = _plan.call_threads(
+        _plan.stack_flops(batch, timesteps, input_dim, units))
+    hoist = _plan.hoist_input_product(batch, input_dim, units[0])
+    span = _plan.stack_span(batch, timesteps)
     buffers = dict(weights=[], biases=[], dropouts=[], h=[], c=[], outputs=[], gates=[],
                    states=[], c_prev=[], h_last=[])
     has_bias, has_dropout = [], []
@@ -447,8 +390,8 @@ def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
     dweights = [np.empty_like(w) for w in state["weights"]]
     dbiases = [np.empty(4 * u, dtype) for u in units]
     dx = np.empty(state["x_shape"], dtype) if input_gradient else None
-    threads, single_blas = _config.kernel_threads(
-        2 * _stack_flops(batch, timesteps, input_dim, units))
+    threads, single_blas = _plan.call_threads(
+        2 * _plan.stack_flops(batch, timesteps, input_dim, units))
     with _config.single_threaded_blas(single_blas):
         _kernels.current().stack_backward(
             np.ascontiguousarray(grad_outputs), state["weights"], state["masks"],

@@ -7,11 +7,12 @@ receive C-contiguous arrays of one float dtype with agreeing shapes, and
 never see a Python object they must check again.
 """
 from collections import namedtuple
+from dataclasses import astuple
 import operator
 
 import numpy as np
 
-from . import _config, _kernels, reference
+from . import _config, _kernels, _plan, reference
 from ._blas import BLAS_Trans, _gemm_memview
 from ._validation import (_FLOAT_DTYPES, as_real_array, check_bool, check_option, check_shape,
                           describe)
@@ -372,7 +373,7 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
         operator.index(v) for v in (batch, timesteps, input_dim, units))
     steps = batch * timesteps
     slots = timesteps if training else 1
-    hoist = _forward_plan(*shape)[2]
+    hoist = _plan.forward_plan(*shape).hoist
     gate_slots = timesteps if training or hoist else 1
     itemsize = np.dtype(dtype).itemsize
     lanes = _kernels.current().vector_lanes(itemsize)
@@ -388,29 +389,10 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     return elements * itemsize
 
 
-def _forward_plan(batch, timesteps, input_dim, units):
-    """``(threads, single_threaded_blas, hoist)`` of a fast forward pass.
-
-    hoist: whether the input projection is one product for all steps, or
-    computed step by step (see ``fastlstm/_lstm.pyx``); the kernels decide
-    from the batch rows each thread takes.
-    """
-    threads, single_blas = _config.kernel_threads(
-        _forward_flops((batch, timesteps, input_dim), units))
-    rows = -(-batch // max(1, min(threads, batch)))
-    return threads, single_blas, _kernels.current().hoist_input_product(rows, input_dim, units)
-
-
 def _split_plan(batch, units, dtype, threads):
     """Whether a pass on ``threads`` threads splits the units among them
     rather than the batch (the kernels' measured rule, ``split_units``)."""
     return bool(_kernels.current().split_units(batch, units, np.dtype(dtype).itemsize, threads))
-
-
-def _forward_flops(x_shape, units):
-    """Floating-point operations of the matrix products of a forward pass."""
-    batch, timesteps, input_dim = x_shape
-    return 8 * batch * timesteps * units * (input_dim + units)
 
 
 class _FastBackend:
@@ -439,7 +421,8 @@ class _FastBackend:
                    else np.ones((batch, units), dtype))
         # Inference steps use two state slots in turn (see fastlstm/_lstm.pyx).
         slots = timesteps if return_cache else 2
-        threads, single_blas, hoist = _forward_plan(batch, timesteps, input_dim, units)
+        threads, single_blas, hoist = astuple(_plan.forward_plan(batch, timesteps, input_dim,
+                                                                 units))
         gate_slots = timesteps if return_cache or hoist else 1
         try:
             weights = np.empty((input_dim + units, 4 * units), dtype)
@@ -491,7 +474,7 @@ class _FastBackend:
         grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
                         else np.ascontiguousarray(grad_outputs))
         # The backward pass does twice the forward pass's products.
-        threads, single_blas = _config.kernel_threads(2 * _forward_flops(x_shape, units))
+        threads, single_blas = _plan.call_threads(2 * _plan.forward_flops(x_shape, units))
         with _config.single_threaded_blas(single_blas):
             _kernels.current().backward(weights, cache["mask"], dropout,
                                         cache["go_backwards"], grad_outputs, cache["gates"],

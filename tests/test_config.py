@@ -206,10 +206,10 @@ def test_blas_loaded_with_avx2_kernels_before_fastlstm_warns():
 
 
 def test_small_calls_run_on_one_thread_and_large_ones_on_the_setting(monkeypatch):
-    from fastlstm import _config
+    from fastlstm import _config, _plan
 
     if not _kernels.current().openmp_enabled() or not _config._openblas():
         pytest.skip("kernels without OpenMP or BLAS threads control always use one thread")
     monkeypatch.setitem(_config._threads, "num_threads", 2)
-    assert _config.kernel_threads(_config._PARALLEL_MIN_FLOPS - 1) == (1, True)
-    assert _config.kernel_threads(_config._PARALLEL_MIN_FLOPS) == (2, True)
+    assert _plan.call_threads(_plan.PARALLEL_MIN_FLOPS - 1) == (1, True)
+    assert _plan.call_threads(_plan.PARALLEL_MIN_FLOPS) == (2, True)

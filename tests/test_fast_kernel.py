@@ -6,6 +6,7 @@ float32 results must match the reference run in float64 on the same
 (float32) inputs within 1e-4. Both are measured norm-wise per array: see
 `assert_close_normwise` and SCALE_FLOOR.
 """
+import dataclasses
 import warnings
 
 import numpy as np
@@ -34,7 +35,7 @@ def kernel_build(request):
 def restore_num_threads(monkeypatch):
     """Let even the small problems of these tests run on several threads, and
     restore the default thread count afterwards."""
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     yield
     fastlstm.set_num_threads(None)
 
@@ -276,13 +277,12 @@ def test_masked_step_carries_state_and_repeats_output(kernel_build, dtype):
 def input_product(request, monkeypatch):
     """Force the forward pass to compute the input product one way, whatever
     the size would choose."""
-    plan = fastlstm.functional._forward_plan
+    plan = fastlstm._plan.forward_plan
 
     def forced(*shape):
-        threads, single_blas, _ = plan(*shape)
-        return threads, single_blas, request.param
+        return dataclasses.replace(plan(*shape), hoist=request.param)
 
-    monkeypatch.setattr(fastlstm.functional, "_forward_plan", forced)
+    monkeypatch.setattr(fastlstm._plan, "forward_plan", forced)
     return request.param
 
 
@@ -307,11 +307,11 @@ def test_small_layers_compute_the_input_product_per_step():
     """The choice the kernels make: per step where a step's input product
     is small, so inference keeps no (B, T, 4H) gate buffer; hoisted for
     larger ones."""
-    kernels = _kernels.current()
-    assert not kernels.hoist_input_product(16, 32, 64)      # the benchmark's small, 2 threads
-    assert not kernels.hoist_input_product(8, 64, 128)      # long
-    assert kernels.hoist_input_product(32, 128, 256)        # medium
-    assert kernels.hoist_input_product(32, 512, 512)        # large
+    hoist = fastlstm._plan.hoist_input_product
+    assert not hoist(16, 32, 64)      # the benchmark's small, 2 threads
+    assert not hoist(8, 64, 128)      # long
+    assert hoist(32, 128, 256)        # medium
+    assert hoist(32, 512, 512)        # large
     small = fastlstm.workspace_nbytes(32, 50, 32, 64, training=False)
     large = fastlstm.workspace_nbytes(64, 50, 512, 512, training=False)
     assert small < 32 * 50 * 4 * 64 * 4        # less than one gate buffer

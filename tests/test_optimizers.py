@@ -267,7 +267,7 @@ def test_the_fused_updates_are_numpys_to_the_bit(monkeypatch, dtype, kind, threa
     """The one-pass updates (fastlstm/_optim.pyx) against the NumPy
     expressions they replace: every variable and slot equal to the bit,
     step after step, on one thread and on two."""
-    monkeypatch.setattr(fl._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fl._plan, "PARALLEL_MIN_FLOPS", 0)
     rng = np.random.default_rng(7)
     shapes = [(37, 13), (1000,), (3, 4, 5)]
     start = [rng.standard_normal(shape).astype(dtype) for shape in shapes]

@@ -30,7 +30,7 @@ def kernel_build(request):
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
 def threads(request, monkeypatch):
     """Run even these small problems on the thread count given."""
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     fastlstm.set_num_threads(request.param)
     yield request.param
     fastlstm.set_num_threads(None)

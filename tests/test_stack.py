@@ -36,7 +36,7 @@ def kernel_build(request):
 @pytest.fixture(params=[1, 2, 3], ids=["1 thread", "2 threads", "3 threads"])
 def threads(request, monkeypatch):
     """Run even these small stacks on the thread count given."""
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     fastlstm.set_num_threads(request.param)
     yield request.param
     fastlstm.set_num_threads(None)
@@ -106,8 +106,8 @@ def _check_pipelined_matches_layers(problem, dtype):
     x, layers, kwargs, grad_outputs, grad_states, input_gradient, span = problem
     tol = STACK_TOLERANCE[dtype]
     copies = [a.copy() for a in (x, grad_outputs)]
-    rule = fastlstm._stack.stack_span
-    fastlstm._stack.stack_span = lambda batch, timesteps: span
+    rule = fastlstm._plan.stack_span
+    fastlstm._plan.stack_span = lambda batch, timesteps: span
     try:
         out_p, states_p, cache_p = fastlstm.lstm_stack_forward(x, layers, pipelined=True,
                                                                **kwargs)
@@ -115,7 +115,7 @@ def _check_pipelined_matches_layers(problem, dtype):
             grads_p = fastlstm.lstm_stack_backward(cache_p, grad_outputs, grad_states,
                                                    input_gradient)
     finally:
-        fastlstm._stack.stack_span = rule
+        fastlstm._plan.stack_span = rule
     out_l, states_l, cache_l = fastlstm.lstm_stack_forward(x, layers, pipelined=False, **kwargs)
     assert (cache_p is None) == (not kwargs["return_cache"])
     assert_close_normwise(out_p, out_l, tol, "outputs")
@@ -182,9 +182,9 @@ def test_pipelined_stack_matches_the_reference(kernel_build, threads, dtype):
 # -- the rule and the arguments ------------------------------------------------
 
 def test_the_rule_pipelines_small_batches_on_several_threads(monkeypatch):
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
-    rows = fastlstm._stack.PIPELINE_MAX_ROWS_PER_THREAD
-    rule = fastlstm._stack.pipeline_stack
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
+    rows = fastlstm._plan.PIPELINE_MAX_ROWS_PER_THREAD
+    rule = fastlstm._plan.pipeline_stack
     fastlstm.set_num_threads(2)
     try:
         assert rule(2 * rows, 10, 8, [16, 512])
@@ -198,16 +198,16 @@ def test_the_rule_pipelines_small_batches_on_several_threads(monkeypatch):
     finally:
         fastlstm.set_num_threads(None)
     # Under the small-call threshold a call runs on one thread: as today.
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 10**12)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 10**12)
     assert not rule(1, 10, 8, [16, 16])
 
 
 def test_spans_give_each_panel_enough_rows():
-    span = fastlstm._stack.stack_span
+    span = fastlstm._plan.stack_span
     assert span(64, 100) == 1
-    assert span(1, 100) == fastlstm._stack.SPAN_ROWS
+    assert span(1, 100) == fastlstm._plan.SPAN_ROWS
     assert span(1, 5) == 5
-    assert span(3, 100) * 3 >= fastlstm._stack.SPAN_ROWS > (span(3, 100) - 1) * 3
+    assert span(3, 100) * 3 >= fastlstm._plan.SPAN_ROWS > (span(3, 100) - 1) * 3
 
 
 def _two_layers(dtype=np.float64):
@@ -357,7 +357,7 @@ def test_a_pipelined_model_trains_as_its_layers_one_by_one(monkeypatch, last_seq
     layers and recurrent dropout, gives the same history, weights and
     predictions whether the stack runs pipelined (forced, on two threads)
     or layer by layer."""
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     rng = np.random.default_rng(1)
     x = rng.integers(1, 20, (12, 9))
     x[:, -3:] = 0
@@ -367,7 +367,7 @@ def test_a_pipelined_model_trains_as_its_layers_one_by_one(monkeypatch, last_seq
     fastlstm.set_num_threads(2)
     try:
         for pipelined in (False, True):
-            monkeypatch.setattr(fastlstm._stack, "pipeline_stack", lambda *a, p=pipelined: p)
+            monkeypatch.setattr(fastlstm._plan, "pipeline_stack", lambda *a, p=pipelined: p)
             model = _char_model(last_sequences=last_sequences)
             model.compile(optimizer="adam",
                           loss=fastlstm.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -385,7 +385,7 @@ def test_a_pipelined_model_trains_as_its_layers_one_by_one(monkeypatch, last_seq
 
 
 def test_a_frozen_first_lstm_in_a_pipelined_stack_keeps_its_weights(monkeypatch):
-    monkeypatch.setattr(fastlstm._stack, "pipeline_stack", lambda *a: True)
+    monkeypatch.setattr(fastlstm._plan, "pipeline_stack", lambda *a: True)
     rng = np.random.default_rng(2)
     x, y = rng.integers(1, 20, (8, 6)), rng.integers(0, 5, (8, 6))
     model = _char_model()
@@ -405,7 +405,7 @@ def test_a_frozen_first_lstm_in_a_pipelined_stack_keeps_its_weights(monkeypatch)
 
 
 def test_a_member_layer_points_to_the_models_backward(monkeypatch):
-    monkeypatch.setattr(fastlstm._stack, "pipeline_stack", lambda *a: True)
+    monkeypatch.setattr(fastlstm._plan, "pipeline_stack", lambda *a: True)
     model = _char_model()
     x = np.random.default_rng(3).integers(1, 20, (4, 6))
     out = model(x, training=True)
@@ -426,7 +426,7 @@ def test_concurrent_pipelined_calls_give_the_serial_results(monkeypatch):
     the same calls made one after another."""
     import threading
 
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     rng = np.random.default_rng(11)
     layers = [_weights(rng, i, u, np.float32, None) for i, u in ((6, 20), (20, 33), (33, 9))]
     inputs = [rng.standard_normal((3, 12, 6)).astype(np.float32) for _ in range(4)]

@@ -473,7 +473,6 @@ class LSTMCell:
     def __init__(self, layer):
         self._layer = layer
         self._step = None
-        self._scratch = None
 
     @property
     def units(self):
@@ -544,11 +543,4 @@ class LSTMCell:
                 params["kernel"], params["recurrent_kernel"], params.get("bias"),
                 kernels.Activation[self._layer.activation.upper()],
                 kernels.Activation[self._layer.recurrent_activation.upper()])
-        batch = x.shape[0]
-        scratch = self._scratch
-        if scratch is None or scratch.shape[0] != batch:
-            scratch = self._scratch = np.empty((batch, 4 * self._layer.units), x.dtype)
-        h_out = np.empty_like(h)
-        c_out = np.empty_like(c)
-        step.step(x, h, c, h_out, c_out, scratch)
-        return h_out, c_out
+        return step(x, h, c)

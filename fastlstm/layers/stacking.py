@@ -5,14 +5,14 @@ called on their own; a run of LSTM layers, each but the last returning
 sequences, with at most a :class:`~fastlstm.layers.Dropout` between two of
 them, becomes one :class:`LSTMStackCall`. Such a call runs its layers as
 one :func:`fastlstm.lstm_stack_forward` when the measured rule
-(``fastlstm._stack.pipeline_stack``) says the pipelined kernel is faster,
+(``fastlstm._plan.pipeline_stack``) says the pipelined kernel is faster,
 and one by one, exactly as the layers themselves would run, otherwise.
 Either way every layer draws its dropout masks from its own generator in
 the order it would on its own, so a seed gives the same masks.
 """
 import numpy as np
 
-from .. import _stack
+from .. import _plan
 from .._stack import lstm_stack_backward, lstm_stack_forward
 from .._validation import as_mask, as_real_array
 from .base import _INSIDE_NO_GRAD, dropout_mask, grad_enabled
@@ -97,7 +97,7 @@ class LSTMStackCall:
             if layer.input_dim != features:
                 return False
             features = layer.units
-        return _stack.pipeline_stack(*x.shape, [layer.units for layer in self.lstms])
+        return _plan.pipeline_stack(*x.shape, [layer.units for layer in self.lstms])
 
     def __call__(self, x, mask=None, training=False):
         """Run the layers; pipelined or one by one."""

@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from .. import _config, _optim
+from .. import _optim, _plan
 from .._validation import (as_real_array, check_bool, check_real, describe, from_identifier,
                            reject_kwargs)
 from . import schedules
@@ -69,7 +69,7 @@ def _fusable(variable, gradient):
 def _threads(variable):
     """Threads for a fused update of ``variable``: a dozen operations per
     element, under the small-call threshold on one thread."""
-    return _config.kernel_threads(12 * variable.size)[0]
+    return _plan.call_threads(12 * variable.size)[0]
 
 
 def _check_clip(value, name):
