@@ -115,6 +115,16 @@ def test_a_failing_rank_ends_the_whole_job_quickly(mode, message):
     assert elapsed < 10
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_abort_handler_is_installed_by_first_use_not_by_import(ranks):
+    """Importing the module leaves sys.excepthook alone; the first
+    DistributedOptimizer replaces it in a job of several ranks only."""
+    result = run_script("excepthook.py", ranks=ranks, timeout=60)
+    assert result.returncode == 0, result.stderr
+    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    assert reports == [{"unchanged_after_import": True, "unchanged_after_use": ranks == 1}] * ranks
+
+
 def test_the_example_trains_on_two_ranks():
     result = run_script("distributed_training.py", "--quick",
                         folder=SCRIPTS.parent.parent / "examples")
