@@ -92,7 +92,8 @@ def prepare_blas():
         if wanted is None:
             _state["coretype_source"] = "chosen by OpenBLAS (no AVX-512 on this CPU)"
         else:
-            _state["coretype_source"] = "chosen by fastlstm for this AVX-512 CPU"
+            _state["coretype_source"] = ("chosen by fastlstm for this AVX-512 CPU; "
+                                         "OPENBLAS_CORETYPE set before import overrides")
             os.environ["OPENBLAS_CORETYPE"] = wanted
             try:
                 import scipy.linalg.cython_blas  # noqa: F401  (loads OpenBLAS now)
@@ -271,7 +272,8 @@ def show_config(file=None):
         f"  library       {info['library']}",
         f"  config        {info['config']}",
         f"  core type     {info['corename']} ({info['coretype_source']})",
-        f"  threads       {info['blas_threads']} (run single-threaded inside fastlstm's kernels)",
+        f"  threads       {info['blas_threads']} (yours; one inside fastlstm's calls, "
+        f"restored after each)",
         "fastlstm kernels",
         f"  build         {_kernels.current_name()} (available: {', '.join(_kernels.available())})",
         f"  openmp        {'on' if _kernels.current().openmp_enabled() else 'off'}",
