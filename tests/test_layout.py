@@ -59,7 +59,7 @@ def test_every_build_has_its_stub_and_the_baseline_is_plain():
 
 
 def test_the_activation_codes_come_from_the_kernels():
-    from fastlstm.functional import ACTIVATIONS
+    from fastlstm._validation import ACTIVATIONS
 
     for module_name in _kernels.available():
         module = _kernels.use(module_name)
