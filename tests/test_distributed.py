@@ -97,7 +97,7 @@ def test_early_stopping_stops_every_rank_at_once_and_only_rank_0_writes(tmp_path
     assert every_rank[0]["stopped_epoch"] == every_rank[1]["stopped_epoch"] == epochs - 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"epoch-{k:02d}.npz" for k in range(1, epochs + 1)]
-    assert result.stdout.count(f"Epoch 1/40") == 1
+    assert result.stdout.count("Epoch 1/40") == 1
 
 
 @pytest.mark.parametrize("mode, message", [
