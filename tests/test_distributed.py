@@ -121,7 +121,7 @@ def test_the_abort_handler_is_installed_by_first_use_not_by_import(ranks):
     DistributedOptimizer replaces it in a job of several ranks only."""
     result = run_script("excepthook.py", ranks=ranks, timeout=60)
     assert result.returncode == 0, result.stderr
-    reports = [json.loads(line) for line in result.stdout.splitlines()]
+    reports = json.loads(result.stdout)
     assert reports == [{"unchanged_after_import": True, "unchanged_after_use": ranks == 1}] * ranks
 
 
