@@ -50,7 +50,7 @@ def load_sunspots():
     except ImportError:
         print("this example needs statsmodels: pip install statsmodels "
               "(or pip install 'fastlstm[examples]')", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     data = sunspots.load_pandas().data
     return data["YEAR"].to_numpy(dtype=int), data["SUNACTIVITY"].to_numpy(dtype=np.float64)
 

@@ -26,7 +26,7 @@ def _demo(args):
 
 
 def _info(args):
-    from . import show_config
+    from ._config import show_config
 
     show_config()
     return 0

@@ -29,7 +29,7 @@ import zlib
 import numpy as np
 
 from ._validation import describe
-from .saving import _assign_weights, _build_for, _write_atomically
+from ._model_files import _assign_weights, _build_for, _write_atomically
 
 _MAGIC = b"fastlstm backup 1\n"
 _FILE = re.compile(r"backup-(\d+)\.state$")

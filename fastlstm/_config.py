@@ -25,7 +25,8 @@ import sys
 import threading
 import warnings
 
-from . import _cpu, _kernels
+from . import _kernels
+from ._cpu import cpu_features, cython_version
 from ._builds import BUILDS
 from ._validation import is_int
 from ._version import __version__
@@ -74,7 +75,7 @@ def _scipy_openblas_path():
 
 
 def _wanted_coretype():
-    features = _cpu.cpu_features()
+    features = cpu_features()
     if not all(features[name] for name in BUILDS["avx512"]["needs"]):
         return None
     return "Cooperlake" if features["avx512bf16"] else "SkylakeX"
@@ -92,7 +93,8 @@ def prepare_blas():
         if wanted is None:
             _state["coretype_source"] = "chosen by OpenBLAS (no AVX-512 on this CPU)"
         else:
-            _state["coretype_source"] = "chosen by fastlstm for this AVX-512 CPU"
+            _state["coretype_source"] = ("chosen by fastlstm for this AVX-512 CPU; "
+                                         "OPENBLAS_CORETYPE set before import overrides")
             os.environ["OPENBLAS_CORETYPE"] = wanted
             try:
                 import scipy.linalg.cython_blas  # noqa: F401  (loads OpenBLAS now)
@@ -251,19 +253,20 @@ def show_config(file=None):
 
 
     info = blas_info()
-    features = _cpu.cpu_features()
+    features = cpu_features()
     simd = ", ".join(name for name, present in features.items() if present) or "none detected"
     lines = [
         f"fastlstm {__version__}",
         f"  python        {sys.version.split()[0]}",
         f"  numpy         {numpy.__version__}",
         f"  scipy         {scipy.__version__}",
-        f"  cython        {_cpu.cython_version()} (compiled the extensions)",
+        f"  cython        {cython_version()} (compiled the extensions)",
         "BLAS (scipy.linalg.cython_blas)",
         f"  library       {info['library']}",
         f"  config        {info['config']}",
         f"  core type     {info['corename']} ({info['coretype_source']})",
-        f"  threads       {info['blas_threads']} (run single-threaded inside fastlstm's kernels)",
+        f"  threads       {info['blas_threads']} (yours; one inside fastlstm's calls, "
+        f"restored after each)",
         "fastlstm kernels",
         f"  build         {_kernels.current_name()} (available: {', '.join(_kernels.available())})",
         f"  openmp        {'on' if _kernels.current().openmp_enabled() else 'off'}",

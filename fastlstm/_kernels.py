@@ -10,7 +10,7 @@ call and calls its ``forward`` / ``backward`` directly.
 import importlib
 import os
 
-from . import _cpu
+from ._cpu import cpu_features
 from ._builds import BUILDS
 
 __all__ = ["available", "use", "current", "current_name"]
@@ -19,7 +19,7 @@ _selected = {"name": None, "module": None}
 
 
 def _runs_here(name):
-    features = _cpu.cpu_features()
+    features = cpu_features()
     return all(features[flag] for flag in BUILDS[name]["needs"])
 
 

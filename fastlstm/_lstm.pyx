@@ -939,7 +939,6 @@ cdef void _backward_rows(
     The gate gradients dZ replace the gates in ``gates``. packed_transpose
     holds recurrent_kernel.T in column panels (_pack_transposed_panels).
     """
-    cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s
     if b1 <= b0:
         return
@@ -1047,7 +1046,7 @@ def _packed_product(const floating[:, ::1] a, const floating[:, ::1] weights,
     register tiles of the forward step, ``repeat`` times; a (rows, depth),
     weights (depth, 4H), z (rows, 4H). Returns the seconds the products took."""
     cdef Py_ssize_t rows = a.shape[0], depth = a.shape[1], H = weights.shape[1] // 4
-    cdef Py_ssize_t L = _lanes(&z[0, 0]), u, r0, k
+    cdef Py_ssize_t L = _lanes(&z[0, 0]), u, r0, _run
     _check_buffer("weights", (weights.shape[0], weights.shape[1]), (depth, 4 * H))
     _check_buffer("z", (z.shape[0], z.shape[1]), (rows, 4 * H))
     cdef void* raw = _workspace(_gate_panels_size(depth, H, L), sizeof(z[0, 0]),
@@ -1058,7 +1057,7 @@ def _packed_product(const floating[:, ::1] a, const floating[:, ::1] weights,
         _pack_gate_panels(&weights[0, 0], depth, H, packed)
         start = openmp.omp_get_wtime()
         with nogil:
-            for k in range(repeat):
+            for _run in range(repeat):
                 for u in range((H + L - 1) // L):
                     r0 = 0
                     while r0 < rows:

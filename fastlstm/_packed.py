@@ -11,8 +11,9 @@ import threading
 import numpy as np
 
 from . import _config, _kernels, _plan
-from .functional import ACTIVATIONS, _check_weights, check_sizes
-from ._validation import as_mask, as_real_array, check_bool, check_option, check_shape, describe
+from .functional import _check_weights, check_sizes
+from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
+                          check_bool, check_features, check_state_list)
 
 __all__ = ["PackedLSTM"]
 
@@ -77,9 +78,9 @@ class PackedLSTM:
 
     def __init__(self, kernel, recurrent_kernel, bias=None, activation="tanh",
                  recurrent_activation="sigmoid"):
-        self.activation = check_option(activation, "activation", ACTIVATIONS)
-        self.recurrent_activation = check_option(recurrent_activation, "recurrent_activation",
-                                                 ACTIVATIONS)
+        self.activation = check_activation(activation, "activation")
+        self.recurrent_activation = check_activation(recurrent_activation,
+                                                     "recurrent_activation")
         dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(
             kernel, recurrent_kernel, bias)
         self.dtype, self.units, self.input_dim = dtype, units, kernel.shape[0]
@@ -165,12 +166,9 @@ class PackedLSTM:
     def __call__(self, x, initial_state=None, mask=None, go_backwards=False):
         """Run the LSTM over ``x`` (batch, timesteps, input_dim): ``outputs,
         h, c`` as :func:`~fastlstm.lstm_forward` returns them (without the cache)."""
-        x = as_real_array(x, "x", self.dtype)
-        if x.ndim != 3 or 0 in x.shape[:2] or x.shape[2] != self.input_dim:
-            raise ValueError(f"x must have shape (batch, timesteps, input_dim={self.input_dim}) "
-                             f"with at least one sequence and one timestep, got shape "
-                             f"{x.shape}")
-        batch, timesteps = x.shape[:2]
+        x = as_sequences(x, "x", self.dtype)
+        batch, timesteps, features = x.shape
+        check_features(features, "x", self.input_dim, "the kernel's rows")
         x = np.ascontiguousarray(x)
         go_backwards = check_bool(go_backwards, "go_backwards")
         h, c = self._initial_state(initial_state, batch)
@@ -216,15 +214,10 @@ class PackedLSTM:
         shape = (batch, self.units)
         if initial_state is None:
             return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
-        if not isinstance(initial_state, (list, tuple)) or len(initial_state) != 2:
-            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays of shape "
-                             f"(batch, units) = {shape}, got {describe(initial_state)}")
-        states = []
-        for value, name in zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")):
-            array = as_real_array(value, name, self.dtype)
-            check_shape(array, name, shape, "(batch, units)")
-            states.append(np.array(array, self.dtype, order="C"))
-        return states
+        return [np.array(as_state(value, name, self.dtype, shape, "(batch, units)"), order="C")
+                for value, name in zip(check_state_list(initial_state, "initial_state",
+                                                        "[h0, c0]"),
+                                       ("initial_state[0] (h0)", "initial_state[1] (c0)"))]
 
     def step(self, inputs, states):
         """One step, with Keras' ``LSTMCell`` interface: ``(h, [h, c])`` from
@@ -245,13 +238,9 @@ class PackedLSTM:
             h, c = states
         if not all(type(s) is np.ndarray and s.dtype == self.dtype and s.flags.c_contiguous
                    and s.shape == shape for s in (h, c)):
-            if not isinstance(states, (list, tuple)) or len(states) != 2:
-                raise ValueError(f"states must be a list [h, c] of two arrays of shape "
-                                 f"(batch, units) = {shape}, got {describe(states)}")
-            h, c = (np.ascontiguousarray(as_real_array(s, name, self.dtype))
-                    for s, name in zip(states, ("states[0] (h)", "states[1] (c)")))
-            check_shape(h, "states[0] (h)", shape, "(batch, units)")
-            check_shape(c, "states[1] (c)", shape, "(batch, units)")
+            h, c = (np.ascontiguousarray(as_state(s, name, self.dtype, shape, "(batch, units)"))
+                    for s, name in zip(check_state_list(states, "states", "[h, c]"),
+                                       ("states[0] (h)", "states[1] (c)")))
         if self._build != _kernels.current_name():
             kernels = _kernels.current()
             self._step = kernels.Step(self.kernel, self.recurrent_kernel, self._bias,

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from . import num_threads, set_num_threads
+from ._config import num_threads, set_num_threads
 from ._validation import check_int, check_real, describe
 
 SeedResult = collections.namedtuple("SeedResult", ["seed", "val_loss", "model", "history"])

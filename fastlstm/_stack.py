@@ -16,9 +16,11 @@ from collections import namedtuple
 import numpy as np
 
 from . import _config, _kernels, _plan
-from .functional import (ACTIVATIONS, LSTMGradients, _BACKENDS, _Cache, _check_weights,
+from .functional import (LSTMGradients, _Cache, _check_weights, check_backend,
                          check_cache, check_sizes, lstm_backward, run_lstm_forward)
-from ._validation import as_real_array, check_bool, check_option, check_shape, describe
+from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
+                          check_bool, check_features, check_list, check_shape, check_state_list,
+                          describe)
 
 __all__ = ["lstm_stack_forward", "lstm_stack_backward", "LSTMStackCache",
            "LSTMStackGradients"]
@@ -62,10 +64,8 @@ def _per_layer(value, name, count, check):
 def _optional_list(value, name, count, meaning):
     if value is None:
         return [None] * count
-    if not isinstance(value, (list, tuple)) or len(value) != count:
-        raise ValueError(f"{name} must be None or a list of {count} entries ({meaning}), got "
-                         f"{describe(value)}")
-    return list(value)
+    return check_list(value, count,
+                      f"{name} must be None or a list of {count} entries ({meaning})")
 
 
 def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=False,
@@ -86,7 +86,7 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     initial_states : list of ([h0, c0] or None), or None
         Each layer's initial states, (batch, units of the layer); zeros for
         None.
-    mask : array_like of bool, shape (batch, timesteps), or None
+    mask : array_like of bool (or of integers 0 and 1), shape (batch, timesteps), or None
         The first layer's mask. Each layer passes it on as Keras does: in
         its processing order (reversed after a layer that goes backwards).
     go_backwards : bool or list of bool
@@ -130,8 +130,7 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     >>> outputs.shape, [h.shape for h, c in states]
     ((2, 5, 4), [(2, 8), (2, 4)])
     """
-    if not isinstance(backend, str) or backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
+    check_backend(backend)
     if not isinstance(layers, (list, tuple)) or not layers:
         raise ValueError(f"layers must be a non-empty list of (kernel, recurrent_kernel, bias), "
                          f"got {describe(layers)}")
@@ -155,22 +154,16 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
         weights.append(checked)
     dtype = weights[0][0].dtype
     units = [w[1].shape[0] for w in weights]
-    x = as_real_array(x, "x", dtype)
-    if x.ndim != 3 or min(x.shape) == 0:
-        raise ValueError(f"x must have shape (batch, timesteps, input_dim) with no empty "
-                         f"axis, got shape {x.shape}")
+    x = as_sequences(x, "x", dtype)
     batch, timesteps, input_dim = x.shape
-    if input_dim != weights[0][0].shape[0]:
-        raise ValueError(f"x has input_dim {input_dim} (last axis), but layers[0]'s kernel "
-                         f"has {weights[0][0].shape[0]} rows; they must match")
+    check_features(input_dim, "x", weights[0][0].shape[0], "layers[0]'s kernel's rows")
     inputs = [input_dim] + units[:-1]
     for i in range(count):
         check_sizes(batch, timesteps, inputs[i], units[i])
     go_backwards = _per_layer(go_backwards, "go_backwards", count, check_bool)
-    activation = _per_layer(activation, "activation", count,
-                            lambda v, n: check_option(v, n, ACTIVATIONS))
+    activation = _per_layer(activation, "activation", count, check_activation)
     recurrent_activation = _per_layer(recurrent_activation, "recurrent_activation", count,
-                                      lambda v, n: check_option(v, n, ACTIVATIONS))
+                                      check_activation)
     return_cache = check_bool(return_cache, "return_cache")
     if pipelined is not None:
         pipelined = check_bool(pipelined, "pipelined")
@@ -179,19 +172,14 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     for i, state in enumerate(states):
         if state is None:
             continue
-        if isinstance(state, np.ndarray) or not isinstance(state, (list, tuple)) or len(state) != 2:
-            raise ValueError(f"initial_states[{i}] must be [h0, c0] or None, got "
-                             f"{describe(state)}")
-        states[i] = [as_real_array(s, f"initial_states[{i}][{j}]", dtype)
-                     for j, s in enumerate(state)]
-        for j, s in enumerate(states[i]):
-            check_shape(s, f"initial_states[{i}][{j}]", (batch, units[i]), "(batch, units)")
+        states[i] = [as_state(s, f"initial_states[{i}][{j}] ({part})", dtype, (batch, units[i]),
+                              "(batch, units)")
+                     for j, (s, part) in enumerate(zip(
+                         check_state_list(state, f"initial_states[{i}]", "[h0, c0]"),
+                         ("h0", "c0")))]
     masks = [None] * count
     if mask is not None:
-        mask = as_real_array(mask, "mask")
-        if mask.dtype != np.bool_:
-            raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
-        check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
+        mask = as_mask(mask, "mask", (batch, timesteps))
         for i in range(count):
             masks[i] = mask
             # Each layer passes the mask on in its processing order, as Keras.
@@ -337,21 +325,19 @@ def lstm_stack_backward(cache, grad_outputs=None, grad_states=None, input_gradie
     input_gradient = check_bool(input_gradient, "input_gradient")
     batch, timesteps, units = cache.batch, cache.timesteps, cache.units
     if grad_outputs is not None:
-        grad_outputs = as_real_array(grad_outputs, "grad_outputs", cache.dtype)
-        check_shape(grad_outputs, "grad_outputs", (batch, timesteps, units[-1]),
-                    "(batch, timesteps, units of the last layer)")
+        grad_outputs = as_state(grad_outputs, "grad_outputs", cache.dtype,
+                                (batch, timesteps, units[-1]),
+                                "(batch, timesteps, units of the last layer)")
     grads = _optional_list(grad_states, "grad_states", len(units), "[dh, dc] or None per layer")
     for i, value in enumerate(grads):
         if value is None:
             grads[i] = [None, None]
             continue
-        if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise ValueError(f"grad_states[{i}] must be [dh, dc] or None, got {describe(value)}")
-        grads[i] = [None if g is None else as_real_array(g, f"grad_states[{i}][{j}]", cache.dtype)
-                    for j, g in enumerate(value)]
-        for j, g in enumerate(grads[i]):
-            if g is not None:
-                check_shape(g, f"grad_states[{i}][{j}]", (batch, units[i]), "(batch, units)")
+        grads[i] = [None if g is None else
+                    as_state(g, f"grad_states[{i}][{j}]", cache.dtype, (batch, units[i]),
+                             "(batch, units)")
+                    for j, g in enumerate(check_state_list(value, f"grad_states[{i}]",
+                                                           "[dh, dc]"))]
     cache.used = True
     if cache.pipelined:
         return _pipelined_backward(cache, grad_outputs, grads, input_gradient)

@@ -11,6 +11,12 @@ import os
 
 import numpy as np
 
+from .reference import ACTIVATIONS as _REFERENCE_ACTIVATIONS
+
+# The activations, by the names of the reference's definitions; each kernel
+# build knows them by the codes of its ``Activation`` enum, named as these in
+# upper case.
+ACTIVATIONS = tuple(_REFERENCE_ACTIVATIONS)
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -18,6 +24,8 @@ def describe(value):
     """A short description of ``value`` for an error message."""
     if isinstance(value, np.ndarray):
         return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # a tensor of another library
+        return f"a {type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
     return f"{type(value).__name__} {value!r}"[:200]
 
 
@@ -143,9 +151,11 @@ def check_dtype(value, name="dtype"):
 
 
 def check_shape(array, name, expected, meaning):
-    """ValueError unless ``array.shape == expected``; ``meaning`` names the axes."""
-    if array.shape != expected:
-        raise ValueError(f"{name} must have shape {expected} {meaning}, got {array.shape}")
+    """ValueError unless ``array.shape == expected``; ``meaning`` names the axes.
+    ``array`` may be a NumPy array or a torch tensor."""
+    shape = tuple(array.shape)
+    if shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} {meaning}, got {shape}")
 
 
 def as_path(value, name):
@@ -199,15 +209,94 @@ def as_real_array(value, name, dtype=None):
     return array
 
 
+# The checks below are those of the arguments every LSTM door takes (the
+# functional API, the stack, the layers, fastlstm.torch): one rule and one
+# message for each, the door naming the argument in its own words.
+
+def as_sequences(value, name, dtype=None, owner=""):
+    """``value`` as a (batch, timesteps, features) array of real numbers, no
+    axis empty, cast to ``dtype`` if given; ``owner`` (a layer's label)
+    leads the shape errors."""
+    array = as_real_array(value, name, dtype)
+    if array.ndim != 3:
+        hint = ""
+        if array.ndim == 2:
+            hint = ("; a 2-D input is usually the last output of an LSTM below this one: "
+                    "give that layer return_sequences=True so that it returns every step")
+        elif array.ndim > 3:
+            hint = ("; fastlstm has no TimeDistributed wrapper: to run the LSTM over "
+                    "sequences held in more axes, merge the leading ones into the batch, "
+                    f"x.reshape(-1, {array.shape[-2]}, {array.shape[-1]}), and reshape the "
+                    f"output back")
+        raise ValueError(f"{owner}{': ' if owner else ''}{name} must have shape (batch, "
+                         f"timesteps, features), three dimensions: the sequences, the steps "
+                         f"of each, the features of each step; got an array with "
+                         f"{array.ndim} dimension(s), shape {array.shape}{hint}")
+    check_not_empty(array.shape, name)
+    return array
+
+
+def check_not_empty(shape, name):
+    """ValueError if a batch of sequences of ``shape`` has no value."""
+    if min(shape) == 0:
+        raise ValueError(f"{name} must have at least one sequence, one timestep and one "
+                         f"feature, got shape {tuple(shape)}")
+
+
+def check_features(features, name, expected, source, owner=""):
+    """ValueError unless the sequences ``name`` have ``expected`` features;
+    ``source`` says where that number comes from ("the kernel's rows")."""
+    if features != expected:
+        raise ValueError(f"{owner}{': ' if owner else ''}{name} must have {expected} features "
+                         f"(last axis), {source}, got {features}")
+
+
+def check_state_list(value, name, spelled, kind="arrays"):
+    """``value`` as a list of the entries ``spelled`` (``"[h0, c0]"``): a list
+    or tuple of that many; anything else is the wrong kind (TypeError), a
+    list of another length a wrong value (ValueError)."""
+    count = spelled.count(",") + 1
+    return check_list(value, count, f"{name} must be {spelled}, a list or tuple of {count} {kind}")
+
+
+def check_list(value, count, rule):
+    """``value`` as a list of ``count`` entries: TypeError unless it is a list
+    or tuple, ValueError for another length; ``rule`` ("x must be ...")
+    leads the message."""
+    if isinstance(value, np.ndarray) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{rule}, got {describe(value)}")
+    if len(value) != count:
+        raise ValueError(f"{rule}, got {describe_list(value)}")
+    return list(value)
+
+
+def as_state(value, name, dtype, shape, meaning):
+    """A state (or a state's gradient) as an array of ``dtype`` and ``shape``."""
+    array = as_real_array(value, name, dtype)
+    check_shape(array, name, shape, meaning)
+    return array
+
+
 def as_mask(value, name, shape):
-    """A boolean mask of ``shape`` (batch, timesteps); 0/1 integers are accepted."""
-    mask = np.asarray(value)
+    """A boolean mask of ``shape`` (batch, timesteps), True keeping a step.
+
+    Integers 0 and 1 are accepted as False and True, as a mask built from
+    lengths or token ids often is; any other integer, and floats, are refused
+    rather than guessed at.
+    """
+    mask = as_real_array(value, name)
     if mask.dtype.kind in "iu":
         if not np.isin(mask, (0, 1)).all():
             raise ValueError(f"{name} must hold booleans (or 0 and 1), got integers other "
                              f"than 0 and 1")
         mask = mask.astype(bool)
     if mask.dtype != np.bool_:
-        raise TypeError(f"{name} must be boolean (True keeps a step), got dtype {mask.dtype}")
+        raise TypeError(f"{name} must be boolean, True keeping a step (or integers 0 and 1), "
+                        f"got dtype {mask.dtype}")
     check_shape(mask, name, shape, "(batch, timesteps)")
     return mask
+
+
+def check_activation(value, name):
+    """``value`` if it names an activation the kernels implement."""
+    return check_option(value, name, ACTIVATIONS, " (the activations the kernels implement)")

@@ -22,10 +22,12 @@ Horovod's scheme:
 A script written this way runs with ``mpiexec -n 4 python train.py`` on one
 machine or across a cluster's nodes, and unchanged on one process.
 
-When the job has several ranks, importing this module makes an uncaught
-exception abort the whole job (``MPI_Abort``) after printing its
+When the job has several ranks, the first use of this module's functions
+or classes (a :class:`DistributedOptimizer`, :func:`shard`, ...) makes an
+uncaught exception abort the whole job (``MPI_Abort``) after printing its
 traceback, as ``python -m mpi4py train.py`` does: otherwise the other ranks
-would wait forever in their next ``Allreduce``.
+would wait forever in their next ``Allreduce``. Importing the module changes
+nothing (``sys.excepthook`` stays as it was).
 
 Examples
 --------
@@ -68,24 +70,38 @@ _ABORT_DELAY_SECONDS = 0.5
 
 
 def _abort_on_uncaught_exception(kind, value, traceback):
-    _previous_excepthook(kind, value, traceback)
+    _previous_excepthook[0](kind, value, traceback)
     sys.stdout.flush()
     sys.stderr.flush()
     time.sleep(_ABORT_DELAY_SECONDS)
     MPI.COMM_WORLD.Abort(1)
 
 
-_previous_excepthook = sys.excepthook
-if MPI.COMM_WORLD.Get_size() > 1:
+# The hook that was in place when the abort handler was installed; empty
+# until then.
+_previous_excepthook = []
+
+
+def _install_abort_handler():
+    """Make an uncaught exception abort the whole job, once, and only in a
+    job of several ranks: from then on the other ranks would wait forever
+    in a collective call for the rank that failed."""
+    if _previous_excepthook or MPI.COMM_WORLD.Get_size() == 1:
+        return
+    _previous_excepthook.append(sys.excepthook)
     sys.excepthook = _abort_on_uncaught_exception
 
 
 def _communicator(comm):
+    """``comm`` (``MPI.COMM_WORLD`` for None), checked; every function and
+    class of this module takes its ranks from here, so the first of them to
+    run installs the abort handler."""
     if comm is None:
-        return MPI.COMM_WORLD
-    if not isinstance(comm, MPI.Intracomm):
+        comm = MPI.COMM_WORLD
+    elif not isinstance(comm, MPI.Intracomm):
         raise TypeError(f"comm must be an mpi4py intracommunicator (such as "
                         f"mpi4py.MPI.COMM_WORLD) or None, got {describe(comm)}")
+    _install_abort_handler()
     return comm
 
 

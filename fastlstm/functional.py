@@ -14,8 +14,9 @@ import numpy as np
 
 from . import _config, _kernels, _plan, reference
 from ._blas import BLAS_Trans, _gemm_memview
-from ._validation import (_FLOAT_DTYPES, as_real_array, check_bool, check_option, check_shape,
-                          describe)
+from ._validation import (_FLOAT_DTYPES, as_mask, as_real_array, as_sequences,
+                          as_state, check_activation, check_bool, check_features, check_option,
+                          check_shape, check_state_list, describe)
 
 __all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "LSTMCache", "workspace_nbytes",
            "matmul", "dense_forward", "dense_backward"]
@@ -28,10 +29,6 @@ LSTMGradients.__doc__ = """Gradients of a loss with respect to the arguments of 
 ``bias`` is None when the forward ran without a bias. ``h0`` and ``c0`` are
 the gradients of the initial states (zeros when none were given)."""
 
-# The activations, by the names of the reference's definitions; each kernel
-# build knows them by the codes of its ``Activation`` enum, named as these in
-# upper case.
-ACTIVATIONS = tuple(reference.ACTIVATIONS)
 # BLAS takes 32-bit sizes and leading dimensions.
 _INT_MAX = 2**31 - 1
 
@@ -116,7 +113,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         Gate biases; None for an LSTM without bias.
     initial_state : [h0, c0] or None
         Initial hidden and cell states, each (batch, units); zeros if None.
-    mask : array_like of bool, shape (batch, timesteps), or None
+    mask : array_like of bool (or of integers 0 and 1), shape (batch, timesteps), or None
         False marks a step to skip: the states are carried over unchanged and
         the output repeats the previous output (zeros before the first kept
         step), as in Keras.
@@ -159,23 +156,13 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     >>> outputs.shape, h.shape
     ((2, 5, 4), (2, 4))
     """
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {sorted(_BACKENDS)}, got {describe(backend)}")
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {sorted(_BACKENDS)}, got {backend!r}")
-    check_option(activation, "activation", ACTIVATIONS)
-    check_option(recurrent_activation, "recurrent_activation", ACTIVATIONS)
+    check_backend(backend)
+    check_activation(activation, "activation")
+    check_activation(recurrent_activation, "recurrent_activation")
     dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(kernel, recurrent_kernel, bias)
-    x = as_real_array(x, "x", dtype)
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (batch, timesteps, input_dim), got an array "
-                         f"with {x.ndim} dimension(s), shape {x.shape}")
+    x = as_sequences(x, "x", dtype)
     batch, timesteps, input_dim = x.shape
-    if batch == 0 or timesteps == 0:
-        raise ValueError(f"x must have at least one sequence and one timestep, got shape {x.shape}")
-    if input_dim != kernel.shape[0]:
-        raise ValueError(f"x has input_dim {input_dim} (last axis), but kernel has "
-                         f"{kernel.shape[0]} rows; they must match")
+    check_features(input_dim, "x", kernel.shape[0], "the kernel's rows")
     check_sizes(batch, timesteps, input_dim, units)
     go_backwards = check_bool(go_backwards, "go_backwards")
     return_cache = check_bool(return_cache, "return_cache")
@@ -183,29 +170,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     if initial_state is None:
         h0 = c0 = None
     else:
-        if not isinstance(initial_state, (list, tuple, np.ndarray)):
-            raise TypeError(f"initial_state must be a list [h0, c0] of two arrays, got "
-                            f"{describe(initial_state)}")
-        if isinstance(initial_state, np.ndarray):
-            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays, got "
-                             f"{describe(initial_state)}")
-        if len(initial_state) != 2:
-            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays, got "
-                             f"{len(initial_state)} entries")
-        h0, c0 = (as_real_array(s, name, dtype) for s, name in
-                  zip(initial_state, ("initial_state[0] (h0)", "initial_state[1] (c0)")))
-        for state, name in ((h0, "initial_state[0] (h0)"), (c0, "initial_state[1] (c0)")):
-            check_shape(state, name, (batch, units), "(batch, units)")
+        h0, c0 = (as_state(s, name, dtype, (batch, units), "(batch, units)") for s, name in
+                  zip(check_state_list(initial_state, "initial_state", "[h0, c0]"),
+                      ("initial_state[0] (h0)", "initial_state[1] (c0)")))
     if mask is not None:
-        mask = as_real_array(mask, "mask")
-        if mask.dtype != np.bool_:
-            raise TypeError(f"mask must be boolean (True keeps a step), got dtype {mask.dtype}")
-        check_shape(mask, "mask", (batch, timesteps), "(batch, timesteps)")
+        mask = as_mask(mask, "mask", (batch, timesteps))
     if recurrent_dropout_mask is not None:
-        recurrent_dropout_mask = as_real_array(recurrent_dropout_mask,
-                                                "recurrent_dropout_mask", dtype)
-        check_shape(recurrent_dropout_mask, "recurrent_dropout_mask", (batch, units),
-                    "(batch, units)")
+        recurrent_dropout_mask = as_state(recurrent_dropout_mask, "recurrent_dropout_mask",
+                                          dtype, (batch, units), "(batch, units)")
 
     return run_lstm_forward(backend, x, kernel, recurrent_kernel, bias,
                             None if h0 is None else [h0, c0], mask, go_backwards, return_cache,
@@ -268,14 +240,18 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
     grads = {}
     for name, value in (("grad_outputs", grad_outputs), ("grad_h", grad_h), ("grad_c", grad_c)):
         if value is not None:
-            value = as_real_array(value, name, cache.dtype)
             shape, meaning = expected[name]
-            check_shape(value, name, shape, f"{meaning} of the forward pass")
+            value = as_state(value, name, cache.dtype, shape, f"{meaning} of the forward pass")
         grads[name] = value
     cache.used = True
     result = _BACKENDS[cache.backend].lstm_backward(
         cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"], input_gradient)
     return LSTMGradients(*result)
+
+
+def check_backend(backend):
+    """``backend`` if it names a backend of :func:`lstm_forward`."""
+    return check_option(backend, "backend", sorted(_BACKENDS))
 
 
 def check_cache(cache, cls, forward, backward):

@@ -23,7 +23,7 @@ except ImportError as error:
                       'pip install "fastlstm[keras]"') from error
 
 from ._validation import describe
-from .functional import ACTIVATIONS
+from ._validation import ACTIVATIONS
 
 __all__ = ["LSTM"]
 

@@ -34,12 +34,11 @@ Examples
 """
 import numpy as np
 
-from . import saving
+from . import _model_files
 from ._validation import as_real_array, check_bool, describe, is_int
 from .layers import deserialize, serialize
 from .layers.base import no_grad, seed_sequence
 from .layers.stacking import plan_calls
-from .saving import load_model
 from .training import Trainer
 
 __all__ = ["Sequential", "load_model"]
@@ -354,7 +353,7 @@ class Sequential(Trainer):
         replaces ``filepath`` in one rename: a crash leaves either the old
         file or the new one, never half of one.
         """
-        saving.save_weights(self, filepath, overwrite)
+        _model_files.save_weights(self, filepath, overwrite)
 
     def load_weights(self, filepath):
         """Read weights written by :meth:`save_weights`.
@@ -364,7 +363,7 @@ class Sequential(Trainer):
         one of another shape raises ``ValueError`` naming it, and the model
         is left as it was.
         """
-        saving.load_weights(self, filepath)
+        _model_files.load_weights(self, filepath)
 
     def save(self, filepath, overwrite=True):
         """Write the architecture and the weights to one ``.fastlstm`` file,
@@ -385,7 +384,7 @@ class Sequential(Trainer):
         optimizer and loss are not saved: ``compile`` the loaded model to
         train it further.
         """
-        saving.save_model(self, filepath, overwrite)
+        _model_files.save_model(self, filepath, overwrite)
 
     # -- summary -------------------------------------------------------------
 
@@ -428,3 +427,27 @@ class Sequential(Trainer):
         print_fn(f"Trainable params: {trainable:,}")
         print_fn(f"Non-trainable params: {total - trainable:,}")
         print_fn("_" * width)
+
+
+def load_model(filepath):
+    """The model saved by :meth:`fastlstm.Sequential.save` at ``filepath``.
+
+    The layers are rebuilt from their configurations, then the weights are
+    checked and loaded; the model is not compiled (``compile`` it to train
+    it further).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``filepath``.
+    ValueError
+        The file is not a fastlstm model file, is damaged, names a layer
+        fastlstm does not have, or its weights do not fit its layers.
+    """
+    config, weights, what = _model_files.read_model(filepath)
+    try:
+        model = Sequential.from_config(config)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what} describes a model fastlstm cannot build: {error}") from None
+    _model_files.fill_model(model, weights, what)
+    return model

@@ -37,7 +37,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 import numpy as np
 
-from ._validation import check_bool, describe
+from ._validation import (check_bool, check_features, check_not_empty, check_shape,
+                          check_state_list, describe)
 from .convert import _keras_from_torch, _torch_gradients_from_keras
 from .functional import lstm_backward, lstm_forward
 from ._packed import PackedLSTM
@@ -355,14 +356,12 @@ class LSTM(torch.nn.Module):
             unbatched = False
         else:
             _check_tensor(input, "input", dtype)
-            if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            if input.dim() not in (2, 3):
                 layout = "(batch, seq, " if self.batch_first else "(seq, batch, "
                 raise ValueError(f"input must have shape {layout}input_size), or (seq, "
-                                 f"input_size) for one sequence, with input_size="
-                                 f"{self.input_size}; got {tuple(input.shape)}")
-            if input.numel() == 0:
-                raise ValueError(f"input must have at least one sequence and one step, got "
-                                 f"shape {tuple(input.shape)}")
+                                 f"input_size) for one sequence; got {tuple(input.shape)}")
+            check_features(input.shape[-1], "input", self.input_size, "the module's input_size")
+            check_not_empty(input.shape, "input")
             unbatched = input.dim() == 2
             if unbatched:
                 x = input.unsqueeze(0)
@@ -467,19 +466,15 @@ class LSTM(torch.nn.Module):
         tensors, or ``(None, None)`` for zeros."""
         if hx is None:
             return None, None
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"hx must be a tuple (h_0, c_0) of two tensors, got "
-                            f"{_describe(hx)}")
         layers = (2 if self.bidirectional else 1) * self.num_layers
         shape = (layers, self.hidden_size) if unbatched else (layers, batch, self.hidden_size)
         meaning = ("(num_directions * num_layers, hidden_size) for unbatched input"
                    if unbatched else "(num_directions * num_layers, batch, hidden_size)")
         states = []
-        for state, name in zip(hx, ("hx[0] (h_0)", "hx[1] (c_0)")):
+        for state, name in zip(check_state_list(hx, "hx", "(h_0, c_0)", "tensors"),
+                               ("hx[0] (h_0)", "hx[1] (c_0)")):
             _check_tensor(state, name, dtype)
-            if tuple(state.shape) != shape:
-                raise ValueError(f"{name} must have shape {meaning} = {shape}, got "
-                                 f"{tuple(state.shape)}")
+            check_shape(state, name, shape, meaning)
             states.append(state.unsqueeze(1) if unbatched else state)
         return states
 

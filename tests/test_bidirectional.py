@@ -286,7 +286,8 @@ def test_bad_constructor_arguments():
 def test_bad_call_arguments():
     bi = Bidirectional(small_lstm())
     x = sample_input()
-    with pytest.raises(ValueError, match=r"initial_state must be a list \[h_fw, c_fw, h_bw"):
+    with pytest.raises(ValueError, match=r"initial_state must be \[h_fw, c_fw, h_bw, c_bw\], a "
+                                         r"list or tuple of 4 arrays, got a list of 2"):
         bi(x, initial_state=[np.ones((3, 3))] * 2)
     with pytest.raises(ValueError, match=r"initial_state\[2\] \(h_bw\)"):
         bi(x, initial_state=[np.ones((3, 3))] * 2 + [np.ones((3, 2)), np.ones((3, 3))])

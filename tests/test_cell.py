@@ -152,7 +152,7 @@ def test_bad_cell_arguments_get_clear_errors():
         layer.cell(np.zeros((2, 4)), [h, c])
     with pytest.raises(ValueError, match=r"states\[0\] \(h\)"):
         layer.cell(np.zeros((2, 3)), [h[:1], c])
-    with pytest.raises(ValueError, match="initial_state must be a list"):
+    with pytest.raises(TypeError, match=r"states must be \[h, c\], a list or tuple of 2"):
         layer.cell(np.zeros((2, 3)), h)
     with pytest.raises(ValueError, match="training=True would apply dropout"):
         layer.cell(np.zeros((2, 3)), [h, c], training=True)

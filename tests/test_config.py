@@ -213,3 +213,41 @@ def test_small_calls_run_on_one_thread_and_large_ones_on_the_setting(monkeypatch
     monkeypatch.setitem(_config._threads, "num_threads", 2)
     assert _plan.call_threads(_plan.PARALLEL_MIN_FLOPS - 1) == (1, True)
     assert _plan.call_threads(_plan.PARALLEL_MIN_FLOPS) == (2, True)
+
+
+# -- BLAS threads: the user's, outside fastlstm's calls -----------------------------
+
+requires_blas_threads = pytest.mark.skipif(
+    not _config._openblas(), reason="SciPy's BLAS is not an OpenBLAS whose threads can be set")
+
+
+@requires_blas_threads
+def test_import_leaves_the_blas_threads_the_user_set():
+    # One thread is not OpenBLAS's default on a machine of several cores.
+    report = run_python(_REPORT, OPENBLAS_NUM_THREADS="1")
+    assert report["blas_threads"] == 1
+    report = run_python(_REPORT, OPENBLAS_NUM_THREADS="2")
+    assert report["blas_threads"] == 2
+
+
+@requires_blas_threads
+def test_a_fit_gives_back_the_blas_threads_it_found():
+    handles = _config._openblas()
+    before = handles["get_num_threads"]()
+    seen = []
+
+    class RecordBlasThreads(fastlstm.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(handles["get_num_threads"]())
+
+    try:
+        handles["set_num_threads"](2)
+        rng = numpy.random.default_rng(0)
+        model = fastlstm.Sequential([fastlstm.LSTM(8, seed=0), fastlstm.Dense(1, seed=1)])
+        model.compile(optimizer="adam", loss="mse")
+        model.fit(rng.standard_normal((16, 5, 3)), rng.standard_normal((16, 1)), batch_size=8,
+                  epochs=1, verbose=0, callbacks=[RecordBlasThreads()])
+        assert seen == [2, 2]
+        assert handles["get_num_threads"]() == 2
+    finally:
+        handles["set_num_threads"](before)

@@ -97,7 +97,7 @@ def test_early_stopping_stops_every_rank_at_once_and_only_rank_0_writes(tmp_path
     assert every_rank[0]["stopped_epoch"] == every_rank[1]["stopped_epoch"] == epochs - 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"epoch-{k:02d}.npz" for k in range(1, epochs + 1)]
-    assert result.stdout.count(f"Epoch 1/40") == 1
+    assert result.stdout.count("Epoch 1/40") == 1
 
 
 @pytest.mark.parametrize("mode, message", [
@@ -113,6 +113,16 @@ def test_a_failing_rank_ends_the_whole_job_quickly(mode, message):
     assert message in result.stderr
     # Starting two Python processes with fastlstm takes about a second.
     assert elapsed < 10
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_abort_handler_is_installed_by_first_use_not_by_import(ranks):
+    """Importing the module leaves sys.excepthook alone; the first
+    DistributedOptimizer replaces it in a job of several ranks only."""
+    result = run_script("excepthook.py", ranks=ranks, timeout=60)
+    assert result.returncode == 0, result.stderr
+    reports = json.loads(result.stdout)
+    assert reports == [{"unchanged_after_import": True, "unchanged_after_use": ranks == 1}] * ranks
 
 
 def test_the_example_trains_on_two_ranks():

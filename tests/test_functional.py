@@ -56,7 +56,7 @@ def assert_rejected(error, match, **overrides):
 
 @pytest.mark.parametrize("shape", [(TIMESTEPS, INPUT_DIM), (1, BATCH, TIMESTEPS, INPUT_DIM)])
 def test_x_must_have_three_dimensions(shape):
-    assert_rejected(ValueError, r"\bx must have shape \(batch, timesteps, input_dim\)",
+    assert_rejected(ValueError, r"\bx must have shape \(batch, timesteps, features\)",
                     x=np.ones(shape))
 
 
@@ -76,12 +76,12 @@ def test_ragged_x_is_a_value_error():
 @pytest.mark.parametrize("shape", [(0, TIMESTEPS, INPUT_DIM), (BATCH, 0, INPUT_DIM)],
                          ids=["empty batch", "zero timesteps"])
 def test_x_without_sequences_or_steps_is_a_value_error(shape):
-    assert_rejected(ValueError, r"\bx must have at least one sequence and one timestep",
+    assert_rejected(ValueError, r"\bx must have at least one sequence, one timestep",
                     x=np.ones(shape))
 
 
 def test_x_input_dim_must_match_kernel_rows():
-    assert_rejected(ValueError, r"x has input_dim 3 .* kernel has 4 rows",
+    assert_rejected(ValueError, r"x must have 4 features \(last axis\), the kernel's rows, got 3",
                     x=np.ones((BATCH, TIMESTEPS, 3)))
 
 
@@ -129,15 +129,17 @@ def _state(shape=(BATCH, UNITS)):
     [_state()],
     (_state(),),
     [_state(), _state(), _state()],
-    np.zeros((2, BATCH, UNITS)),
-], ids=["list of one", "tuple of one", "list of three", "stacked array"])
+], ids=["list of one", "tuple of one", "list of three"])
 def test_initial_state_must_be_a_pair(initial_state):
-    assert_rejected(ValueError, r"initial_state must be a list \[h0, c0\]",
+    assert_rejected(ValueError, r"initial_state must be \[h0, c0\], a list or tuple of 2 arrays",
                     initial_state=initial_state)
 
 
-def test_initial_state_that_is_not_a_sequence_is_a_type_error_naming_it():
-    assert_rejected(TypeError, r"initial_state", initial_state=5)
+@pytest.mark.parametrize("initial_state", [5, np.zeros((2, BATCH, UNITS))],
+                         ids=["int", "stacked array"])
+def test_initial_state_that_is_not_a_list_is_a_type_error_naming_it(initial_state):
+    assert_rejected(TypeError, r"initial_state must be \[h0, c0\], a list or tuple",
+                    initial_state=initial_state)
 
 
 @pytest.mark.parametrize("which, label", [(0, r"initial_state\[0\] \(h0\)"),
@@ -160,9 +162,23 @@ def test_mask_must_be_batch_by_timesteps(shape):
     assert_rejected(ValueError, r"mask must have shape \(2, 3\)", mask=np.ones(shape, bool))
 
 
-@pytest.mark.parametrize("dtype", [np.int64, np.float64, np.uint8])
-def test_mask_of_non_bool_dtype_is_a_type_error(dtype):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_mask_of_float_dtype_is_a_type_error(dtype):
     assert_rejected(TypeError, r"mask must be boolean", mask=np.ones((BATCH, TIMESTEPS), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8])
+def test_mask_of_zeros_and_ones_is_the_boolean_mask(dtype):
+    keep = np.array([[True, False, True], [False, True, True]])
+    expected = fastlstm.lstm_forward(**dict(make_arguments(), mask=keep))
+    given = fastlstm.lstm_forward(**dict(make_arguments(), mask=keep.astype(dtype)))
+    for a, b in zip(expected[:3], given[:3]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_mask_of_other_integers_is_a_value_error():
+    assert_rejected(ValueError, r"mask must hold booleans \(or 0 and 1\)",
+                    mask=np.full((BATCH, TIMESTEPS), 2))
 
 
 def test_ragged_mask_is_an_error_naming_mask():
@@ -188,8 +204,10 @@ def test_unknown_backend_is_a_value_error(backend):
 
 
 @pytest.mark.parametrize("backend", [["fast"], None])
-def test_backend_that_is_not_a_string_is_a_type_error_naming_it(backend):
-    assert_rejected(TypeError, r"\bbackend\b", backend=backend)
+def test_backend_that_is_not_a_string_is_a_value_error_naming_it(backend):
+    # Not one of the names, as for every option chosen by name.
+    assert_rejected(ValueError, r"backend must be one of \['fast', 'reference'\]",
+                    backend=backend)
 
 
 # -- lstm_backward ----------------------------------------------------------------

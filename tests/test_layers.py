@@ -658,8 +658,9 @@ CALL_ERRORS = [
     ({"x": [[[1.0, None]]]}, TypeError, "x must hold real"),
     ({"x": [[[1.0, 2.0], [1.0]]]}, ValueError, "x must be a rectangular"),
     ({"x": None}, TypeError, "x"),
-    ({"initial_state": np.ones((3, 3))}, ValueError, "initial_state must be a list"),
-    ({"initial_state": [np.ones((3, 3))] * 3}, ValueError, "initial_state must be a list"),
+    ({"initial_state": np.ones((3, 3))}, TypeError, r"initial_state must be \[h0, c0\], a list"),
+    ({"initial_state": [np.ones((3, 3))] * 3}, ValueError,
+     r"initial_state must be \[h0, c0\], a list or tuple of 2 arrays, got a list of 3"),
     ({"initial_state": [np.ones((3, 2)), np.ones((3, 3))]}, ValueError,
      r"initial_state\[0\] \(h0\) must have shape"),
     ({"initial_state": [np.ones((3, 3)), np.ones((3, 3), complex)]}, TypeError,
@@ -698,7 +699,8 @@ def test_a_4d_input_says_what_the_three_dimensions_are_and_how_to_reshape():
 def test_input_with_other_features_than_built_is_refused():
     layer = small_layer()
     layer(sample_input(features=2))
-    with pytest.raises(ValueError, match="input_dim=2"):
+    with pytest.raises(ValueError, match=r"x must have 2 features \(last axis\), the layer's "
+                                          r"input_dim, got 3"):
         layer(sample_input(features=3))
 
 

@@ -59,10 +59,68 @@ def test_every_build_has_its_stub_and_the_baseline_is_plain():
 
 
 def test_the_activation_codes_come_from_the_kernels():
-    from fastlstm.functional import ACTIVATIONS
+    from fastlstm._validation import ACTIVATIONS
 
     for module_name in _kernels.available():
         module = _kernels.use(module_name)
         codes = {name: int(module.Activation[name.upper()]) for name in ACTIVATIONS}
         assert sorted(codes.values()) == list(range(len(ACTIVATIONS)))
     _kernels.use(None)
+
+
+def _module_name(name):
+    """The dotted name of a module of ``_python_modules``; "" for the root."""
+    return name.removesuffix("__init__").rstrip(".")
+
+
+def _package_imports(name, path, modules):
+    """The modules of the package (in ``modules``) that the module ``name``
+    imports; "" (the root) for a name taken from ``fastlstm/__init__.py``."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    package = [part for part in package if part]
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            target = ".".join(package[:len(package) - node.level + 1]
+                              + ([node.module] if node.module else []))
+            for alias in node.names:
+                submodule = f"{target}.{alias.name}".lstrip(".")
+                imported.add(submodule if submodule in modules else target)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for module in ([node.module] if isinstance(node, ast.ImportFrom)
+                           else [alias.name for alias in node.names]):
+                if module == "fastlstm" or module.startswith("fastlstm."):
+                    imported.add(module.removeprefix("fastlstm").lstrip("."))
+    return imported - {name}
+
+
+def test_no_import_circle_and_no_name_taken_from_the_package_root():
+    # The benchmark and demo tooling run fastlstm as its users do, through
+    # ``import fastlstm``; nothing in the package imports them.
+    library = {_module_name(name): path for name, path in _python_modules()
+               if not name.split(".")[-1].startswith(("_bench", "_demo"))}
+    compiled = {path.name.split(".")[0] for path in PACKAGE.glob("*.so")}
+    graph = {name: _package_imports(name, path, set(library) | compiled) & set(library)
+             for name, path in library.items()}
+    assert "training" in graph["models"], "the parse found no imports"
+    assert sorted(name for name, imports in graph.items() if "" in imports and name) == []
+    del graph[""]  # the root imports the modules; none imports it back (above)
+    # Depth-first search: a module met again while its own imports are being
+    # followed closes a circle.
+    open_trail, done, circles = [], set(), []
+
+    def visit(name):
+        if name in open_trail:
+            circles.append(open_trail[open_trail.index(name):] + [name])
+            return
+        if name in done:
+            return
+        open_trail.append(name)
+        for imported in sorted(graph[name]):
+            visit(imported)
+        open_trail.pop()
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name)
+    assert circles == []

@@ -101,7 +101,7 @@ def test_calls_from_two_threads_at_once_are_each_right():
 def test_bad_arguments_get_clear_errors():
     rng = np.random.default_rng(5)
     lstm = fl.PackedLSTM(*_weights(rng, 3, 4))
-    with pytest.raises(ValueError, match=r"x must have shape \(batch, timesteps, input_dim=3\)"):
+    with pytest.raises(ValueError, match=r"x must have 3 features \(last axis\)"):
         lstm(np.zeros((2, 5, 4)))
     with pytest.raises(ValueError, match=r"initial_state\[0\] \(h0\)"):
         lstm(np.zeros((2, 5, 3)), initial_state=[np.zeros((3, 4)), np.zeros((2, 4))])
@@ -109,7 +109,7 @@ def test_bad_arguments_get_clear_errors():
         lstm(np.zeros((2, 5, 3)), mask=np.ones((2, 4), bool))
     with pytest.raises(ValueError, match=r"inputs must have shape \(batch, input_dim=3\)"):
         lstm.step(np.zeros((2, 4)), [np.zeros((2, 4))] * 2)
-    with pytest.raises(ValueError, match=r"states must be a list \[h, c\]"):
+    with pytest.raises(TypeError, match=r"states must be \[h, c\], a list or tuple of 2"):
         lstm.step(np.zeros((2, 3)), np.zeros((2, 4)))
     with pytest.raises(TypeError, match="kernel must be float32 or float64"):
         fl.PackedLSTM(np.zeros((3, 16), int), np.zeros((4, 16)))

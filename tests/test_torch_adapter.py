@@ -421,11 +421,12 @@ def test_dropout_with_one_layer_warns():
     (lambda: torch.zeros(2, 3, INPUT_SIZE, device="meta"), ValueError,
      r"input is on device meta; fastlstm.torch.LSTM runs on the CPU only"),
     (lambda: torch.zeros(2, 3, 5), ValueError,
-     r"input must have shape \(seq, batch, input_size\).*input_size=3; got \(2, 3, 5\)"),
+     r"input must have 3 features \(last axis\), the module's input_size, got 5"),
     (lambda: torch.zeros(1, 2, 3, INPUT_SIZE), ValueError,
      r"input must have shape .*got \(1, 2, 3, 3\)"),
     (lambda: torch.zeros(0, 3, INPUT_SIZE), ValueError,
-     r"at least one sequence and one step, got shape \(0, 3, 3\)"),
+     r"input must have at least one sequence, one timestep and one feature, got shape "
+     r"\(0, 3, 3\)"),
     (lambda: np.zeros((2, 3, INPUT_SIZE), np.float32), TypeError,
      r"input must be a torch.Tensor, got an array of shape \(2, 3, 3\)"),
 ], ids=["float64", "int64", "meta_device", "input_size", "rank", "empty", "ndarray"])
@@ -435,13 +436,15 @@ def test_bad_input_raises(make_input, error, message):
 
 
 @pytest.mark.parametrize("hx, error, message", [
-    (lambda: torch.zeros(1, 3, HIDDEN_SIZE), TypeError, r"hx must be a tuple \(h_0, c_0\)"),
-    (lambda: (torch.zeros(1, 3, HIDDEN_SIZE),) * 3, TypeError, r"hx must be a tuple"),
+    (lambda: torch.zeros(1, 3, HIDDEN_SIZE), TypeError,
+     r"hx must be \(h_0, c_0\), a list or tuple of 2 tensors, got a Tensor of shape"),
+    (lambda: (torch.zeros(1, 3, HIDDEN_SIZE),) * 3, ValueError,
+     r"hx must be \(h_0, c_0\), a list or tuple of 2 tensors, got a tuple of 3"),
     (lambda: (torch.zeros(1, 2, HIDDEN_SIZE), torch.zeros(1, 3, HIDDEN_SIZE)), ValueError,
-     r"hx\[0\] \(h_0\) must have shape \(num_directions \* num_layers, batch, hidden_size\)"
-     r" = \(1, 3, 4\), got \(1, 2, 4\)"),
+     r"hx\[0\] \(h_0\) must have shape \(1, 3, 4\) \(num_directions \* num_layers, batch, "
+     r"hidden_size\), got \(1, 2, 4\)"),
     (lambda: (torch.zeros(1, 3, HIDDEN_SIZE), torch.zeros(3, HIDDEN_SIZE)), ValueError,
-     r"hx\[1\] \(c_0\) must have shape .* = \(1, 3, 4\), got \(3, 4\)"),
+     r"hx\[1\] \(c_0\) must have shape \(1, 3, 4\) .*, got \(3, 4\)"),
     (lambda: (torch.zeros(1, 3, HIDDEN_SIZE, dtype=torch.float64),
               torch.zeros(1, 3, HIDDEN_SIZE)), TypeError,
      r"hx\[0\] \(h_0\) must have the parameters' dtype torch.float32, got torch.float64"),
@@ -453,7 +456,7 @@ def test_bad_hx_raises(hx, error, message):
 
 def test_unbatched_input_needs_unbatched_hx():
     hx = (torch.zeros(1, 1, HIDDEN_SIZE), torch.zeros(1, 1, HIDDEN_SIZE))
-    with pytest.raises(ValueError, match=r"for unbatched input = \(1, 4\), got \(1, 1, 4\)"):
+    with pytest.raises(ValueError, match=r"shape \(1, 4\) .* for unbatched input, got \(1, 1, 4\)"):
         _module()(torch.zeros(5, INPUT_SIZE), hx)
 
 

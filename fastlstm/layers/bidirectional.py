@@ -1,7 +1,8 @@
 """The Bidirectional wrapper, as ``keras.layers.Bidirectional``."""
 import numpy as np
 
-from .._validation import as_real_array, check_bool, check_option, describe, describe_list
+from .._validation import (as_real_array, check_bool, check_option, check_state_list, describe,
+                           describe_list)
 from .base import Layer, grad_enabled, seed_children, seed_sequence
 from .lstm import LSTM
 
@@ -207,11 +208,9 @@ class Bidirectional(Layer):
         """
         forward_state = backward_state = None
         if initial_state is not None:
-            if isinstance(initial_state, np.ndarray) or \
-                    not isinstance(initial_state, (list, tuple)) or len(initial_state) != 4:
-                raise ValueError(f"initial_state must be a list [h_fw, c_fw, h_bw, c_bw] of "
-                                 f"four arrays, got {describe(initial_state)}")
-            forward_state, backward_state = list(initial_state[:2]), list(initial_state[2:])
+            initial_state = check_state_list(initial_state, "initial_state",
+                                             "[h_fw, c_fw, h_bw, c_bw]")
+            forward_state, backward_state = initial_state[:2], initial_state[2:]
         x = as_real_array(x, "x", self.dtype)
         y = self.forward_layer._call(x, forward_state, mask, training,
                                      ("initial_state[0] (h_fw)", "initial_state[1] (c_fw)"))
@@ -260,6 +259,7 @@ class Bidirectional(Layer):
             ``dx``, or ``[dx, dh_fw, dc_fw, dh_bw, dc_bw]`` when the call was
             given an ``initial_state``.
         """
+        input_gradient = check_bool(input_gradient, "input_gradient")
         if self._shape is None:
             raise RuntimeError("backward() needs a forward call first: call the layer")
         output_count = 2 if self.merge_mode is None else 1

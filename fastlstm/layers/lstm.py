@@ -4,9 +4,10 @@ import inspect
 import numpy as np
 
 from .. import _kernels, initializers
-from ..functional import ACTIVATIONS, check_sizes, lstm_backward, run_lstm_forward
-from .._validation import (as_mask, as_real_array, check_bool, check_dtype, check_int,
-                           check_option, check_rate, check_shape, describe)
+from ..functional import check_sizes, lstm_backward, run_lstm_forward
+from .._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
+                           check_bool, check_dtype, check_features, check_int, check_rate,
+                           check_state_list, describe)
 from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabled,
                    seed_children, seed_sequence)
 
@@ -135,10 +136,8 @@ class LSTM(Layer):
             return_state=return_state, go_backwards=go_backwards, stateful=stateful,
             dtype=dtype), name, trainable, kwargs, _UNSUPPORTED)
         self.units = check_int(units, "units")
-        meaning = " (the activations the kernel implements)"
-        self.activation = check_option(activation, "activation", ACTIVATIONS, meaning)
-        self.recurrent_activation = check_option(recurrent_activation, "recurrent_activation",
-                                                 ACTIVATIONS, meaning)
+        self.activation = check_activation(activation, "activation")
+        self.recurrent_activation = check_activation(recurrent_activation, "recurrent_activation")
         self.use_bias = check_bool(use_bias, "use_bias")
         self.kernel_initializer = initializers.get(kernel_initializer, "kernel_initializer")
         self.recurrent_initializer = initializers.get(recurrent_initializer,
@@ -251,7 +250,7 @@ class LSTM(Layer):
             Real numbers, cast to the layer's dtype.
         initial_state : [h0, c0], each (batch, units), or None
             Zeros when None (or, for a stateful layer, its carried states).
-        mask : array_like of bool, shape (batch, timesteps), or None
+        mask : array_like of bool (or of integers 0 and 1), shape (batch, timesteps), or None
             True keeps a step; a masked step carries the states over and
             repeats the previous output (zeros before the first kept step).
         training : bool
@@ -264,33 +263,17 @@ class LSTM(Layer):
             ``(batch, timesteps, units)`` with ``return_sequences``; with
             ``return_state``, ``[output, h, c]``.
         """
-        return self._call(as_real_array(x, "x", self.dtype), initial_state, mask, training,
+        return self._call(x, self._state_list(initial_state), mask, training,
                           ("initial_state[0] (h0)", "initial_state[1] (c0)"))
 
     def _call(self, x, initial_state, mask, training, state_names):
-        """The call, on ``x`` already an array of the layer's dtype."""
-        if x.ndim != 3:
-            hint = ""
-            if x.ndim == 2:
-                hint = ("; a 2-D input is usually the last output of an LSTM below this one: "
-                        "give that layer return_sequences=True so that it returns every step")
-            elif x.ndim > 3:
-                hint = ("; fastlstm has no TimeDistributed wrapper: to run the LSTM over "
-                        "sequences held in more axes, merge the leading ones into the batch, "
-                        f"x.reshape(-1, {x.shape[-2]}, {x.shape[-1]}), and reshape the "
-                        f"output back")
-            raise ValueError(f"{self._label()}: x must have shape (batch, "
-                             f"timesteps, features), three dimensions: the sequences, the "
-                             f"steps of each, the features of each step; got an array with "
-                             f"{x.ndim} dimension(s), shape {x.shape}{hint}")
+        """The call; ``initial_state`` None or a list of two entries."""
+        x = as_sequences(x, "x", self.dtype, self._label())
         batch, timesteps, features = x.shape
-        if min(x.shape) == 0:
-            raise ValueError(f"x must have at least one sequence, one timestep and one "
-                             f"feature, got shape {x.shape}")
         training = False if training is None else check_bool(training, "training")
-        if self.built and features != self.input_dim:
-            raise ValueError(f"{self._label()}: x has {features} features (last "
-                             f"axis), but the layer was built for input_dim={self.input_dim}")
+        if self.built:
+            check_features(features, "x", self.input_dim, "the layer's input_dim",
+                           self._label())
         state, state_given = self._initial_state(initial_state, batch, state_names)
         keep = None if mask is None else as_mask(mask, "mask", (batch, timesteps))
         if not self.built:
@@ -363,15 +346,13 @@ class LSTM(Layer):
                                      f"reset_state() to start over with another batch size")
                 return self._states, False
             return None, False
-        if isinstance(initial_state, np.ndarray) or not isinstance(initial_state, (list, tuple)) \
-                or len(initial_state) != 2:
-            raise ValueError(f"initial_state must be a list [h0, c0] of two arrays of shape "
-                             f"(batch, units) = {(batch, self.units)}, got "
-                             f"{describe(initial_state)}")
-        states = [as_real_array(s, name, self.dtype) for s, name in zip(initial_state, names)]
-        for array, name in zip(states, names):
-            check_shape(array, name, (batch, self.units), "(batch, units)")
-        return states, True
+        return [as_state(s, name, self.dtype, (batch, self.units), "(batch, units)")
+                for s, name in zip(initial_state, names)], True
+
+    @staticmethod
+    def _state_list(initial_state):
+        return (None if initial_state is None
+                else check_state_list(initial_state, "initial_state", "[h0, c0]"))
 
     def backward(self, dy, input_gradient=True):
         """Backpropagate through the last call.
@@ -395,6 +376,7 @@ class LSTM(Layer):
             call was given an ``initial_state``. ``grads`` holds the weights'
             gradients (replaced by each backward).
         """
+        input_gradient = check_bool(input_gradient, "input_gradient")
         record = self._peek_record()
         cache = record.cache
         batch, timesteps, units = cache.batch, cache.timesteps, cache.units
@@ -529,7 +511,8 @@ class LSTMCell:
             if all(type(s) is np.ndarray and s.dtype == layer.dtype and s.flags.c_contiguous
                    and s.shape == (batch, layer.units) for s in (h, c)):
                 return h, c
-        return layer._initial_state(states, batch, ("states[0] (h)", "states[1] (c)"))[0]
+        return layer._initial_state(check_state_list(states, "states", "[h, c]"), batch,
+                                    ("states[0] (h)", "states[1] (c)"))[0]
 
     def _run(self, x, h, c):
         """The step on checked arrays: new ``h, c``."""

@@ -39,7 +39,8 @@ import math
 
 import numpy as np
 
-from .. import _optim, _plan
+from .. import _plan
+from .._optim import adam, rmsprop, sgd
 from .._validation import (as_real_array, check_bool, check_real, describe, from_identifier,
                            reject_kwargs)
 from . import schedules
@@ -352,7 +353,7 @@ class SGD(Optimizer):
 
     def _update(self, variable, gradient, slots, learning_rate):
         if self.momentum and _fusable(variable, gradient):
-            _optim.sgd(variable.reshape(-1), gradient.reshape(-1),
+            sgd(variable.reshape(-1), gradient.reshape(-1),
                        slots["velocity"].reshape(-1), learning_rate, self.momentum,
                        self.nesterov, _threads(variable))
             return
@@ -416,7 +417,7 @@ class Adam(Optimizer):
         m, v, scratch = slots["m"], slots["v"], slots["scratch"]
         if _fusable(variable, gradient):
             # One pass instead of a dozen, the same operations to the bit.
-            _optim.adam(variable.reshape(-1), gradient.reshape(-1), m.reshape(-1),
+            adam(variable.reshape(-1), gradient.reshape(-1), m.reshape(-1),
                         v.reshape(-1), slots["v_hat"].reshape(-1) if self.amsgrad else None,
                         alpha, self.beta_1, self.beta_2, self.epsilon, _threads(variable))
             return
@@ -526,7 +527,7 @@ class RMSprop(Optimizer):
         rho = self.rho
         velocity, scratch = slots["velocity"], slots["scratch"]
         if _fusable(variable, gradient):
-            _optim.rmsprop(variable.reshape(-1), gradient.reshape(-1), velocity.reshape(-1),
+            rmsprop(variable.reshape(-1), gradient.reshape(-1), velocity.reshape(-1),
                            slots["average_gradient"].reshape(-1) if self.centered else None,
                            slots["momentum"].reshape(-1) if self.momentum else None,
                            learning_rate, rho, self.momentum, self.epsilon, _threads(variable))
