@@ -89,10 +89,10 @@ cdef inline void _step_units(Py_ssize_t H, const floating* z, const floating* bi
 
 
 cdef int _step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
-              const floating* kernel, const floating* recurrent_kernel,
-              const floating* bias, const floating* h, const floating* c,
-              floating* h_out, floating* c_out, floating* z,
-              int activation, int recurrent_activation) noexcept nogil:
+               const floating* kernel, const floating* recurrent_kernel,
+               const floating* bias, const floating* h, const floating* c,
+               floating* h_out, floating* c_out, floating* z,
+               int activation, int recurrent_activation) noexcept nogil:
     """The step; -1 when the tail panel's few bytes cannot be allocated."""
     cdef Py_ssize_t b, L = _lanes(z)
     cdef unsigned int csr
