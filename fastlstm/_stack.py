@@ -12,6 +12,7 @@ rounding of the input products, which the pipelined call computes step by
 step (see ``fastlstm/_lstm_stack.pxi``).
 """
 from collections import namedtuple
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,6 +22,36 @@ from .functional import (LSTMGradients, _Cache, _check_weights, check_backend,
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
                           check_bool, check_features, check_list, check_shape, check_state_list,
                           describe)
+
+@dataclass
+class _LayeredRecord:
+    """What a layer-by-layer stack keeps: each layer's LSTMCache, and the
+    dropout multipliers applied between layers."""
+
+    caches: list
+    between: list
+
+
+@dataclass
+class _PipelinedRecord:
+    """What the pipelined forward pass keeps for its backward pass: per
+    layer, the buffers the backward kernel reads (see ``stack_backward`` in
+    ``fastlstm/_lstm_stack.pxi``)."""
+
+    x_shape: tuple
+    weights: list                # kernel stacked on recurrent_kernel
+    masks: object                # (B, T) uint8, or None
+    dropouts: list               # recurrent-dropout multipliers, ones for none
+    between: list                # input dropout of each layer above the first, or None
+    go_backwards: bool
+    gates: list
+    states: list
+    c_prev: list
+    codes: list                  # activation codes
+    has_bias: list
+    has_dropout: list
+    span: int
+
 
 __all__ = ["lstm_stack_forward", "lstm_stack_backward", "LSTMStackCache",
            "LSTMStackGradients"]
@@ -241,7 +272,7 @@ def _layered_forward(backend, x, weights, states, masks, go_backwards, between, 
                                           act, rec_act)
         caches.append(cache)
         final.append([h, c])
-    return x, final, dict(caches=caches, between=between)
+    return x, final, _LayeredRecord(caches, between)
 
 
 def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurrent,
@@ -294,10 +325,11 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
     final = [[h, c] for h, c in zip(buffers["h"], buffers["c"])]
     state = None
     if training:
-        state = dict(weights=buffers["weights"], masks=mask_bytes, dropouts=buffers["dropouts"],
-                     between=between, go_backwards=go_backwards[0], gates=buffers["gates"],
-                     states=buffers["states"], c_prev=buffers["c_prev"], codes=codes,
-                     has_bias=has_bias, has_dropout=has_dropout, x_shape=x.shape, span=span)
+        state = _PipelinedRecord(
+            weights=buffers["weights"], masks=mask_bytes, dropouts=buffers["dropouts"],
+            between=between, go_backwards=go_backwards[0], gates=buffers["gates"],
+            states=buffers["states"], c_prev=buffers["c_prev"], codes=codes,
+            has_bias=has_bias, has_dropout=has_dropout, x_shape=x.shape, span=span)
     return buffers["outputs"][-1], final, state
 
 
@@ -346,9 +378,9 @@ def lstm_stack_backward(cache, grad_outputs=None, grad_states=None, input_gradie
 
 def _layered_backward(cache, grad_outputs, grads, input_gradient):
     layers = []
-    between = cache.state["between"]
+    between = cache.state.between
     for i in reversed(range(len(cache.units))):
-        result = lstm_backward(cache.state["caches"][i], grad_outputs, *grads[i],
+        result = lstm_backward(cache.state.caches[i], grad_outputs, *grads[i],
                                input_gradient=input_gradient or i > 0)
         grad_outputs = result.x
         if grad_outputs is not None and between[i] is not None:
@@ -360,7 +392,7 @@ def _layered_backward(cache, grad_outputs, grads, input_gradient):
 def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
     state = cache.state
     dtype = cache.dtype
-    batch, timesteps, input_dim = state["x_shape"]
+    batch, timesteps, input_dim = state.x_shape
     units = cache.units
     inputs = [input_dim] + list(units[:-1])
     shape = (batch, timesteps)
@@ -373,22 +405,22 @@ def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
           for g, u in zip(grads, units)]
     dh_rec = [np.zeros((batch, u), dtype) for u in units]
     carry = [np.zeros((batch, u), dtype) for u in units]
-    dweights = [np.empty_like(w) for w in state["weights"]]
+    dweights = [np.empty_like(w) for w in state.weights]
     dbiases = [np.empty(4 * u, dtype) for u in units]
-    dx = np.empty(state["x_shape"], dtype) if input_gradient else None
+    dx = np.empty(state.x_shape, dtype) if input_gradient else None
     threads, single_blas = _plan.call_threads(
         2 * _plan.stack_flops(batch, timesteps, input_dim, units))
     with _config.single_threaded_blas(single_blas):
         _kernels.current().stack_backward(
-            np.ascontiguousarray(grad_outputs), state["weights"], state["masks"],
-            state["dropouts"], state["between"], state["go_backwards"], below, state["gates"], state["states"], state["c_prev"],
-            dh_rec, dh_pass, dc, carry, dx, dweights, dbiases, state["codes"], state["span"],
+            np.ascontiguousarray(grad_outputs), state.weights, state.masks,
+            state.dropouts, state.between, state.go_backwards, below, state.gates, state.states, state.c_prev,
+            dh_rec, dh_pass, dc, carry, dx, dweights, dbiases, state.codes, state.span,
             threads)
     layers = []
     for i, (inp, hidden) in enumerate(zip(inputs, units)):
-        if state["has_dropout"][i]:
-            dh_rec[i] *= state["dropouts"][i]
+        if state.has_dropout[i]:
+            dh_rec[i] *= state.dropouts[i]
         layers.append(LSTMGradients(None, dweights[i][:inp], dweights[i][inp:],
-                                    dbiases[i] if state["has_bias"][i] else None,
+                                    dbiases[i] if state.has_bias[i] else None,
                                     dh_rec[i] + dh_pass[i], dc[i]))
     return LSTMStackGradients(dx, layers)

@@ -7,7 +7,7 @@ receive C-contiguous arrays of one float dtype with agreeing shapes, and
 never see a Python object they must check again.
 """
 from collections import namedtuple
-from dataclasses import astuple
+from dataclasses import astuple, dataclass
 import operator
 
 import numpy as np
@@ -371,6 +371,24 @@ def _split_plan(batch, units, dtype, threads):
     return bool(_kernels.current().split_units(batch, units, np.dtype(dtype).itemsize, threads))
 
 
+@dataclass
+class _FastRecord:
+    """What the fast forward pass keeps for its backward pass: the buffers
+    the backward kernel reads (see ``backward`` in ``fastlstm/_lstm.pyx``)."""
+
+    x_shape: tuple
+    weights: np.ndarray          # kernel stacked on recurrent_kernel, as the forward read them
+    mask: object                 # (B, T) uint8, or None
+    dropout: np.ndarray          # (B, H) recurrent-dropout multipliers, ones for none
+    has_dropout: bool
+    go_backwards: bool
+    gates: np.ndarray            # the activated gates; the gate gradients overwrite them
+    states: np.ndarray           # each step's [x_t, h_{t-1}]
+    c_prev: np.ndarray           # each step's c_{t-1}
+    has_bias: bool
+    activation_codes: tuple
+
+
 class _FastBackend:
     """The Cython kernels behind the reference's signatures: allocate the
     outputs and workspace, then run the kernel with BLAS single-threaded."""
@@ -426,7 +444,7 @@ class _FastBackend:
                             _split_plan(batch, units, dtype, threads))
         cache = None
         if return_cache:
-            cache = dict(x_shape=x.shape, weights=weights, mask=mask_bytes,
+            cache = _FastRecord(x_shape=x.shape, weights=weights, mask=mask_bytes,
                          dropout=dropout, has_dropout=has_dropout, go_backwards=go_backwards,
                          gates=gates, states=states, c_prev=c_prev, has_bias=has_bias,
                          activation_codes=codes)
@@ -434,9 +452,9 @@ class _FastBackend:
 
     @staticmethod
     def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
-        weights, dropout = cache["weights"], cache["dropout"]
+        weights, dropout = cache.weights, cache.dropout
         dtype = weights.dtype
-        batch, timesteps, input_dim = x_shape = cache["x_shape"]
+        batch, timesteps, input_dim = x_shape = cache.x_shape
         units = weights.shape[1] // 4
         state_shape = (batch, units)
         dh_pass = np.zeros(state_shape, dtype) if grad_h is None else np.array(grad_h, dtype, order="C")
@@ -452,16 +470,16 @@ class _FastBackend:
         # The backward pass does twice the forward pass's products.
         threads, single_blas = _plan.call_threads(2 * _plan.forward_flops(x_shape, units))
         with _config.single_threaded_blas(single_blas):
-            _kernels.current().backward(weights, cache["mask"], dropout,
-                                        cache["go_backwards"], grad_outputs, cache["gates"],
-                                        cache["states"], cache["c_prev"], dh_rec, dh_pass, dc,
+            _kernels.current().backward(weights, cache.mask, dropout,
+                                        cache.go_backwards, grad_outputs, cache.gates,
+                                        cache.states, cache.c_prev, dh_rec, dh_pass, dc,
                                         carry, dx, dweights, dbias,
-                                        *cache["activation_codes"], threads)
-        if cache["has_dropout"]:
+                                        *cache.activation_codes, threads)
+        if cache.has_dropout:
             dh_rec *= dropout
         dh0 = dh_rec + dh_pass
         return (dx, dweights[:input_dim], dweights[input_dim:],
-                dbias if cache["has_bias"] else None, dh0, dc)
+                dbias if cache.has_bias else None, dh0, dc)
 
 
 _BACKENDS = {"fast": _FastBackend, "reference": reference}

@@ -433,6 +433,13 @@ class Layer:
             self._record = None
             self._no_record_reason = _INSIDE_NO_GRAD
 
+    def drop_record(self, reason):
+        """Forget the last call's record, as when another object ran the
+        call (a stack of layers run as one): ``backward`` then raises
+        RuntimeError with ``reason``."""
+        self._record = None
+        self._no_record_reason = reason
+
     def _peek_record(self):
         """The record of the last call, left in place (RuntimeError if there is none)."""
         if self._record is None:

@@ -358,12 +358,19 @@ class Dropout(Layer):
         ``mask`` passes through."""
         x = as_real_array(x, "x", self.dtype)
         training = False if training is None else check_bool(training, "training")
-        keep = None
-        if training and self.rate:
-            keep = dropout_mask(self._rng, x.shape, self.rate, self.dtype)
+        keep = self.draw_mask(x.shape, training)
+        if keep is not None:
             x = x * keep
         self._keep((keep, x.shape))
         return x
+
+    def draw_mask(self, shape, training=True):
+        """The scaled keep-mask of a call on an input of ``shape`` (what
+        the call multiplies by), or None when nothing is dropped; drawn from
+        the layer's generator, whoever runs the layer."""
+        if not (training and self.rate):
+            return None
+        return dropout_mask(self._rng, shape, self.rate, self.dtype)
 
     def backward(self, dy, input_gradient=True):
         """``dy`` times the scaled mask of the last call (``dy`` itself in

@@ -280,14 +280,9 @@ class LSTM(Layer):
             self.build(features)
         check_sizes(batch, timesteps, features, self.units)
 
-        input_dropout = recurrent_dropout = None
-        if training and self.dropout:
-            input_dropout = dropout_mask(self._dropout_rng, (batch, features), self.dropout,
-                                         self.dtype)
+        input_dropout, recurrent_dropout = self.dropout_masks(batch, training)
+        if input_dropout is not None:
             x = x * input_dropout[:, None, :]
-        if training and self.recurrent_dropout:
-            recurrent_dropout = dropout_mask(self._dropout_rng, (batch, self.units),
-                                             self.recurrent_dropout, self.dtype)
 
         record = grad_enabled()
         if timesteps == 1 and keep is None and recurrent_dropout is None and not record:
@@ -412,14 +407,39 @@ class LSTM(Layer):
         dx = grads.x
         if dx is not None and record.input_dropout is not None:
             dx *= record.input_dropout[:, None, :]
+        self.take_gradients(grads)
+        if record.state_given:
+            return [dx, grads.h0, grads.c0]
+        return dx
+
+    # -- what a stack of layers runs this layer by (layers/stacking.py) -------
+
+    @property
+    def kernel_weights(self):
+        """``(kernel, recurrent_kernel, bias)`` as the functional doors take
+        them (the layer's own arrays; bias None without one)."""
+        return self._params["kernel"], self._params["recurrent_kernel"], self._params.get("bias")
+
+    def dropout_masks(self, batch, training):
+        """``(input, recurrent)`` dropout multipliers for a call on ``batch``
+        sequences: (batch, input_dim) and (batch, units), each None where
+        its rate is 0 or not ``training``; drawn in this order from the
+        layer's generator, whoever runs the layer."""
+        draw = training and self.dropout
+        input_dropout = (dropout_mask(self._dropout_rng, (batch, self.input_dim), self.dropout,
+                                      self.dtype) if draw else None)
+        recurrent = (dropout_mask(self._dropout_rng, (batch, self.units), self.recurrent_dropout,
+                                  self.dtype) if training and self.recurrent_dropout else None)
+        return input_dropout, recurrent
+
+    def take_gradients(self, grads):
+        """Make ``grads`` (an :class:`~fastlstm.LSTMGradients`) the layer's
+        weight gradients, as its ``backward`` does."""
         self._grads.clear()
         self._grads["kernel"] = grads.kernel
         self._grads["recurrent_kernel"] = grads.recurrent_kernel
         if self.use_bias:
             self._grads["bias"] = grads.bias
-        if record.state_given:
-            return [dx, grads.h0, grads.c0]
-        return dx
 
     def _optional_grad(self, value, name, shape):
         return None if value is None else self._grad_array(value, name, shape)

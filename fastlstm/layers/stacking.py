@@ -15,7 +15,7 @@ import numpy as np
 from .. import _plan
 from .._stack import lstm_stack_backward, lstm_stack_forward
 from .._validation import as_mask, as_real_array
-from .base import _INSIDE_NO_GRAD, dropout_mask, grad_enabled
+from .base import _INSIDE_NO_GRAD, grad_enabled
 from .core import Dropout
 from .lstm import LSTM
 
@@ -117,14 +117,11 @@ class LSTMStackCall:
         below = None  # the mask of the Dropout layer below the next LSTM
         for layer in self.layers:
             if isinstance(layer, Dropout):
-                if training and layer.rate:
-                    below = dropout_mask(layer._rng, (batch, timesteps, self._units_below(layer)),
-                                         layer.rate, layer.dtype)
+                below = layer.draw_mask((batch, timesteps, self._units_below(layer)), training)
                 continue
             multiplier = below
-            if training and layer.dropout:
-                drop = dropout_mask(layer._dropout_rng, (batch, layer.input_dim), layer.dropout,
-                                    layer.dtype)
+            drop, recurrent_drop = layer.dropout_masks(batch, training)
+            if drop is not None:
                 if layer is first:
                     input_dropout = drop
                 else:
@@ -132,24 +129,20 @@ class LSTMStackCall:
                     multiplier = drop if multiplier is None else multiplier * drop
             if layer is not first:
                 between.append(multiplier)
-            recurrent.append(
-                dropout_mask(layer._dropout_rng, (batch, layer.units), layer.recurrent_dropout,
-                             layer.dtype) if training and layer.recurrent_dropout else None)
+            recurrent.append(recurrent_drop)
             below = None
         if input_dropout is not None:
             x = x * input_dropout[:, None, :]
         record = grad_enabled()
         outputs, _, cache = lstm_stack_forward(
-            x, [(layer._params["kernel"], layer._params["recurrent_kernel"],
-                 layer._params.get("bias")) for layer in self.lstms],
+            x, [layer.kernel_weights for layer in self.lstms],
             mask=keep, go_backwards=[first.go_backwards] + [False] * (len(self.lstms) - 1),
             dropout_masks=between, recurrent_dropout_masks=recurrent,
             activation=[layer.activation for layer in self.lstms],
             recurrent_activation=[layer.recurrent_activation for layer in self.lstms],
             return_cache=record, pipelined=True)
         for layer in self.layers:
-            layer._record = None
-            layer._no_record_reason = _IN_STACK if record else _INSIDE_NO_GRAD
+            layer.drop_record(_IN_STACK if record else _INSIDE_NO_GRAD)
         last = self.lstms[-1]
         any_kept = None if keep is None or last.return_sequences else keep.any(axis=1)
         self._record = (cache, input_dropout, any_kept, x.shape) if record else None
@@ -185,11 +178,7 @@ class LSTMStackCall:
             grad_states = [None] * (len(self.lstms) - 1) + [[d_h, None]]
         grads = lstm_stack_backward(cache, grad_outputs, grad_states, input_gradient)
         for layer, layer_grads in zip(self.lstms, grads.layers):
-            layer._grads.clear()
-            layer._grads["kernel"] = layer_grads.kernel
-            layer._grads["recurrent_kernel"] = layer_grads.recurrent_kernel
-            if layer.use_bias:
-                layer._grads["bias"] = layer_grads.bias
+            layer.take_gradients(layer_grads)
         dx = grads.x
         if dx is not None and input_dropout is not None:
             dx *= input_dropout[:, None, :]
