@@ -37,12 +37,14 @@ cdef inline int _leading(const floating[:, :] x, bint row_major):
     return <int>max(x.strides[1] // <Py_ssize_t>sizeof(floating), x.shape[0], 1)
 
 
-cpdef void _gemm_memview(BLAS_Trans transa, BLAS_Trans transb,
+cpdef void gemm_arrays(BLAS_Trans transa, BLAS_Trans transb,
                          const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
                          double alpha=1.0, double beta=0.0):
-    """Test twin of ``gemm``: c := alpha * op(a) @ op(b) + beta * c.
+    """``gemm`` on arrays: c := alpha * op(a) @ op(b) + beta * c.
 
-    Accepts C- or Fortran-ordered views; a Fortran-ordered operand is the
+    The door of Python code to BLAS (fastlstm.functional.matmul, for the
+    Dense layer's products and the benchmark's sgemm rate) and what the
+    tests check the wrapper by. Accepts C- or Fortran-ordered views; a Fortran-ordered operand is the
     row-major transpose of itself, so it flips its ``trans`` flag. ``c`` must
     be C-contiguous in its last axis.
     """

@@ -13,7 +13,7 @@ import operator
 import numpy as np
 
 from . import _config, _kernels, _plan, reference
-from ._blas import BLAS_Trans, _gemm_memview
+from ._blas import BLAS_Trans, gemm_arrays
 from ._validation import (_FLOAT_DTYPES, as_mask, as_real_array, as_sequences,
                           as_state, check_activation, check_bool, check_features, check_option,
                           check_shape, check_state_list, describe)
@@ -285,7 +285,7 @@ def matmul(a, b, transpose_a=False, transpose_b=False, out=None, accumulate=Fals
     if out is None:
         out = np.empty((rows, cols), dtype=a.dtype)
     with _config.single_threaded_blas(single_threaded):
-        _gemm_memview(BLAS_Trans.Trans if transpose_a else BLAS_Trans.NoTrans,
+        gemm_arrays(BLAS_Trans.Trans if transpose_a else BLAS_Trans.NoTrans,
                       BLAS_Trans.Trans if transpose_b else BLAS_Trans.NoTrans, a, b, out,
                       1.0, 1.0 if accumulate else 0.0)
     return out

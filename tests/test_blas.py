@@ -1,4 +1,4 @@
-"""Tests of the row-major BLAS wrapper, through its test twin ``_gemm_memview``.
+"""Tests of the row-major BLAS wrapper, through its array door ``gemm_arrays``.
 
 Every product is checked against NumPy in float64 over dtype x transa x
 transb x memory order of both operands x shapes, with one relative tolerance
@@ -11,7 +11,7 @@ import itertools
 import numpy as np
 import pytest
 
-from fastlstm._blas import BLAS_Trans, _gemm_memview
+from fastlstm._blas import BLAS_Trans, gemm_arrays
 
 NoTrans, Trans = BLAS_Trans.NoTrans, BLAS_Trans.Trans
 
@@ -58,7 +58,7 @@ def test_gemm_matches_numpy(dtype, transa, transb, order_a, order_b, m, n, k):
                 + beta * c.astype(np.float64))
     a_before, b_before = a.copy(order="K"), b.copy(order="K")
 
-    _gemm_memview(transa, transb, a, b, c, alpha, beta)
+    gemm_arrays(transa, transb, a, b, c, alpha, beta)
 
     assert c.dtype == dtype
     np.testing.assert_allclose(c, expected, rtol=RTOL[dtype])
@@ -74,7 +74,7 @@ def test_gemm_defaults_overwrite_c(dtype):
     b = rng.uniform(0.5, 1.5, size=(3, 5)).astype(dtype)
     c = np.full((4, 5), np.nan, dtype=dtype)
 
-    _gemm_memview(NoTrans, NoTrans, a, b, c)
+    gemm_arrays(NoTrans, NoTrans, a, b, c)
 
     np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=RTOL[dtype])
 
@@ -97,7 +97,7 @@ def test_gemm_respects_leading_dimensions(dtype, transa, transb):
     alpha, beta = 0.5, 2.0
     expected = alpha * _op(a, transa).astype(np.float64) @ _op(b, transb) + beta * c
 
-    _gemm_memview(transa, transb, a, b, c, alpha, beta)
+    gemm_arrays(transa, transb, a, b, c, alpha, beta)
 
     np.testing.assert_allclose(c, expected, rtol=RTOL[dtype])
     outside = np.ones(c_full.shape, dtype=bool)
@@ -112,6 +112,6 @@ def test_gemm_rejects_c_strided_in_last_axis(dtype):
     c = np.zeros((3, 4), dtype=dtype, order="F")
 
     with pytest.raises(ValueError, match="contiguous"):
-        _gemm_memview(NoTrans, NoTrans, a, b, c)
+        gemm_arrays(NoTrans, NoTrans, a, b, c)
 
     np.testing.assert_array_equal(c, 0)
