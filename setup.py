@@ -104,7 +104,7 @@ def _buildable(build):
     return _compiles(["-Werror"] + build["flags"])
 
 
-def _extension(name, openmp=False, extra=()):
+def _extension(name, openmp=False, extra=(), headers=()):
     flags = OPTIMISE + list(extra) + (OPENMP if openmp else [])
     return Extension(
         f"fastlstm.{name}",
@@ -112,10 +112,17 @@ def _extension(name, openmp=False, extra=()):
         extra_compile_args=flags,
         extra_link_args=OPENMP if openmp else [],
         define_macros=MACROS,
+        include_dirs=["fastlstm"],
+        depends=[f"fastlstm/{header}" for header in headers],
     )
 
 
-extensions = [_extension("_cpu"), _extension("_blas"), _extension("_optim", openmp=True)] + [
+# The thread pool runs on POSIX threads; where there are none (Windows) it
+# falls back on OpenMP.
+extensions = [
+    _extension("_cpu"), _extension("_blas"),
+    _extension("_pool", openmp=sys.platform == "win32", headers=["_fl_pool.h"]),
+    _extension("_optim")] + [
     _extension(build["module"], openmp=True, extra=build["flags"])
     for build in BUILDS.values() if _buildable(build)]
 

@@ -401,12 +401,6 @@ def _forward_plan(batch, timesteps, input_dim, units):
     return threads, single_blas, _kernels.current().hoist_input_product(rows, input_dim, units)
 
 
-def _split_plan(batch, units, dtype, threads):
-    """Whether a pass on ``threads`` threads splits the units among them
-    rather than the batch (the kernels' measured rule, ``split_units``)."""
-    return bool(_kernels.current().split_units(batch, units, np.dtype(dtype).itemsize, threads))
-
-
 def _forward_flops(x_shape, units):
     """Floating-point operations of the matrix products of a forward pass."""
     batch, timesteps, input_dim = x_shape
@@ -463,8 +457,7 @@ class _FastBackend:
                  kernels.Activation[recurrent_activation.upper()])
         with _config.single_threaded_blas(single_blas):
             kernels.forward(x, weights, bias, mask_bytes, dropout, go_backwards, outputs, h, c,
-                            gates, states, c_prev, h_last, return_cache, hoist, *codes, threads,
-                            _split_plan(batch, units, dtype, threads))
+                            gates, states, c_prev, h_last, return_cache, hoist, *codes, threads)
         cache = None
         if return_cache:
             cache = dict(x_shape=x.shape, weights=weights, mask=mask_bytes,
