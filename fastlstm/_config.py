@@ -25,7 +25,7 @@ import sys
 import threading
 import warnings
 
-from . import _cpu, _kernels
+from . import _cpu, _kernels, _pool
 from ._builds import BUILDS
 from ._validation import is_int
 from ._version import __version__
@@ -195,13 +195,13 @@ _PARALLEL_MIN_FLOPS = 20_000_000
 def kernel_threads(flops=None):
     """``(threads, single_threaded_blas)`` for a kernel call of ``flops`` work.
 
-    With OpenMP and an OpenBLAS whose threads can be set, the kernels use
-    their own threads and BLAS runs single-threaded inside them. Otherwise
-    the kernels run on one thread and leave BLAS its own threads. Small calls
-    run on one thread.
+    With fastlstm's thread pool and an OpenBLAS whose threads can be set,
+    the kernels use the pool's threads and BLAS runs single-threaded inside
+    them. Otherwise the kernels run on one thread and leave BLAS its own
+    threads. Small calls run on one thread.
     """
     module = _kernels.current()
-    if not module.openmp_enabled() or not _openblas():
+    if not _pool.threaded() or not _openblas():
         return 1, False
     if flops is not None and flops < _PARALLEL_MIN_FLOPS:
         return 1, True
@@ -214,6 +214,8 @@ def set_num_threads(n):
     """Set the number of threads fastlstm's kernels use; ``None`` restores
     the default (OpenMP's, that is ``OMP_NUM_THREADS`` or the number of cores).
 
+    The threads are fastlstm's own pool: a smaller number stops the workers
+    past it now, a larger one starts them on the next call that uses them.
     A kernel splits the batch across its threads, so more threads than
     sequences in a batch leave the extra ones idle.
     """
@@ -222,6 +224,7 @@ def set_num_threads(n):
             raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
         n = int(n)
     _threads["num_threads"] = n
+    _pool.resize(num_threads())
 
 
 @contextlib.contextmanager
@@ -274,8 +277,7 @@ def show_config(file=None):
         f"  threads       {info['blas_threads']} (run single-threaded inside fastlstm's kernels)",
         "fastlstm kernels",
         f"  build         {_kernels.current_name()} (available: {', '.join(_kernels.available())})",
-        f"  openmp        {'on' if _kernels.current().openmp_enabled() else 'off'}",
-        f"  threads       {num_threads()}",
+        f"  threads       {num_threads()} (fastlstm's own thread pool)",
         f"  cpu features  {simd}",
     ]
     print("\n".join(lines), file=file)
