@@ -11,9 +11,9 @@
    has been claimed, so it runs or has run); one thread alone runs every
    job, in order.
 
-   Workers are created on first use, spin a little after each job (jobs come
-   in quick succession in a training step), then sleep on a futex (a
-   condition variable outside Linux). fl_pool_resize stops the workers past
+   Workers are created on first use, wait a little after each job (jobs come
+   in quick succession in a training step), spinning, then yielding their
+   core, then sleep on a futex (a condition variable outside Linux). fl_pool_resize stops the workers past
    a new size. One job runs at a time: a caller that finds the pool busy
    (another Python thread, or a block calling a kernel) runs its own job's
    blocks itself, so calls never wait for one another nor deadlock. A
@@ -34,6 +34,7 @@ typedef void (*fl_block_fn)(void* ctx, Py_ssize_t k);
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <time.h>
 #if defined(__linux__)
 #include <limits.h>
 #include <linux/futex.h>
@@ -43,10 +44,21 @@ typedef void (*fl_block_fn)(void* ctx, Py_ssize_t k);
 
 #define FL_POOL_THREADED 1
 #define FL_POOL_MAX_WORKERS 255
-/* Rounds of a worker's spin between jobs, and of a caller's wait for the
-   blocks in progress before it yields its core. */
-#define FL_POOL_SPINS 20000
+/* A worker between jobs spins FL_POOL_SPINS rounds, then yields its core
+   FL_POOL_YIELDS times (a thread sharing the core, the caller perhaps, runs
+   instead of the spin), then sleeps. A caller waiting for blocks in
+   progress spins FL_POOL_WAIT_SPINS rounds between yields. */
+#define FL_POOL_SPINS 1000
+#define FL_POOL_YIELDS 2000
 #define FL_POOL_WAIT_SPINS 2000
+/* After a job whose caller waited longer for the workers' blocks than it
+   took to run its own, the next jobs run on the caller alone: a worker that
+   shares a busy core runs at a fraction of its speed, and loses a time
+   slice when preempted, so the caller runs the blocks sooner itself. How
+   many doubles with each such job, up to this many, and halves with each
+   job the workers did not hold up: on a busy machine the pool soon tries
+   its workers only now and then, on a quiet one always. */
+#define FL_POOL_MAX_BACKOFF 256
 /* The low half of the claim word is the next block; this marks a job whose
    fields are being written. */
 #define FL_POOL_CLOSED 0xFFFFFFFFu
@@ -72,6 +84,8 @@ typedef struct {
     int sleepers;              /* workers asleep (or going to sleep) */
     int limit;                 /* workers at or past this index stop */
     int started;               /* workers created */
+    int skip;                  /* jobs still to run on their caller alone */
+    int backoff;               /* the skip after the next slow job, from 1 */
     pthread_t threads[FL_POOL_MAX_WORKERS];
 } fl_pool_t;
 
@@ -156,6 +170,10 @@ static void* fl_pool_worker(void* arg) {
                 fl_pool_pause();
                 continue;
             }
+            if (spins < FL_POOL_SPINS + FL_POOL_YIELDS) {
+                sched_yield();
+                continue;
+            }
             __atomic_add_fetch(&fl_pool.sleepers, 1, __ATOMIC_SEQ_CST);
             if (__atomic_load_n(&fl_pool.epoch, __ATOMIC_SEQ_CST) == epoch)
                 fl_pool_sleep(epoch);
@@ -201,6 +219,12 @@ static int fl_pool_grow(int workers) {
     return fl_pool.started;
 }
 
+static double fl_pool_now(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
 static void fl_pool_run_inline(fl_block_fn fn, void* ctx, Py_ssize_t n) {
     for (Py_ssize_t k = 0; k < n; k++)
         fn(ctx, k);
@@ -217,7 +241,9 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     int helpers = fl_pool_grow(threads - 1);
     if (helpers > threads - 1)
         helpers = threads - 1;
-    if (helpers == 0) {
+    if (helpers == 0 || fl_pool.skip > 0) {
+        if (fl_pool.skip > 0)
+            fl_pool.skip--;
         pthread_mutex_unlock(&fl_pool_job_lock);
         fl_pool_run_inline(fn, ctx, n);
         return;
@@ -235,7 +261,9 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     __atomic_store_n(&fl_pool.claim, generation << 32, __ATOMIC_RELEASE);
     fl_pool_next_epoch();
     fl_pool_in_job = 1;
+    double start = fl_pool_now();
     fl_pool_help(-1);
+    double helped = fl_pool_now();
     /* Every block is claimed: wait for those other threads are running. */
     int spins = 0;
     while (__atomic_load_n(&fl_pool.finished, __ATOMIC_ACQUIRE) < n) {
@@ -247,6 +275,15 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
         }
     }
     fl_pool_in_job = 0;
+    if (fl_pool_now() - helped > helped - start) {
+        if (fl_pool.backoff < 1)
+            fl_pool.backoff = 1;
+        fl_pool.skip = fl_pool.backoff;
+        if (fl_pool.backoff < FL_POOL_MAX_BACKOFF)
+            fl_pool.backoff *= 2;
+    } else if (fl_pool.backoff > 1) {
+        fl_pool.backoff /= 2;
+    }
     pthread_mutex_unlock(&fl_pool_job_lock);
 }
 
