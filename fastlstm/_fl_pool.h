@@ -13,12 +13,13 @@
 
    Workers are created on first use, wait a little after each job (jobs come
    in quick succession in a training step), spinning, then yielding their
-   core, then sleep on a futex (a condition variable outside Linux). fl_pool_resize stops the workers past
-   a new size. One job runs at a time: a caller that finds the pool busy
-   (another Python thread, or a block calling a kernel) runs its own job's
-   blocks itself, so calls never wait for one another nor deadlock. A
-   process forked while the pool runs starts the child without workers (the
-   threads do not survive fork); the child creates its own on first use.
+   core, then sleep on a futex (a condition variable outside Linux).
+   fl_pool_resize stops the workers past a new size. One job runs at a
+   time: a caller that finds the pool busy (another Python thread, or a
+   block calling a kernel) runs its own job's blocks itself, so calls never
+   wait for one another nor deadlock. A process forked while the pool runs
+   starts the child without workers (the threads do not survive fork); the
+   child creates its own on first use.
 
    Without POSIX threads (MSVC), the same API runs the blocks in an OpenMP
    loop of dynamic schedule, which also hands blocks out in order. */
