@@ -288,10 +288,13 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     pthread_mutex_unlock(&fl_pool_job_lock);
 }
 
-/* Keep at most threads - 1 workers: stop and join the ones past that. */
+/* Keep at most threads - 1 workers: stop and join the ones past that; the
+   next jobs use the workers again, whatever the last ones met. */
 static void fl_pool_resize(int threads) {
     int workers = threads > 1 ? threads - 1 : 0;
     pthread_mutex_lock(&fl_pool_job_lock);
+    fl_pool.skip = 0;
+    fl_pool.backoff = 1;
     if (workers < fl_pool.started) {
         __atomic_store_n(&fl_pool.limit, workers, __ATOMIC_RELEASE);
         fl_pool_next_epoch();

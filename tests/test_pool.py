@@ -83,6 +83,14 @@ def _assert_same_bits(got, want):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_worker_runs_blocks_beside_the_caller(any_size_on_threads):
+    """Block 0 of a job waits for block 1 to start: only a worker can start
+    it, the caller being busy with block 0."""
+    fastlstm.set_num_threads(2)
+    assert _pool._blocks_overlap(2, patience=5.0)
+    assert not _pool._blocks_overlap(1, patience=0.01)
+
+
 def test_every_kernel_gives_the_same_bits_on_one_and_two_threads(any_size_on_threads):
     one = _all_kernels(1)
     two = _all_kernels(2)
