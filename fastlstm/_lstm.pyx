@@ -381,11 +381,6 @@ cdef inline floating _activate_grad(floating y, int kind) noexcept nogil:
     return <floating>(1.0 / 6.0) if 0 < y < 1 else 0
 
 
-def openmp_enabled():
-    """Whether the kernels were compiled with OpenMP."""
-    return bool(FL_OPENMP)
-
-
 def max_threads():
     """OpenMP's default number of threads (1 without OpenMP)."""
     if FL_OPENMP:
