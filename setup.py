@@ -119,13 +119,17 @@ def _extension(name, openmp=False, extra=(), depends=()):
         extra_compile_args=flags,
         extra_link_args=OPENMP if openmp else [],
         define_macros=MACROS,
-        # The kernels' one-step path takes NumPy arrays through NumPy's C API.
-        include_dirs=[numpy.get_include()],
+        include_dirs=["fastlstm", numpy.get_include()],
         depends=list(depends),
     )
 
 
-extensions = [_extension("_cpu"), _extension("_blas"), _extension("_optim", openmp=True)] + [
+# The thread pool runs on POSIX threads; where there are none (Windows) it
+# falls back on OpenMP.
+extensions = [
+    _extension("_cpu"), _extension("_blas"),
+    _extension("_pool", openmp=sys.platform == "win32", depends=["fastlstm/_fl_pool.h"]),
+    _extension("_optim")] + [
     _extension(build["module"], openmp=True, extra=build["flags"], depends=KERNEL_SOURCES)
     for build in BUILDS.values() if _buildable(build)]
 

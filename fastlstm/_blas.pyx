@@ -38,8 +38,8 @@ cdef inline int _leading(const floating[:, :] x, bint row_major):
 
 
 cpdef void gemm_arrays(BLAS_Trans transa, BLAS_Trans transb,
-                         const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
-                         double alpha=1.0, double beta=0.0):
+                       const floating[:, :] a, const floating[:, :] b, floating[:, :] c,
+                       double alpha=1.0, double beta=0.0):
     """``gemm`` on arrays: c := alpha * op(a) @ op(b) + beta * c.
 
     The door of Python code to BLAS (fastlstm.functional.matmul, for the

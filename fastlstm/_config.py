@@ -25,7 +25,7 @@ import sys
 import threading
 import warnings
 
-from . import _kernels
+from . import _kernels, _pool
 from ._cpu import cpu_features, cython_version
 from ._builds import BUILDS
 from ._validation import is_int
@@ -190,14 +190,14 @@ def num_threads():
 def kernel_threads():
     """``(threads, single_threaded_blas)`` of the kernels.
 
-    With OpenMP and an OpenBLAS whose threads can be set, the kernels use
-    their own threads (:func:`set_num_threads`) and BLAS runs single-threaded
-    inside them. Otherwise the kernels run on one thread and leave BLAS its
-    own threads. How many of them a call takes is the planner's
-    (``fastlstm/_plan.py``).
+    With fastlstm's thread pool and an OpenBLAS whose threads can be set,
+    the kernels use the pool's threads (:func:`set_num_threads`) and BLAS
+    runs single-threaded inside them. Otherwise the kernels run on one
+    thread and leave BLAS its own threads. How many of them a call takes is
+    the planner's (``fastlstm/_plan.py``).
     """
     module = _kernels.current()
-    if not module.openmp_enabled() or not _openblas():
+    if not _pool.threaded() or not _openblas():
         return 1, False
     if _threads["num_threads"] is not None:
         return _threads["num_threads"], True
@@ -208,6 +208,8 @@ def set_num_threads(n):
     """Set the number of threads fastlstm's kernels use; ``None`` restores
     the default (OpenMP's, that is ``OMP_NUM_THREADS`` or the number of cores).
 
+    The threads are fastlstm's own pool: a smaller number stops the workers
+    past it now, a larger one starts them on the next call that uses them.
     A kernel splits the batch across its threads, so more threads than
     sequences in a batch leave the extra ones idle.
     """
@@ -216,6 +218,7 @@ def set_num_threads(n):
             raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
         n = int(n)
     _threads["num_threads"] = n
+    _pool.resize(num_threads())
 
 
 @contextlib.contextmanager
@@ -269,8 +272,7 @@ def show_config(file=None):
         f"restored after each)",
         "fastlstm kernels",
         f"  build         {_kernels.current_name()} (available: {', '.join(_kernels.available())})",
-        f"  openmp        {'on' if _kernels.current().openmp_enabled() else 'off'}",
-        f"  threads       {num_threads()}",
+        f"  threads       {num_threads()} (fastlstm's own thread pool)",
         f"  cpu features  {simd}",
     ]
     print("\n".join(lines), file=file)

@@ -40,29 +40,27 @@ buffer is read or written past its end. The big products (1., 4., 5.) stay
 with BLAS, which runs them at its full speed.
 
 Threads. The recurrence of one sequence never reads another's, so the batch is
-split across OpenMP threads for the whole time loop: no synchronisation per
-step. Blocks are handed out dynamically: on a busy machine the calling thread
-takes over the block of a thread the OS has not scheduled yet, instead of
-waiting a whole time slice for it. The forward pass can split the units
-instead (_forward_units: every thread all rows of its own gate panels, the
-threads meeting after each step on an atomic counter, a waiting thread
-yielding its core after a bounded spin); split_units says where, as
-measured. BLAS is called single-threaded inside (the caller makes sure), so BLAS
-threads and OpenMP threads never compete for cores. All buffers but the
-packed weights (allocated by the entry points) are allocated by the caller;
-nothing is allocated inside the threads' loops.
+split across threads for the whole time loop: no synchronisation per step.
+The threads are fastlstm's pool (_fl_pool.h): each parallel part of a call is
+a job of blocks the calling thread and the idle workers claim in order, and
+the caller waits only for blocks already running, so on a busy machine it
+takes over the block of a worker the OS has not scheduled yet instead of
+waiting a whole time slice for it. BLAS is called single-threaded inside (the
+caller makes sure), so BLAS threads and the pool's never compete for cores.
+All buffers but the packed weights (allocated by the entry points) are
+allocated by the caller; nothing is allocated inside the threads' loops.
 
 Precision. Both dtypes use the exp below, written so that the fused loops
 vectorise (libm's exp and tanh do not); its error is a few ulp, and the
 activations built on it are tested against float64 truth.
 """
 from cython cimport floating
-from cython.parallel cimport parallel, prange
 cimport openmp
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._blas cimport gemm, NoTrans, Trans
+from ._pool cimport run_blocks
 
 cdef extern from *:
     """
@@ -330,11 +328,8 @@ cdef extern from *:
     unsigned int fl_flush_denormals() noexcept nogil
     void fl_restore_denormals(unsigned int saved) noexcept nogil
     const int FL_ROWS
-    void fl_arrive_and_wait(long* arrived, long target) noexcept nogil
     void fl_publish(long* done, long value) noexcept nogil
     void fl_wait_for(long* done, long target) noexcept nogil
-    int fl_thread_num() noexcept nogil
-    int fl_team_size() noexcept nogil
     const int FL_VECTOR_BYTES
     void fl_tile_f(int rows, const float* a, Py_ssize_t lda, const float* panel,
                    Py_ssize_t depth, float* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
@@ -386,11 +381,6 @@ cdef inline floating _activate_grad(floating y, int kind) noexcept nogil:
     return <floating>(1.0 / 6.0) if 0 < y < 1 else 0
 
 
-def openmp_enabled():
-    """Whether the kernels were compiled with OpenMP."""
-    return bool(FL_OPENMP)
-
-
 def max_threads():
     """OpenMP's default number of threads (1 without OpenMP)."""
     if FL_OPENMP:
@@ -419,33 +409,6 @@ cdef inline Py_ssize_t _column_start(Py_ssize_t k, Py_ssize_t nchunks, Py_ssize_
     # Column blocks in multiples of 16 keep each thread's slice vector-aligned.
     cdef Py_ssize_t blocks = (n + 15) // 16
     return min(((k * blocks) // nchunks) * 16, n)
-
-
-# The forward pass splits the units among the threads, rather than the
-# batch, for batches of at most this many rows per thread. Each step then
-# ends with the threads meeting, and a thread the OS has not scheduled holds
-# the other one up; the batch split never meets. Measured on 2026-11-27 (Xeon
-# family 6 model 207, avx512 build, 2 threads, with other jobs keeping the
-# load average at 6 to 7; fastest of 40 calls, units / batch split):
-# inference at B=1, T=64, I=32, H=256 1.55 / 1.31 ms and 1.32 / 1.43 ms in
-# two runs, H=384 17.9 / 10.5 ms, H=512 40.1 / 30.1 ms; B=4, H=256 8.8 / 8.3;
-# B=8 15.9 / 2.7; the bench's small 1.58 / 1.20 and long 55.5 / 37.1. No
-# shape was faster split by units, so none is.
-cdef Py_ssize_t UNIT_SPLIT_MAX_ROWS = 0
-
-
-def split_units(Py_ssize_t batch, Py_ssize_t units, Py_ssize_t itemsize, int threads):
-    """Whether a forward pass on ``threads`` threads splits the units among
-    them (each thread every batch row of its own gate panels and its slice
-    of the packed weights, the threads meeting after each step) rather than
-    the batch (each thread its own rows, no meeting). See
-    UNIT_SPLIT_MAX_ROWS; never with fewer than two panels per thread.
-    """
-    cdef Py_ssize_t lanes = FL_VECTOR_BYTES // itemsize
-    if threads < 2 or not FL_OPENMP:
-        return False
-    return ((batch + threads - 1) // threads <= UNIT_SPLIT_MAX_ROWS
-            and (units + lanes - 1) // lanes >= 2 * threads)
 
 
 def gate_panels_size(Py_ssize_t depth, Py_ssize_t units, Py_ssize_t itemsize):
@@ -833,37 +796,6 @@ cdef void _forward_rows(
             _next_inputs(b0, b1, s, T, I, H, x, go_backwards, states)
 
 
-cdef void _forward_units(
-    Py_ssize_t thread, Py_ssize_t nthreads, Py_ssize_t B, Py_ssize_t T, Py_ssize_t I,
-    Py_ssize_t H, const floating* x, const floating* kernel, const floating* packed,
-    const floating* bias, const unsigned char* mask, const floating* dropout,
-    bint go_backwards, bint training, bint hoist, int activation, int recurrent_activation,
-    floating* outputs, floating* h, floating* c,
-    floating* gates, Py_ssize_t gate_slots, floating* states, floating* c_prev,
-    floating* h_last, long* arrived,
-) noexcept nogil:
-    """Thread ``thread`` of ``nthreads`` in the forward pass split by units:
-    every batch row, the units of one contiguous run of gate panels (and its
-    slice of the packed weights). The prologue is split by rows. A step
-    reads h_{t-1} of every unit, so the threads meet after the prologue and
-    after each step (fl_arrive_and_wait on ``arrived``)."""
-    cdef Py_ssize_t blocks = (H + _lanes(gates) - 1) // _lanes(gates)
-    cdef Py_ssize_t b0 = _chunk_start(thread, nthreads, B), b1 = _chunk_start(thread + 1, nthreads, B)
-    cdef Py_ssize_t u0 = _chunk_start(thread, nthreads, blocks)
-    cdef Py_ssize_t u1 = _chunk_start(thread + 1, nthreads, blocks)
-    cdef Py_ssize_t s
-    _forward_prologue(b0, b1, T, I, H, x, kernel, h, dropout, go_backwards, training, hoist,
-                      gates, states)
-    fl_arrive_and_wait(arrived, nthreads)
-    for s in range(T):
-        _forward_step(0, B, u0, u1, s, T, I, H, packed, bias, mask, dropout, go_backwards,
-                      training, hoist, activation, recurrent_activation, outputs, h, c, gates,
-                      gate_slots, states, c_prev, h_last)
-        if not hoist and not training:
-            _next_inputs(b0, b1, s, T, I, H, x, go_backwards, states)
-        fl_arrive_and_wait(arrived, (s + 2) * nthreads)
-
-
 cdef void _backward_step(
     Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t s, Py_ssize_t T, Py_ssize_t H,
     const floating* packed_transpose, const unsigned char* mask, const floating* dropout,
@@ -1071,6 +1003,81 @@ def _packed_product(const floating[:, ::1] a, const floating[:, ::1] weights,
     return stop - start
 
 
+# What the blocks of one single-layer call read (see forward and backward):
+# the part of the call they run, its sizes and split, and its buffers, of
+# the call's dtype.
+ctypedef struct _RowsJob:
+    int part
+    Py_ssize_t B, T, I, H, gate_slots, nchunks, ncolumns
+    int activation, recurrent_activation
+    bint go_backwards, training, hoist, double_precision
+    const unsigned char* mask
+    const void* x
+    const void* weights
+    const void* packed
+    const void* bias
+    const void* dropout
+    const void* grad_outputs
+    void* outputs
+    void* h
+    void* c
+    void* gates
+    void* states
+    void* c_prev
+    void* h_last
+    void* dh_rec
+    void* dh_pass
+    void* dc
+    void* carry
+    void* dx
+    void* dweights
+    void* dbias
+
+
+cdef enum _RowsPart:
+    FORWARD_ROWS = 0
+    BACKWARD_ROWS = 1
+    WEIGHT_GRADS = 2
+
+
+cdef void _rows_block(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Block k of the part of a single-layer call that the job names: the
+    batch rows of chunk k (forward, backward through time) or the gate
+    columns of block k (weight gradients)."""
+    if (<_RowsJob*>ctx).double_precision:
+        _rows_part(<_RowsJob*>ctx, k, <double*>NULL)
+    else:
+        _rows_part(<_RowsJob*>ctx, k, <float*>NULL)
+
+
+cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept nogil:
+    cdef Py_ssize_t b0 = _chunk_start(k, job.nchunks, job.B)
+    cdef Py_ssize_t b1 = _chunk_start(k + 1, job.nchunks, job.B), G = 4 * job.H
+    cdef unsigned int csr = fl_flush_denormals()
+    if job.part == FORWARD_ROWS:
+        _forward_rows(b0, b1, job.T, job.I, job.H, <const floating*>job.x,
+                      <const floating*>job.weights, <const floating*>job.packed,
+                      <const floating*>job.bias, job.mask, <const floating*>job.dropout,
+                      job.go_backwards, job.training, job.hoist, job.activation,
+                      job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
+                      <floating*>job.c, <floating*>job.gates, job.gate_slots,
+                      <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
+    elif job.part == BACKWARD_ROWS:
+        _backward_rows(b0, b1, job.T, job.I, job.H, <const floating*>job.weights,
+                       <const floating*>job.packed, job.mask, <const floating*>job.dropout,
+                       job.go_backwards, job.activation, job.recurrent_activation,
+                       <const floating*>job.grad_outputs, <floating*>job.gates,
+                       <const floating*>job.c_prev, <floating*>job.dh_rec,
+                       <floating*>job.dh_pass, <floating*>job.dc, <floating*>job.carry,
+                       <floating*>job.dx)
+    else:
+        _weight_grads_columns(_column_start(k, job.ncolumns, G),
+                              _column_start(k + 1, job.ncolumns, G), job.B, job.T, job.I,
+                              job.H, <const floating*>job.states, <const floating*>job.gates,
+                              <floating*>job.dweights, <floating*>job.dbias)
+    fl_restore_denormals(csr)
+
+
 def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] weights,
             const floating[::1] bias,
@@ -1089,7 +1096,6 @@ def forward(const floating[:, :, ::1] x,
             int activation,
             int recurrent_activation,
             int num_threads,
-            bint by_units=False,
             floating[::1] packed_weights=None):
     """Run the forward kernel into caller-allocated buffers.
 
@@ -1100,22 +1106,20 @@ def forward(const floating[:, :, ::1] x,
     states (B, T, I + H) and c_prev (B, T, H) when training, (B, 2, I + H)
     and (B, 1, H) when not; h_last (B, H) scratch. hoist: one GEMM for the
     input product of all steps, or part of each step's product (see
-    _forward_rows). by_units: split the units among the threads rather
-    than the batch (see split_units). The weights the steps read are packed
-    into a workspace of this call, unless ``packed_weights`` holds them
-    already (pack_gate_panels of the rows the steps read: recurrent_kernel's
-    with ``hoist``, all otherwise). The caller has made BLAS single-threaded.
+    _forward_rows). The weights the steps read are packed into a workspace
+    of this call, unless ``packed_weights`` holds them already
+    (pack_gate_panels of the rows the steps read: recurrent_kernel's with
+    ``hoist``, all otherwise). The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef Py_ssize_t G = 4 * H
     cdef const unsigned char* mask_ptr = &mask[0, 0] if mask is not None else NULL
     cdef Py_ssize_t gate_slots = gates.shape[1]
-    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
+    cdef Py_ssize_t nchunks = max(1, min(num_threads, B))
     cdef Py_ssize_t depth = H if hoist else I + H
-    cdef unsigned int csr
     cdef void* raw
     cdef floating* packed
-    cdef long arrived = 0
+    cdef _RowsJob job
     # The pointer arithmetic below trusts these shapes; the caller allocates
     # them, and a mistake must not write out of bounds.
     if gate_slots != T and (training or hoist or gate_slots != 1):
@@ -1141,33 +1145,21 @@ def forward(const floating[:, :, ::1] x,
         raw = _workspace(_gate_panels_size(depth, H, _lanes(&h[0, 0])), sizeof(h[0, 0]),
                          "packed weights")
         packed = _aligned(raw, &h[0, 0])
+    job.B, job.T, job.I, job.H, job.nchunks = B, T, I, H, nchunks
+    job.double_precision = floating is double
+    job.activation, job.recurrent_activation = activation, recurrent_activation
+    job.go_backwards, job.training, job.hoist = go_backwards, training, hoist
+    job.gate_slots, job.mask = gate_slots, mask_ptr
+    job.x, job.weights, job.packed = &x[0, 0, 0], &weights[0, 0], packed
+    job.bias, job.dropout, job.outputs = &bias[0], &dropout[0, 0], &outputs[0, 0, 0]
+    job.h, job.c, job.gates, job.states = &h[0, 0], &c[0, 0], &gates[0, 0, 0], &states[0, 0, 0]
+    job.c_prev, job.h_last = &c_prev[0, 0, 0], &h_last[0, 0]
     try:
         with nogil:
             if raw != NULL:
                 _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
-            if by_units and num_threads > 1:
-                with parallel(num_threads=num_threads):
-                    csr = fl_flush_denormals()
-                    _forward_units(
-                        fl_thread_num(), fl_team_size(), B, T, I, H,
-                        &x[0, 0, 0], &weights[0, 0], packed, &bias[0],
-                        mask_ptr, &dropout[0, 0], go_backwards, training, hoist, activation,
-                        recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
-                        &gates[0, 0, 0], gate_slots, &states[0, 0, 0], &c_prev[0, 0, 0],
-                        &h_last[0, 0], &arrived)
-                    fl_restore_denormals(csr)
-            else:
-                with parallel(num_threads=nchunks):
-                    for k in prange(nchunks, schedule="dynamic", chunksize=1):
-                        csr = fl_flush_denormals()
-                        _forward_rows(
-                            _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
-                            &x[0, 0, 0], &weights[0, 0], packed, &bias[0],
-                            mask_ptr, &dropout[0, 0], go_backwards, training, hoist, activation,
-                            recurrent_activation, &outputs[0, 0, 0], &h[0, 0], &c[0, 0],
-                            &gates[0, 0, 0], gate_slots, &states[0, 0, 0], &c_prev[0, 0, 0],
-                            &h_last[0, 0])
-                        fl_restore_denormals(csr)
+            job.part = FORWARD_ROWS
+            run_blocks(_rows_block, &job, job.nchunks, num_threads)
     finally:
         free(raw)
 
@@ -1205,11 +1197,11 @@ def backward(const floating[:, ::1] weights,
     cdef Py_ssize_t G = 4 * H
     cdef const unsigned char* mask_ptr = &mask[0, 0] if mask is not None else NULL
     cdef floating* dx_ptr = &dx[0, 0, 0] if dx is not None else NULL
-    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), k
+    cdef Py_ssize_t nchunks = max(1, min(num_threads, B))
     cdef Py_ssize_t ncolumns = max(1, min(num_threads, (G + 15) // 16))
-    cdef unsigned int csr
     cdef void* raw
     cdef floating* packed
+    cdef _RowsJob job
     # The pointer arithmetic below trusts these shapes; the caller allocates
     # them, and a mistake must not read or write out of bounds.
     for name, shape, expected in (
@@ -1234,26 +1226,23 @@ def backward(const floating[:, ::1] weights,
     raw = _workspace(_transposed_panels_size(H, G, _lanes(&dc[0, 0])), sizeof(dc[0, 0]),
                      "packed weights")
     packed = _aligned(raw, &dc[0, 0])
+    job.B, job.T, job.I, job.H, job.nchunks, job.ncolumns = B, T, I, H, nchunks, ncolumns
+    job.double_precision = floating is double
+    job.activation, job.recurrent_activation = activation, recurrent_activation
+    job.go_backwards, job.mask = go_backwards, mask_ptr
+    job.weights, job.packed, job.dropout = &weights[0, 0], packed, &dropout[0, 0]
+    job.grad_outputs, job.gates = &grad_outputs[0, 0, 0], &gates[0, 0, 0]
+    job.states, job.c_prev = <void*>&states[0, 0, 0], <void*>&c_prev[0, 0, 0]
+    job.dh_rec, job.dh_pass = &dh_rec[0, 0], &dh_pass[0, 0]
+    job.dc, job.carry = &dc[0, 0], &carry[0, 0]
+    job.dx, job.dweights, job.dbias = dx_ptr, &dweights[0, 0], &dbias[0]
     try:
         with nogil:
             _pack_transposed_panels(&weights[I, 0], H, G, packed)
-            with parallel(num_threads=max(nchunks, ncolumns)):
-                for k in prange(nchunks, schedule="dynamic", chunksize=1):
-                    csr = fl_flush_denormals()
-                    _backward_rows(
-                        _chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B), T, I, H,
-                        &weights[0, 0], packed, mask_ptr, &dropout[0, 0],
-                        go_backwards, activation, recurrent_activation, &grad_outputs[0, 0, 0],
-                        &gates[0, 0, 0], &c_prev[0, 0, 0],
-                        &dh_rec[0, 0], &dh_pass[0, 0], &dc[0, 0], &carry[0, 0], dx_ptr)
-                    fl_restore_denormals(csr)
-                for k in prange(ncolumns, schedule="dynamic", chunksize=1):
-                    csr = fl_flush_denormals()
-                    _weight_grads_columns(
-                        _column_start(k, ncolumns, G), _column_start(k + 1, ncolumns, G),
-                        B, T, I, H, &states[0, 0, 0], &gates[0, 0, 0], &dweights[0, 0],
-                        &dbias[0])
-                    fl_restore_denormals(csr)
+            job.part = BACKWARD_ROWS
+            run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            job.part = WEIGHT_GRADS
+            run_blocks(_rows_block, &job, job.ncolumns, num_threads)
     finally:
         free(raw)
 

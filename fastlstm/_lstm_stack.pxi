@@ -32,15 +32,14 @@
 #
 # Synchronisation. Each layer publishes how many of its steps are done, and
 # how many steps' share of its input product (forward) or of its output
-# gradient (backward) the neighbouring thread has handed over. Layer l is
-# run by thread l % threads, and every thread takes its steps in order of
-# "tick" (a layer's step s is at tick s + l * span forward,
-# (T - 1 - s) + (L - 1 - l) * span backward). Every wait is for work of an
-# earlier tick (the layer below's span ends a tick before the layer's span
-# begins), so the earliest
-# unfinished piece of work can always run: no thread waits forever, whatever
-# the number of threads the OpenMP runtime gives (one thread runs the ticks
-# in order by itself).
+# gradient (backward) the neighbouring thread has handed over. Each layer's
+# steps are one block of the pool's job, in the order the wavefront runs
+# them: layer l is block l forward, block L - 1 - l backward. Every wait is
+# for work of a lower-numbered block (the layer below forward, the layer
+# above backward), which the pool has handed out first: the earliest
+# unfinished block can always run, so no thread waits forever, whatever the
+# number of threads (one thread runs the layers one after the other, each
+# finding what it waits for done).
 
 ctypedef struct _StackLayer:
     Py_ssize_t I, H
@@ -162,50 +161,44 @@ cdef inline Py_ssize_t _span_end(Py_ssize_t s, Py_ssize_t span, Py_ssize_t T) no
     return min(T, (s // span + 1) * span)
 
 
-cdef void _stack_forward_thread(int thread, int threads, _StackLayer* layers,
-                                Py_ssize_t nlayers, Py_ssize_t B, Py_ssize_t T,
-                                Py_ssize_t span, bint training, floating* dtype_of) noexcept nogil:
-    """One thread's share of the forward wavefront (see the top of this file).
-    Layer l's step s is at tick s + l * span."""
-    cdef Py_ssize_t L = _lanes(dtype_of), k, l, s, blocks, end
-    cdef _StackLayer* layer
+cdef void _stack_forward_layer(_StackLayer* layers, Py_ssize_t l, Py_ssize_t nlayers,
+                               Py_ssize_t B, Py_ssize_t T, Py_ssize_t span, bint training,
+                               floating* dtype_of) noexcept nogil:
+    """Layer l's steps in the forward wavefront (see the top of this file)."""
+    cdef Py_ssize_t L = _lanes(dtype_of), s, end
+    cdef _StackLayer* layer = &layers[l]
     cdef _StackLayer* above
     cdef const floating* below_outputs
-    for k in range(T + (nlayers - 1) * span):
-        for l in range(nlayers):
-            s = k - l * span
-            if s < 0 or s >= T or l % threads != thread:
-                continue
-            layer = &layers[l]
-            blocks = (layer.H + L - 1) // L
-            if l > 0 and s % span == 0:
-                # The first step of a span: the layer's share of the span's
-                # input product, once the layer below has produced it all.
-                end = _span_end(s, span, T)
-                below_outputs = <const floating*>layers[l - 1].outputs
-                fl_wait_for(layers[l - 1].done, end)
-                _stack_input_product(layer, below_outputs, layer.split, blocks, B, s, end, T,
-                                     training, dtype_of)
-                fl_wait_for(layer.handed_over, end)
-            _forward_step(0, B, 0, blocks, s, T, layer.I, layer.H, <const floating*>layer.packed,
-                          <const floating*>layer.bias, layer.mask,
-                          <const floating*>layer.dropout, layer.go_backwards, training,
-                          layer.hoist, layer.activation, layer.recurrent_activation,
-                          <floating*>layer.outputs, <floating*>layer.h, <floating*>layer.c,
-                          <floating*>layer.gates, layer.gate_slots, <floating*>layer.states,
-                          <floating*>layer.c_prev, <floating*>layer.h_last)
-            if l == 0 and not layer.hoist and not training:
-                _next_inputs(0, B, s, T, layer.I, layer.H, <const floating*>layer.x,
-                             layer.go_backwards, <floating*>layer.states)
-            if l + 1 < nlayers:
-                above = &layers[l + 1]
-                if training:
-                    _stack_take_input(above, <const floating*>layer.outputs, B, s, T, dtype_of)
-                fl_publish(layer.done, s + 1)
-                if s + 1 == _span_end(s, span, T):
-                    _stack_input_product(above, <const floating*>layer.outputs, 0, above.split,
-                                         B, s - s % span, s + 1, T, training, dtype_of)
-                    fl_publish(above.handed_over, s + 1)
+    cdef Py_ssize_t blocks = (layer.H + L - 1) // L
+    for s in range(T):
+        if l > 0 and s % span == 0:
+            # The first step of a span: the layer's share of the span's
+            # input product, once the layer below has produced it all.
+            end = _span_end(s, span, T)
+            below_outputs = <const floating*>layers[l - 1].outputs
+            fl_wait_for(layers[l - 1].done, end)
+            _stack_input_product(layer, below_outputs, layer.split, blocks, B, s, end, T,
+                                 training, dtype_of)
+            fl_wait_for(layer.handed_over, end)
+        _forward_step(0, B, 0, blocks, s, T, layer.I, layer.H, <const floating*>layer.packed,
+                      <const floating*>layer.bias, layer.mask,
+                      <const floating*>layer.dropout, layer.go_backwards, training,
+                      layer.hoist, layer.activation, layer.recurrent_activation,
+                      <floating*>layer.outputs, <floating*>layer.h, <floating*>layer.c,
+                      <floating*>layer.gates, layer.gate_slots, <floating*>layer.states,
+                      <floating*>layer.c_prev, <floating*>layer.h_last)
+        if l == 0 and not layer.hoist and not training:
+            _next_inputs(0, B, s, T, layer.I, layer.H, <const floating*>layer.x,
+                         layer.go_backwards, <floating*>layer.states)
+        if l + 1 < nlayers:
+            above = &layers[l + 1]
+            if training:
+                _stack_take_input(above, <const floating*>layer.outputs, B, s, T, dtype_of)
+            fl_publish(layer.done, s + 1)
+            if s + 1 == _span_end(s, span, T):
+                _stack_input_product(above, <const floating*>layer.outputs, 0, above.split,
+                                     B, s - s % span, s + 1, T, training, dtype_of)
+                fl_publish(above.handed_over, s + 1)
 
 
 cdef void _stack_output_gradient(_StackLayer* above, _StackLayer* layer, Py_ssize_t p0,
@@ -246,44 +239,38 @@ cdef void _stack_output_gradient(_StackLayer* above, _StackLayer* layer, Py_ssiz
                         grad[(b * T + t) * I + j] *= between[(b * T + t) * I + j]
 
 
-cdef void _stack_backward_thread(int thread, int threads, _StackLayer* layers,
-                                 Py_ssize_t nlayers, Py_ssize_t B, Py_ssize_t T,
-                                 Py_ssize_t span, floating* dtype_of) noexcept nogil:
-    """One thread's share of the backward wavefront (see the top of this
-    file). Layer l's step s is at tick (T - 1 - s) + (L - 1 - l) * span."""
-    cdef Py_ssize_t W = 4 * _lanes(dtype_of), k, l, s, q, start, end
-    cdef _StackLayer* layer
+cdef void _stack_backward_layer(_StackLayer* layers, Py_ssize_t l, Py_ssize_t nlayers,
+                                Py_ssize_t B, Py_ssize_t T, Py_ssize_t span,
+                                floating* dtype_of) noexcept nogil:
+    """Layer l's steps in the backward wavefront (see the top of this file),
+    in reverse processing order."""
+    cdef Py_ssize_t W = 4 * _lanes(dtype_of), s, start, end
+    cdef _StackLayer* layer = &layers[l]
     cdef _StackLayer* above
-    for k in range(T + (nlayers - 1) * span):
-        for q in range(nlayers):
-            l = nlayers - 1 - q
-            s = T - 1 - (k - q * span)
-            if s < 0 or s >= T or l % threads != thread:
-                continue
-            layer = &layers[l]
-            end = _span_end(s, span, T)
-            start = s - s % span
-            if l + 1 < nlayers and s + 1 == end:
-                # The first step of a span processed backwards: the layer's
-                # share of its output gradient over the span.
-                above = &layers[l + 1]
-                fl_wait_for(above.done, T - start)
-                _stack_output_gradient(above, layer, above.split, (layer.H + W - 1) // W, B,
-                                       start, end, T, dtype_of)
-                fl_wait_for(layer.handed_over, T - start)
-            _backward_step(0, B, s, T, layer.H, <const floating*>layer.packed, layer.mask,
-                           <const floating*>layer.dropout, layer.go_backwards,
-                           layer.activation, layer.recurrent_activation,
-                           <const floating*>layer.grad_outputs, <floating*>layer.gates,
-                           <const floating*>layer.c_prev, <floating*>layer.dh_rec,
-                           <floating*>layer.dh_pass, <floating*>layer.dc,
-                           <floating*>layer.carry)
-            if l > 0:
-                fl_publish(layer.done, T - s)
-                if s == start:
-                    _stack_output_gradient(layer, &layers[l - 1], 0, layer.split, B, start, end,
-                                           T, dtype_of)
-                    fl_publish(layers[l - 1].handed_over, T - s)
+    for s in range(T - 1, -1, -1):
+        end = _span_end(s, span, T)
+        start = s - s % span
+        if l + 1 < nlayers and s + 1 == end:
+            # The first step of a span processed backwards: the layer's
+            # share of its output gradient over the span.
+            above = &layers[l + 1]
+            fl_wait_for(above.done, T - start)
+            _stack_output_gradient(above, layer, above.split, (layer.H + W - 1) // W, B,
+                                   start, end, T, dtype_of)
+            fl_wait_for(layer.handed_over, T - start)
+        _backward_step(0, B, s, T, layer.H, <const floating*>layer.packed, layer.mask,
+                       <const floating*>layer.dropout, layer.go_backwards,
+                       layer.activation, layer.recurrent_activation,
+                       <const floating*>layer.grad_outputs, <floating*>layer.gates,
+                       <const floating*>layer.c_prev, <floating*>layer.dh_rec,
+                       <floating*>layer.dh_pass, <floating*>layer.dc,
+                       <floating*>layer.carry)
+        if l > 0:
+            fl_publish(layer.done, T - s)
+            if s == start:
+                _stack_output_gradient(layer, &layers[l - 1], 0, layer.split, B, start, end,
+                                       T, dtype_of)
+                fl_publish(layers[l - 1].handed_over, T - s)
 
 
 cdef void _stack_splits(_StackLayer* layers, Py_ssize_t nlayers, int threads, bint backward,
@@ -405,6 +392,66 @@ cdef const unsigned char* _mask_data(object mask, str name, tuple expected) exce
     return &view[0, 0]
 
 
+# What the blocks of one stack call read: the part of the call they run, the
+# layers, the call's sizes and splits; the buffers, of the call's dtype, are
+# the layers'.
+ctypedef struct _StackJob:
+    int part
+    _StackLayer* layers
+    Py_ssize_t nlayers, B, T, span, nchunks, ncolumns
+    bint training, double_precision
+    void* dx
+
+
+cdef enum _StackPart:
+    PREPARE_FORWARD = 0
+    LAYERS_FORWARD = 1
+    PACK_BACKWARD = 2
+    LAYERS_BACKWARD = 3
+    GRADIENTS = 4
+
+
+cdef void _stack_block(void* ctx, Py_ssize_t k) noexcept nogil:
+    """Block k of the part of a stack call that the job names:
+    PREPARE_FORWARD: blocks 0 .. L-1 pack layer k's weights, the rest run
+    the prologue of the batch rows of chunk k - L; LAYERS_FORWARD: layer k's
+    steps; PACK_BACKWARD: layer k's weights; LAYERS_BACKWARD: layer
+    L - 1 - k's steps (the top layer first); GRADIENTS: blocks 0 ..
+    L * ncolumns - 1 the weight gradients of a layer's block of gate
+    columns, the rest dx of the batch rows of chunk k - L * ncolumns."""
+    if (<_StackJob*>ctx).double_precision:
+        _stack_part(<_StackJob*>ctx, k, <double*>NULL)
+    else:
+        _stack_part(<_StackJob*>ctx, k, <float*>NULL)
+
+
+cdef void _stack_part(_StackJob* job, Py_ssize_t k, floating* dtype_of) noexcept nogil:
+    cdef _StackLayer* first = &job.layers[0]
+    cdef Py_ssize_t L = job.nlayers, B = job.B
+    cdef unsigned int csr = fl_flush_denormals()
+    if job.part == PREPARE_FORWARD and k < L:
+        _stack_pack_forward(&job.layers[k], k, dtype_of)
+    elif job.part == PREPARE_FORWARD:
+        _stack_forward_prologue(job.layers, L, _chunk_start(k - L, job.nchunks, B),
+                                _chunk_start(k - L + 1, job.nchunks, B), job.T, job.training,
+                                dtype_of)
+    elif job.part == LAYERS_FORWARD:
+        _stack_forward_layer(job.layers, k, L, B, job.T, job.span, job.training, dtype_of)
+    elif job.part == PACK_BACKWARD:
+        _stack_pack_backward(&job.layers[k], k, dtype_of)
+    elif job.part == LAYERS_BACKWARD:
+        _stack_backward_layer(job.layers, L - 1 - k, L, B, job.T, job.span, dtype_of)
+    elif k < L * job.ncolumns:
+        _stack_weight_grads(&job.layers[k // job.ncolumns], k % job.ncolumns, job.ncolumns,
+                            B, job.T, dtype_of)
+    else:
+        k -= L * job.ncolumns
+        _input_gradient(_chunk_start(k, job.nchunks, B), _chunk_start(k + 1, job.nchunks, B),
+                        job.T, first.I, first.H, <const floating*>first.weights,
+                        <const floating*>first.gates, <floating*>job.dx)
+    fl_restore_denormals(csr)
+
+
 def stack_forward(const floating[:, :, ::1] x,
                   list weights, list biases, list masks, list dropouts, list between,
                   bint go_backwards,
@@ -431,14 +478,13 @@ def stack_forward(const floating[:, :, ::1] x,
     finished it. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t nlayers = len(weights)
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I, H, G, l, k, depth
-    cdef Py_ssize_t nchunks, threads
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I, H, G, l, depth, threads
     cdef Py_ssize_t lanes = _lanes(<floating*>&x[0, 0, 0])
     cdef floating[:, ::1] w2
     cdef _StackLayer* layer
     cdef _StackWorkspace work
     cdef floating* dtype_of = <floating*>&x[0, 0, 0]
-    cdef unsigned int csr
+    cdef _StackJob job
     if nlayers < 1:
         raise ValueError("a stack needs at least one layer")
     if span < 1:
@@ -491,21 +537,14 @@ def stack_forward(const floating[:, :, ::1] x,
     layer.x = &x[0, 0, 0]
     threads = max(1, min(num_threads, nlayers))
     _stack_splits(work.layers, nlayers, <int>threads, False, _lanes(dtype_of))
-    nchunks = max(1, min(num_threads, B))
+    job.layers, job.nlayers, job.B, job.T, job.span = work.layers, nlayers, B, T, span
+    job.nchunks, job.training = max(1, min(num_threads, B)), training
+    job.double_precision = floating is double
     with nogil:
-        with parallel(num_threads=max(nchunks, threads)):
-            for l in prange(nlayers, schedule="dynamic", chunksize=1):
-                _stack_pack_forward(&work.layers[l], l, dtype_of)
-            for k in prange(nchunks, schedule="dynamic", chunksize=1):
-                csr = fl_flush_denormals()
-                _stack_forward_prologue(work.layers, nlayers, _chunk_start(k, nchunks, B),
-                                        _chunk_start(k + 1, nchunks, B), T, training, dtype_of)
-                fl_restore_denormals(csr)
-        with parallel(num_threads=threads):
-            csr = fl_flush_denormals()
-            _stack_forward_thread(fl_thread_num(), fl_team_size(), work.layers, nlayers, B, T,
-                                  span, training, dtype_of)
-            fl_restore_denormals(csr)
+        job.part = PREPARE_FORWARD
+        run_blocks(_stack_block, &job, nlayers + job.nchunks, num_threads)
+        job.part = LAYERS_FORWARD
+        run_blocks(_stack_block, &job, nlayers, num_threads)
 
 
 cdef void _stack_pack_forward(_StackLayer* layer, Py_ssize_t l, floating* dtype_of) noexcept nogil:
@@ -554,14 +593,14 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
     gradients, aligned on multiples of span).
     """
     cdef Py_ssize_t nlayers = len(weights)
-    cdef Py_ssize_t B = grad_outputs.shape[0], T = grad_outputs.shape[1], I, H, G, l, k, lanes
-    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), threads, ncolumns, tasks
+    cdef Py_ssize_t B = grad_outputs.shape[0], T = grad_outputs.shape[1], I, H, G, l, lanes
+    cdef Py_ssize_t nchunks = max(1, min(num_threads, B)), threads, ncolumns
     cdef floating[:, ::1] w2
     cdef _StackLayer* layer
     cdef _StackWorkspace work
     cdef floating* dtype_of = <floating*>&grad_outputs[0, 0, 0]
     cdef floating* dx_ptr = NULL
-    cdef unsigned int csr
+    cdef _StackJob job
     for name, values, optional in (("weights", weights, False), ("masks", masks, True),
                                    ("dropouts", dropouts, False), ("between", between, True),
                                    ("gates", gates, False),
@@ -622,30 +661,17 @@ def stack_backward(const floating[:, :, ::1] grad_outputs, list weights, list ma
     threads = max(1, min(num_threads, nlayers))
     _stack_splits(work.layers, nlayers, <int>threads, True, lanes)
     ncolumns = max(1, min(num_threads, 16))
-    tasks = nlayers * ncolumns
+    job.layers, job.nlayers, job.B, job.T, job.span = work.layers, nlayers, B, T, span
+    job.nchunks, job.ncolumns, job.dx = nchunks, ncolumns, dx_ptr
+    job.double_precision = floating is double
     with nogil:
-        with parallel(num_threads=max(threads, nchunks)):
-            for l in prange(nlayers, schedule="dynamic", chunksize=1):
-                _stack_pack_backward(&work.layers[l], l, dtype_of)
-        with parallel(num_threads=threads):
-            csr = fl_flush_denormals()
-            _stack_backward_thread(fl_thread_num(), fl_team_size(), work.layers, nlayers, B, T,
-                                   span, dtype_of)
-            fl_restore_denormals(csr)
-        with parallel(num_threads=max(nchunks, min(num_threads, tasks))):
-            for k in prange(tasks, schedule="dynamic", chunksize=1):
-                csr = fl_flush_denormals()
-                _stack_weight_grads(&work.layers[k // ncolumns], k % ncolumns, ncolumns, B, T,
-                                    dtype_of)
-                fl_restore_denormals(csr)
-            if dx_ptr != NULL:
-                for k in prange(nchunks, schedule="dynamic", chunksize=1):
-                    csr = fl_flush_denormals()
-                    _input_gradient(_chunk_start(k, nchunks, B), _chunk_start(k + 1, nchunks, B),
-                                    T, work.layers[0].I, work.layers[0].H,
-                                    <const floating*>work.layers[0].weights,
-                                    <const floating*>work.layers[0].gates, dx_ptr)
-                    fl_restore_denormals(csr)
+        job.part = PACK_BACKWARD
+        run_blocks(_stack_block, &job, nlayers, num_threads)
+        job.part = LAYERS_BACKWARD
+        run_blocks(_stack_block, &job, nlayers, num_threads)
+        job.part = GRADIENTS
+        run_blocks(_stack_block, &job, nlayers * ncolumns + (nchunks if dx_ptr != NULL else 0),
+                   num_threads)
 
 
 cdef void _stack_pack_backward(_StackLayer* layer, Py_ssize_t l, floating* dtype_of) noexcept nogil:

@@ -365,12 +365,6 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     return elements * itemsize
 
 
-def _split_plan(batch, units, dtype, threads):
-    """Whether a pass on ``threads`` threads splits the units among them
-    rather than the batch (the kernels' measured rule, ``split_units``)."""
-    return bool(_kernels.current().split_units(batch, units, np.dtype(dtype).itemsize, threads))
-
-
 @dataclass
 class _FastRecord:
     """What the fast forward pass keeps for its backward pass: the buffers
@@ -440,8 +434,7 @@ class _FastBackend:
                  kernels.Activation[recurrent_activation.upper()])
         with _config.single_threaded_blas(single_blas):
             kernels.forward(x, weights, bias, mask_bytes, dropout, go_backwards, outputs, h, c,
-                            gates, states, c_prev, h_last, return_cache, hoist, *codes, threads,
-                            _split_plan(batch, units, dtype, threads))
+                            gates, states, c_prev, h_last, return_cache, hoist, *codes, threads)
         cache = None
         if return_cache:
             cache = _FastRecord(x_shape=x.shape, weights=weights, mask=mask_bytes,

@@ -18,7 +18,7 @@ import pytest
 import scipy
 
 import fastlstm
-from fastlstm import _config, _cpu, _kernels
+from fastlstm import _config, _cpu, _kernels, _pool
 
 # OpenBLAS core types whose GEMM kernels use AVX-512.
 AVX512_CORES = {"skylakex", "cooperlake", "sapphirerapids", "zen4", "zen5"}
@@ -84,8 +84,8 @@ def test_show_config_describes_blas_and_threads():
     blas_threads, kernel_threads = re.findall(r"^\s*threads\s+(\d+)", text, re.MULTILINE)
     assert int(blas_threads) == info["blas_threads"]
     assert int(kernel_threads) == fastlstm.num_threads()
-    openmp = "on" if _kernels.current().openmp_enabled() else "off"
-    assert _line_value(text, "openmp") == openmp
+    assert re.search(rf"^\s*threads\s+{kernel_threads} \(fastlstm's own thread pool\)$", text,
+                     re.MULTILINE)
 
 
 def test_show_config_prints_to_stdout_by_default(capsys):
@@ -121,16 +121,16 @@ def test_set_num_threads_rejects_what_is_not_a_positive_int(restore_num_threads,
     assert fastlstm.num_threads() == before
 
 
-@pytest.mark.skipif(not _kernels.current().openmp_enabled(),
-                    reason="without OpenMP the kernels always run on one thread")
+@pytest.mark.skipif(not _pool.threaded(),
+                    reason="without a thread pool the kernels always run on one thread")
 @pytest.mark.parametrize("value", [1, 3, 17])
 def test_num_threads_reflects_set_num_threads(restore_num_threads, value):
     fastlstm.set_num_threads(value)
     assert fastlstm.num_threads() == value
 
 
-@pytest.mark.skipif(not _kernels.current().openmp_enabled(),
-                    reason="without OpenMP the kernels always run on one thread")
+@pytest.mark.skipif(not _pool.threaded(),
+                    reason="without a thread pool the kernels always run on one thread")
 def test_set_num_threads_none_restores_the_default(restore_num_threads):
     default = fastlstm.num_threads()
     fastlstm.set_num_threads(default + 1)
@@ -208,8 +208,8 @@ def test_blas_loaded_with_avx2_kernels_before_fastlstm_warns():
 def test_small_calls_run_on_one_thread_and_large_ones_on_the_setting(monkeypatch):
     from fastlstm import _config, _plan
 
-    if not _kernels.current().openmp_enabled() or not _config._openblas():
-        pytest.skip("kernels without OpenMP or BLAS threads control always use one thread")
+    if not _pool.threaded() or not _config._openblas():
+        pytest.skip("kernels without a thread pool or BLAS threads control use one thread")
     monkeypatch.setitem(_config._threads, "num_threads", 2)
     assert _plan.call_threads(_plan.PARALLEL_MIN_FLOPS - 1) == (1, True)
     assert _plan.call_threads(_plan.PARALLEL_MIN_FLOPS) == (2, True)

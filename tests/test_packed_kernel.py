@@ -36,14 +36,6 @@ def threads(request, monkeypatch):
     fastlstm.set_num_threads(None)
 
 
-@pytest.fixture(params=[False, True], ids=["batch split", "unit split"])
-def thread_split(request, monkeypatch):
-    """Force the threads to split the batch or the units, whatever the
-    shape would choose."""
-    monkeypatch.setattr(fastlstm.functional, "_split_plan", lambda *args: request.param)
-    return request.param
-
-
 def _units_around_panels(kernels, dtype):
     """Unit counts at the edges of the panel layout of ``dtype``."""
     lanes = kernels.vector_lanes(np.dtype(dtype).itemsize)
@@ -113,8 +105,7 @@ def packed_problems(draw, dtype):
 
 # input_product (imported) forces the input product one way, whatever the size would choose.
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_path_matches_reference(kernel_build, input_product, threads, thread_split,
-                                       dtype):
+def test_packed_path_matches_reference(kernel_build, input_product, threads, dtype):
     @_HYPOTHESIS
     @given(problem=packed_problems(dtype))
     def check(problem):
@@ -132,15 +123,6 @@ def test_other_activations_on_a_padded_panel(kernel_build, input_product, dtype,
     activation, recurrent_activation = activations
     assert_matches_reference(forward, backward, dtype, activation=activation,
                              recurrent_activation=recurrent_activation)
-
-
-def test_split_rule_keeps_the_batch_split_where_units_were_not_faster(kernel_build):
-    """The rule as measured (see UNIT_SPLIT_MAX_ROWS in _lstm.pyx): no shape
-    ran faster split by units, so every shape keeps the batch split."""
-    lanes = kernel_build.vector_lanes(4)
-    for batch in (1, 2, 4, 64):
-        for threads in (1, 2, 4):
-            assert not kernel_build.split_units(batch, 16 * lanes, 4, threads)
 
 
 # -- the kernels' own shape checks ---------------------------------------------------------
