@@ -944,8 +944,18 @@ cdef tuple _dims(Py_ssize_t* shape, int ndim):
 
 
 def _check_buffer(str name, tuple shape, tuple expected):
-    if shape != expected:
+    """The entry points' one check of a caller-allocated buffer: the pointer
+    arithmetic of the kernels trusts these shapes, and a mistake must not
+    read or write out of bounds. A None shape (an optional buffer left
+    out) passes."""
+    if shape is not None and shape != expected:
         raise ValueError(f"{name} must have shape {expected}, got {shape}")
+
+
+def _check_buffers(tuple checks):
+    """_check_buffer of each (name, shape, expected) in ``checks``."""
+    for name, shape, expected in checks:
+        _check_buffer(name, shape, expected)
 
 
 def _packing_round_trip(const floating[:, ::1] weights, floating[:, ::1] gates_out,
@@ -1125,18 +1135,18 @@ def forward(const floating[:, :, ::1] x,
     if gate_slots != T and (training or hoist or gate_slots != 1):
         raise ValueError(f"gates must have T = {T} slots when training or hoisting, "
                          f"1 otherwise; got {gate_slots}")
-    _check_buffer("weights", (weights.shape[0], weights.shape[1]), (I + H, G))
-    _check_buffer("bias", (bias.shape[0],), (G,))
-    if mask is not None:
-        _check_buffer("mask", (mask.shape[0], mask.shape[1]), (B, T))
-    _check_buffer("dropout", (dropout.shape[0], dropout.shape[1]), (B, H))
-    _check_buffer("outputs", (outputs.shape[0], outputs.shape[1], outputs.shape[2]), (B, T, H))
-    _check_buffer("h", (h.shape[0], h.shape[1]), (B, H))
-    _check_buffer("c", (c.shape[0], c.shape[1]), (B, H))
-    _check_buffer("gates", (gates.shape[0], gates.shape[1], gates.shape[2]), (B, gate_slots, G))
-    _check_buffer("states", (states.shape[0], states.shape[1], states.shape[2]), (B, T if training else 2, I + H))
-    _check_buffer("c_prev", (c_prev.shape[0], c_prev.shape[1], c_prev.shape[2]), (B, T if training else 1, H))
-    _check_buffer("h_last", (h_last.shape[0], h_last.shape[1]), (B, H))
+    _check_buffers((
+        ("weights", _dims(weights.shape, 2), (I + H, G)),
+        ("bias", _dims(bias.shape, 1), (G,)),
+        ("mask", None if mask is None else _dims(mask.shape, 2), (B, T)),
+        ("dropout", _dims(dropout.shape, 2), (B, H)),
+        ("outputs", _dims(outputs.shape, 3), (B, T, H)),
+        ("h", _dims(h.shape, 2), (B, H)),
+        ("c", _dims(c.shape, 2), (B, H)),
+        ("gates", _dims(gates.shape, 3), (B, gate_slots, G)),
+        ("states", _dims(states.shape, 3), (B, T if training else 2, I + H)),
+        ("c_prev", _dims(c_prev.shape, 3), (B, T if training else 1, H)),
+        ("h_last", _dims(h_last.shape, 2), (B, H))))
     raw = NULL
     if packed_weights is not None:
         _check_panels(&packed_weights[0], packed_weights.shape[0], depth, H)
@@ -1204,23 +1214,21 @@ def backward(const floating[:, ::1] weights,
     cdef _RowsJob job
     # The pointer arithmetic below trusts these shapes; the caller allocates
     # them, and a mistake must not read or write out of bounds.
-    for name, shape, expected in (
-            ("gates", _dims(gates.shape, 3), (B, T, G)),
-            ("states", _dims(states.shape, 3), (B, T, I + H)),
-            ("c_prev", _dims(c_prev.shape, 3), (B, T, H)),
-            ("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, H)),
-            ("weights", _dims(weights.shape, 2), (I + H, G)),
-            ("dweights", _dims(dweights.shape, 2), (I + H, G)),
-            ("dbias", _dims(dbias.shape, 1), (G,)),
-            ("dropout", _dims(dropout.shape, 2), (B, H)),
-            ("dh_rec", _dims(dh_rec.shape, 2), (B, H)),
-            ("dh_pass", _dims(dh_pass.shape, 2), (B, H)),
-            ("dc", _dims(dc.shape, 2), (B, H)),
-            ("carry", _dims(carry.shape, 2), (B, H)),
-            ("mask", None if mask is None else _dims(mask.shape, 2), (B, T)),
-            ("dx", None if dx is None else _dims(dx.shape, 3), (B, T, I))):
-        if shape is not None and shape != expected:
-            raise ValueError(f"{name} must have shape {expected}, got {shape}")
+    _check_buffers((
+        ("gates", _dims(gates.shape, 3), (B, T, G)),
+        ("states", _dims(states.shape, 3), (B, T, I + H)),
+        ("c_prev", _dims(c_prev.shape, 3), (B, T, H)),
+        ("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, H)),
+        ("weights", _dims(weights.shape, 2), (I + H, G)),
+        ("dweights", _dims(dweights.shape, 2), (I + H, G)),
+        ("dbias", _dims(dbias.shape, 1), (G,)),
+        ("dropout", _dims(dropout.shape, 2), (B, H)),
+        ("dh_rec", _dims(dh_rec.shape, 2), (B, H)),
+        ("dh_pass", _dims(dh_pass.shape, 2), (B, H)),
+        ("dc", _dims(dc.shape, 2), (B, H)),
+        ("carry", _dims(carry.shape, 2), (B, H)),
+        ("mask", None if mask is None else _dims(mask.shape, 2), (B, T)),
+        ("dx", None if dx is None else _dims(dx.shape, 3), (B, T, I))))
     if I < 1:
         raise ValueError(f"states must have more than H = {H} columns, got {I + H}")
     raw = _workspace(_transposed_panels_size(H, G, _lanes(&dc[0, 0])), sizeof(dc[0, 0]),

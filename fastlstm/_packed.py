@@ -11,30 +11,12 @@ import threading
 import numpy as np
 
 from . import _config, _kernels, _plan
+from ._engine import ForwardWorkspace
 from .functional import _check_weights, check_sizes
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
                           check_bool, check_features, check_state_list)
 
 __all__ = ["PackedLSTM"]
-
-
-class _Workspace:
-    """The scratch buffers of the inference forward pass for one shape
-    (see ``forward`` in ``fastlstm/_lstm.pyx``); the outputs and final
-    states are the caller's and are allocated per call."""
-
-    __slots__ = ("gates", "states", "c_prev", "h_last", "ones")
-
-    def __init__(self, batch, timesteps, input_dim, units, hoist, dtype):
-        self.gates = np.empty((batch, timesteps if hoist else 1, 4 * units), dtype)
-        self.states = np.empty((batch, 2, input_dim + units), dtype)
-        self.c_prev = np.empty((batch, 1, units), dtype)
-        self.h_last = np.empty((batch, units), dtype)
-        self.ones = np.ones((batch, units), dtype)
-
-    @property
-    def nbytes(self):
-        return sum(getattr(self, name).nbytes for name in self.__slots__)
 
 
 class PackedLSTM:
@@ -185,12 +167,12 @@ class PackedLSTM:
         # call from another thread gets a workspace of its own.
         owned = self._lock.acquire(blocking=False)
         try:
-            workspace = self._workspace(batch, timesteps, hoist, owned)
+            work, ones = self._workspace(batch, timesteps, hoist, owned)
             with _config.single_threaded_blas(single_blas):
-                kernels.forward(x, self._weights, self._bias, mask_bytes, workspace.ones,
-                                go_backwards, outputs, h, c, workspace.gates, workspace.states,
-                                workspace.c_prev, workspace.h_last, False, hoist, *self._codes,
-                                threads, packed_weights=packed)
+                kernels.forward(x, self._weights, self._bias, mask_bytes, ones, go_backwards,
+                                outputs, h, c, work.gates, work.states, work.c_prev,
+                                work.h_last, False, hoist, *self._codes, threads,
+                                packed_weights=packed)
         finally:
             if owned:
                 self._lock.release()
@@ -200,8 +182,9 @@ class PackedLSTM:
         key = (batch, timesteps, hoist)
         workspace = self._workspaces.get(key) if keep else None
         if workspace is None:
-            workspace = _Workspace(batch, timesteps, self.input_dim, self.units, hoist,
-                                   self.dtype)
+            workspace = (ForwardWorkspace(batch, timesteps, self.input_dim, self.units,
+                                          self.dtype, False, hoist),
+                         np.ones((batch, self.units), self.dtype))
             if keep:
                 # The workspace of the last shape only: a server fed many
                 # shapes keeps one workspace, not one per shape.

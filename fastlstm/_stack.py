@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _config, _kernels, _plan
+from ._engine import ForwardWorkspace
 from .functional import (LSTMGradients, _Cache, _check_weights, check_backend,
                          check_cache, check_sizes, lstm_backward, run_lstm_forward)
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
@@ -304,14 +305,13 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
         for j, name in enumerate(("h", "c")):
             buffers[name].append(np.zeros((batch, hidden), dtype) if states[i] is None
                                  else np.array(states[i][j], dtype, order="C"))
-        layer_hoists = hoist if i == 0 else True
-        gate_slots = timesteps if training or layer_hoists else 1
         buffers["outputs"].append(np.empty((batch, timesteps, hidden), dtype))
-        buffers["gates"].append(np.empty((batch, gate_slots, 4 * hidden), dtype))
-        buffers["states"].append(np.empty((batch, timesteps if training else 2, inp + hidden),
-                                          dtype))
-        buffers["c_prev"].append(np.empty((batch, timesteps if training else 1, hidden), dtype))
-        buffers["h_last"].append(np.empty((batch, hidden), dtype))
+        # Layers above the first compute their input products by spans of
+        # steps, as a hoisting layer does.
+        work = ForwardWorkspace(batch, timesteps, inp, hidden, dtype, training,
+                                hoist if i == 0 else True)
+        for name in ForwardWorkspace.__slots__:
+            buffers[name].append(getattr(work, name))
     mask_bytes = [None if m is None else np.ascontiguousarray(m).view(np.uint8) for m in masks]
     between = [None if b is None else np.ascontiguousarray(b) for b in between]
     codes = [(kernels.Activation[a.upper()], kernels.Activation[r.upper()])

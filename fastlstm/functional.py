@@ -7,12 +7,12 @@ receive C-contiguous arrays of one float dtype with agreeing shapes, and
 never see a Python object they must check again.
 """
 from collections import namedtuple
-from dataclasses import astuple, dataclass
 import operator
 
 import numpy as np
 
-from . import _config, _kernels, _plan, reference
+from . import _config, reference
+from ._engine import FastBackend, forward_nbytes
 from ._blas import BLAS_Trans, gemm_arrays
 from ._validation import (_FLOAT_DTYPES, as_mask, as_real_array, as_sequences,
                           as_state, check_activation, check_bool, check_features, check_option,
@@ -345,134 +345,8 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
     >>> fl.workspace_nbytes(64, 100, 128, 256)      # the benchmark's "medium", float32
     52035584
     """
-    shape = batch, timesteps, input_dim, units = tuple(
-        operator.index(v) for v in (batch, timesteps, input_dim, units))
-    steps = batch * timesteps
-    slots = timesteps if training else 1
-    hoist = _plan.forward_plan(*shape).hoist
-    gate_slots = timesteps if training or hoist else 1
-    itemsize = np.dtype(dtype).itemsize
-    lanes = _kernels.current().vector_lanes(itemsize)
-    panel_units = -(-units // lanes) * lanes
-    elements = (batch * gate_slots * 4 * units        # gates
-                + steps * units                    # outputs
-                + batch * max(slots, 2) * (input_dim + units)  # each step's input and h_{t-1}
-                + batch * slots * units            # c_{t-1}
-                + (input_dim + units) * 4 * units  # kernel stacked on recurrent_kernel
-                # the weights a step reads, packed (units padded to whole panels)
-                + (units if hoist else input_dim + units) * 4 * panel_units
-                + 4 * batch * units)               # h, c, h_last, dropout multipliers
-    return elements * itemsize
+    return forward_nbytes(*(operator.index(v) for v in (batch, timesteps, input_dim, units)),
+                          dtype, training)
 
 
-@dataclass
-class _FastRecord:
-    """What the fast forward pass keeps for its backward pass: the buffers
-    the backward kernel reads (see ``backward`` in ``fastlstm/_lstm.pyx``)."""
-
-    x_shape: tuple
-    weights: np.ndarray          # kernel stacked on recurrent_kernel, as the forward read them
-    mask: object                 # (B, T) uint8, or None
-    dropout: np.ndarray          # (B, H) recurrent-dropout multipliers, ones for none
-    has_dropout: bool
-    go_backwards: bool
-    gates: np.ndarray            # the activated gates; the gate gradients overwrite them
-    states: np.ndarray           # each step's [x_t, h_{t-1}]
-    c_prev: np.ndarray           # each step's c_{t-1}
-    has_bias: bool
-    activation_codes: tuple
-
-
-class _FastBackend:
-    """The Cython kernels behind the reference's signatures: allocate the
-    outputs and workspace, then run the kernel with BLAS single-threaded."""
-
-    @staticmethod
-    def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
-                     go_backwards=False, return_cache=True, recurrent_dropout_mask=None,
-                     activation="tanh", recurrent_activation="sigmoid"):
-        dtype = kernel.dtype
-        batch, timesteps, input_dim = x.shape
-        units = recurrent_kernel.shape[0]
-        x = np.ascontiguousarray(x)
-        has_bias = bias is not None
-        bias = np.ascontiguousarray(bias) if has_bias else np.zeros(4 * units, dtype)
-        if initial_state is None:
-            h = np.zeros((batch, units), dtype)
-            c = np.zeros((batch, units), dtype)
-        else:
-            h = np.array(initial_state[0], dtype=dtype, order="C")
-            c = np.array(initial_state[1], dtype=dtype, order="C")
-        mask_bytes = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
-        has_dropout = recurrent_dropout_mask is not None
-        dropout = (np.ascontiguousarray(recurrent_dropout_mask) if has_dropout
-                   else np.ones((batch, units), dtype))
-        # Inference steps use two state slots in turn (see fastlstm/_lstm.pyx).
-        slots = timesteps if return_cache else 2
-        threads, single_blas, hoist = astuple(_plan.forward_plan(batch, timesteps, input_dim,
-                                                                 units))
-        gate_slots = timesteps if return_cache or hoist else 1
-        try:
-            weights = np.empty((input_dim + units, 4 * units), dtype)
-            outputs = np.empty((batch, timesteps, units), dtype)
-            gates = np.empty((batch, gate_slots, 4 * units), dtype)
-            states = np.empty((batch, slots, input_dim + units), dtype)
-            c_prev = np.empty((batch, timesteps if return_cache else 1, units), dtype)
-            h_last = np.empty((batch, units), dtype)
-        except MemoryError:
-            needed = workspace_nbytes(batch, timesteps, input_dim, units, dtype, return_cache)
-            raise MemoryError(
-                f"lstm_forward needs {needed / 2**30:.1f} GiB of workspace for x of shape "
-                f"{x.shape} and units={units} ({dtype}, "
-                f"{'training' if return_cache else 'inference'}); see "
-                f"fastlstm.workspace_nbytes. Use a smaller batch or shorter sequences."
-            ) from None
-        weights[:input_dim] = kernel
-        weights[input_dim:] = recurrent_kernel
-        kernels = _kernels.current()
-        codes = (kernels.Activation[activation.upper()],
-                 kernels.Activation[recurrent_activation.upper()])
-        with _config.single_threaded_blas(single_blas):
-            kernels.forward(x, weights, bias, mask_bytes, dropout, go_backwards, outputs, h, c,
-                            gates, states, c_prev, h_last, return_cache, hoist, *codes, threads)
-        cache = None
-        if return_cache:
-            cache = _FastRecord(x_shape=x.shape, weights=weights, mask=mask_bytes,
-                         dropout=dropout, has_dropout=has_dropout, go_backwards=go_backwards,
-                         gates=gates, states=states, c_prev=c_prev, has_bias=has_bias,
-                         activation_codes=codes)
-        return outputs, h, c, cache
-
-    @staticmethod
-    def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
-        weights, dropout = cache.weights, cache.dropout
-        dtype = weights.dtype
-        batch, timesteps, input_dim = x_shape = cache.x_shape
-        units = weights.shape[1] // 4
-        state_shape = (batch, units)
-        dh_pass = np.zeros(state_shape, dtype) if grad_h is None else np.array(grad_h, dtype, order="C")
-        dc = np.zeros(state_shape, dtype) if grad_c is None else np.array(grad_c, dtype, order="C")
-        dh_rec = np.zeros(state_shape, dtype)
-        carry = np.zeros(state_shape, dtype)
-        dx = np.empty(x_shape, dtype) if input_gradient else None
-        # One product fills both weight gradients: dkernel on drecurrent_kernel.
-        dweights = np.empty_like(weights)
-        dbias = np.empty(4 * units, dtype)
-        grad_outputs = (np.zeros((batch, timesteps, units), dtype) if grad_outputs is None
-                        else np.ascontiguousarray(grad_outputs))
-        # The backward pass does twice the forward pass's products.
-        threads, single_blas = _plan.call_threads(2 * _plan.forward_flops(x_shape, units))
-        with _config.single_threaded_blas(single_blas):
-            _kernels.current().backward(weights, cache.mask, dropout,
-                                        cache.go_backwards, grad_outputs, cache.gates,
-                                        cache.states, cache.c_prev, dh_rec, dh_pass, dc,
-                                        carry, dx, dweights, dbias,
-                                        *cache.activation_codes, threads)
-        if cache.has_dropout:
-            dh_rec *= dropout
-        dh0 = dh_rec + dh_pass
-        return (dx, dweights[:input_dim], dweights[input_dim:],
-                dbias if cache.has_bias else None, dh0, dc)
-
-
-_BACKENDS = {"fast": _FastBackend, "reference": reference}
+_BACKENDS = {"fast": FastBackend, "reference": reference}

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not _pool.threaded(), reason="built without a th
 @pytest.fixture
 def any_size_on_threads(monkeypatch):
     """Every call on the thread count set, however small."""
-    monkeypatch.setattr(fastlstm._config, "_PARALLEL_MIN_FLOPS", 0)
+    monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     yield
     fastlstm.set_num_threads(None)
 
