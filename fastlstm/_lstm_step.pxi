@@ -2,7 +2,7 @@
 # fed one step per call (sampling, generation), where the forward pass's
 # packing and workspaces would cost more than the step itself.
 #
-# The step reads every weight once, so it reads them in Keras' layout
+# The step reads every weight once, so it streams them in Keras' layout
 # instead of packing them (see _fl_step.h), keeps nothing between calls and
 # cannot go stale: the weights it reads are the caller's arrays as they are
 # at the call. Each gate pre-activation sums [x_t, h_{t-1}] @ [kernel;
@@ -15,61 +15,21 @@ import numpy as np
 cnp.import_array()
 
 cdef extern from "_fl_step.h":
-    void fl_strided_tile_f(int rows, const float* a, Py_ssize_t lda, const float* w,
-                           Py_ssize_t ldw, Py_ssize_t depth, float* z, Py_ssize_t ldz,
-                           Py_ssize_t gate_stride, int accumulate) noexcept nogil
-    void fl_strided_tile_d(int rows, const double* a, Py_ssize_t lda, const double* w,
-                           Py_ssize_t ldw, Py_ssize_t depth, double* z, Py_ssize_t ldz,
-                           Py_ssize_t gate_stride, int accumulate) noexcept nogil
+    void fl_row_product_f(Py_ssize_t rows, const float* a, Py_ssize_t lda, const float* w,
+                          Py_ssize_t depth, Py_ssize_t n, float* z, Py_ssize_t ldz,
+                          int accumulate) noexcept nogil
+    void fl_row_product_d(Py_ssize_t rows, const double* a, Py_ssize_t lda, const double* w,
+                          Py_ssize_t depth, Py_ssize_t n, double* z, Py_ssize_t ldz,
+                          int accumulate) noexcept nogil
 
 
-cdef inline void _strided_tile(int rows, const floating* a, Py_ssize_t lda, const floating* w,
-                               Py_ssize_t ldw, Py_ssize_t depth, floating* z, Py_ssize_t ldz,
-                               Py_ssize_t gate_stride, bint accumulate) noexcept nogil:
+cdef inline void _row_product(Py_ssize_t rows, const floating* a, Py_ssize_t lda,
+                              const floating* w, Py_ssize_t depth, Py_ssize_t n, floating* z,
+                              bint accumulate) noexcept nogil:
     if floating is float:
-        fl_strided_tile_f(rows, a, lda, w, ldw, depth, z, ldz, gate_stride, accumulate)
+        fl_row_product_f(rows, a, lda, w, depth, n, z, n, accumulate)
     else:
-        fl_strided_tile_d(rows, a, lda, w, ldw, depth, z, ldz, gate_stride, accumulate)
-
-
-cdef void _step_products(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
-                         const floating* kernel, const floating* recurrent_kernel,
-                         const floating* h, floating* z, floating* tail) noexcept nogil:
-    """z (B, 4H) = x (B, I) @ kernel + h (B, H) @ recurrent_kernel, in
-    register tiles of whole gate panels read in place. A last partial panel
-    is packed into ``tail`` ((I + H) * 4L, zero-padded) as the forward pass
-    packs it, since reading it in place would read past the weights' end."""
-    cdef Py_ssize_t G = 4 * H, L = _lanes(z), full = H // L
-    cdef Py_ssize_t u, r0, nr, k, g, l, j
-    for u in range(full):
-        r0 = 0
-        while r0 < B:
-            nr = min(FL_ROWS, B - r0)
-            _strided_tile(<int>nr, x + r0 * I, I, kernel + u * L, G, I,
-                          z + r0 * G + u * L, G, H, False)
-            _strided_tile(<int>nr, h + r0 * H, H, recurrent_kernel + u * L, G, H,
-                          z + r0 * G + u * L, G, H, True)
-            r0 += nr
-    if full * L == H:
-        return
-    for k in range(I + H):
-        for g in range(4):
-            for l in range(L):
-                j = full * L + l
-                if j >= H:
-                    tail[(k * 4 + g) * L + l] = 0
-                elif k < I:
-                    tail[(k * 4 + g) * L + l] = kernel[k * G + g * H + j]
-                else:
-                    tail[(k * 4 + g) * L + l] = recurrent_kernel[(k - I) * G + g * H + j]
-    r0 = 0
-    while r0 < B:
-        nr = min(FL_ROWS, B - r0)
-        _gate_tile(<int>nr, H - full * L, x + r0 * I, I, tail, I, z + r0 * G + full * L, G,
-                   H, False)
-        _gate_tile(<int>nr, H - full * L, h + r0 * H, H, tail + I * 4 * L, H,
-                   z + r0 * G + full * L, G, H, True)
-        r0 += nr
+        fl_row_product_d(rows, a, lda, w, depth, n, z, n, accumulate)
 
 
 cdef inline void _step_units(Py_ssize_t H, const floating* z, const floating* bias,
@@ -88,25 +48,20 @@ cdef inline void _step_units(Py_ssize_t H, const floating* z, const floating* bi
         h_out[j] = go * _activate(cell, activation)
 
 
-cdef int _step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
-               const floating* kernel, const floating* recurrent_kernel,
-               const floating* bias, const floating* h, const floating* c,
-               floating* h_out, floating* c_out, floating* z,
-               int activation, int recurrent_activation) noexcept nogil:
-    """The step; -1 when the tail panel's few bytes cannot be allocated."""
-    cdef Py_ssize_t b, L = _lanes(z)
-    cdef unsigned int csr
-    cdef void* raw = NULL
-    cdef floating* tail = NULL
-    if H % L:
-        raw = malloc((I + H) * 4 * L * sizeof(floating) + 64)
-        if raw == NULL:
-            return -1
-        tail = _aligned(raw, z)
-    csr = fl_flush_denormals()
-    # Every product reads all of h before any unit of h_out is written, so
-    # h_out and c_out may be h and c themselves.
-    _step_products(B, I, H, x, kernel, recurrent_kernel, h, z, tail)
+cdef void _step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
+                const floating* kernel, const floating* recurrent_kernel,
+                const floating* bias, const floating* h, const floating* c,
+                floating* h_out, floating* c_out, floating* z,
+                int activation, int recurrent_activation) noexcept nogil:
+    """h_out, c_out after one step from x (B, I), h and c (B, H); z (B, 4H)
+    is scratch. Every product reads all of h before any unit of h_out is
+    written, so h_out and c_out may be h and c themselves."""
+    cdef Py_ssize_t b
+    cdef unsigned int csr = fl_flush_denormals()
+    # z = x @ kernel + h @ recurrent_kernel, summed over [x_t, h_{t-1}] in
+    # the order of the forward pass's per-step product.
+    _row_product(B, x, I, kernel, I, 4 * H, z, False)
+    _row_product(B, h, H, recurrent_kernel, H, 4 * H, z, True)
     for b in range(B):
         if activation == TANH and recurrent_activation == SIGMOID:
             _step_units(H, z + b * 4 * H, bias, c + b * H, h_out + b * H, c_out + b * H,
@@ -115,8 +70,6 @@ cdef int _step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
             _step_units(H, z + b * 4 * H, bias, c + b * H, h_out + b * H, c_out + b * H,
                         activation, recurrent_activation)
     fl_restore_denormals(csr)
-    free(raw)
-    return 0
 
 
 cdef inline int _check_matrix(cnp.ndarray a, int typenum, Py_ssize_t rows, Py_ssize_t cols,
@@ -166,7 +119,7 @@ cdef class Step:
         h, c (B, H), in new arrays; x, h and c are left as they are."""
         cdef Py_ssize_t B = cnp.PyArray_DIM(x, 0) if cnp.PyArray_NDIM(x) == 2 else -1
         cdef Py_ssize_t I = self.input_dim, H = self.units
-        cdef int t = self.typenum, status
+        cdef int t = self.typenum
         cdef cnp.npy_intp dims[2]
         cdef void* scratch
         # The pointer arithmetic below trusts these shapes.
@@ -181,24 +134,21 @@ cdef class Step:
             raise MemoryError(f"cannot allocate the {B * 4 * H} gate values of a step")
         if t == cnp.NPY_FLOAT32:
             with nogil:
-                status = _step(B, I, H, <float*>cnp.PyArray_DATA(x),
-                               <float*>cnp.PyArray_DATA(self.kernel),
-                               <float*>cnp.PyArray_DATA(self.recurrent_kernel),
-                               <float*>cnp.PyArray_DATA(self.bias), <float*>cnp.PyArray_DATA(h),
-                               <float*>cnp.PyArray_DATA(c), <float*>cnp.PyArray_DATA(h_out),
-                               <float*>cnp.PyArray_DATA(c_out), <float*>scratch,
-                               self.activation, self.recurrent_activation)
+                _step(B, I, H, <float*>cnp.PyArray_DATA(x),
+                      <float*>cnp.PyArray_DATA(self.kernel),
+                      <float*>cnp.PyArray_DATA(self.recurrent_kernel),
+                      <float*>cnp.PyArray_DATA(self.bias), <float*>cnp.PyArray_DATA(h),
+                      <float*>cnp.PyArray_DATA(c), <float*>cnp.PyArray_DATA(h_out),
+                      <float*>cnp.PyArray_DATA(c_out), <float*>scratch,
+                      self.activation, self.recurrent_activation)
         else:
             with nogil:
-                status = _step(B, I, H, <double*>cnp.PyArray_DATA(x),
-                               <double*>cnp.PyArray_DATA(self.kernel),
-                               <double*>cnp.PyArray_DATA(self.recurrent_kernel),
-                               <double*>cnp.PyArray_DATA(self.bias),
-                               <double*>cnp.PyArray_DATA(h), <double*>cnp.PyArray_DATA(c),
-                               <double*>cnp.PyArray_DATA(h_out),
-                               <double*>cnp.PyArray_DATA(c_out), <double*>scratch,
-                               self.activation, self.recurrent_activation)
+                _step(B, I, H, <double*>cnp.PyArray_DATA(x),
+                      <double*>cnp.PyArray_DATA(self.kernel),
+                      <double*>cnp.PyArray_DATA(self.recurrent_kernel),
+                      <double*>cnp.PyArray_DATA(self.bias), <double*>cnp.PyArray_DATA(h),
+                      <double*>cnp.PyArray_DATA(c), <double*>cnp.PyArray_DATA(h_out),
+                      <double*>cnp.PyArray_DATA(c_out), <double*>scratch,
+                      self.activation, self.recurrent_activation)
         free(scratch)
-        if status:
-            raise MemoryError("cannot allocate the step's tail panel")
         return h_out, c_out
