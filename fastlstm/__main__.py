@@ -12,15 +12,14 @@
 import argparse
 import sys
 
-# The benchmark's sizes, named here so that parsing the command line does not
-# import the benchmark; tests check they are fastlstm._bench.SIZES.
-_SIZES = ("tiny", "small", "medium", "large", "long", "one", "few")
-# Likewise the model benchmark's models (fastlstm._bench_models.MODELS).
-_MODELS = ("char", "classifier", "stack512")
+# The names the options offer. Neither module imports more than NumPy (which
+# fastlstm has loaded), so parsing the command line starts no benchmark.
+from .tools.models import MODELS
+from .tools.sizes import SIZES
 
 
 def _demo(args):
-    from ._demo import run
+    from .tools.demo import run
 
     return run(seconds=args.seconds, units=args.units, seed=args.seed, threads=args.threads)
 
@@ -34,13 +33,13 @@ def _info(args):
 
 def _bench(args):
     if args.keras:
-        from ._bench_keras import run as run_keras
+        from .tools.keras_adapter import run as run_keras
 
         results = run_keras(models=args.models or None, turns=args.turns, epochs=args.epochs,
                             threads=args.threads)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
     if args.models is not None:
-        from ._bench_models import run as run_models
+        from .tools.models import run as run_models
 
         results = run_models(models=args.models or None, turns=args.turns, epochs=args.epochs,
                              threads=args.threads, keras_python=args.keras_python,
@@ -49,7 +48,7 @@ def _bench(args):
 
     import json
 
-    from ._bench import run
+    from .tools.bench import run
 
     results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
                   threads=args.threads, reference=args.reference,
@@ -58,7 +57,7 @@ def _bench(args):
     # Non-zero when an implementation disagreed with fastlstm, so scripts notice.
     checked = list(results["sizes"].values()) + [results.get("generation") or {"errors": []}]
     if args.torch_adapter:
-        from ._bench_torch import run as run_adapter
+        from .tools.torch_adapter import run as run_adapter
 
         results["torch_adapter"] = run_adapter(sizes=args.sizes, repeat=args.repeat,
                                                dtype=args.dtype, threads=args.threads)
@@ -111,8 +110,8 @@ def main(argv=None):
         description="Median times of a training step and of inference for fastlstm, its "
                     "NumPy reference and, when importable, PyTorch and ONNX Runtime, in "
                     "interleaved turns on the same inputs and weights.")
-    bench.add_argument("--sizes", nargs="+", choices=_SIZES, metavar="SIZE",
-                       help=f"sizes to run, from {', '.join(_SIZES)} (default: all)")
+    bench.add_argument("--sizes", nargs="+", choices=list(SIZES), metavar="SIZE",
+                       help=f"sizes to run, from {', '.join(SIZES)} (default: all)")
     bench.add_argument("--repeat", type=_positive_int, metavar="N",
                        help="timed calls of each implementation per size (default: "
                             "chosen per size; the reference at most 5 at the larger sizes)")
@@ -122,10 +121,10 @@ def main(argv=None):
     bench.add_argument("--no-reference", dest="reference", action="store_false",
                        help="leave out the NumPy reference")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    bench.add_argument("--models", nargs="*", choices=_MODELS, metavar="MODEL",
+    bench.add_argument("--models", nargs="*", choices=list(MODELS), metavar="MODEL",
                        help=f"instead, time one epoch of fit on whole models in fastlstm, "
                             f"PyTorch and Keras, each in its own process: "
-                            f"{', '.join(_MODELS)} (default with no names: all)")
+                            f"{', '.join(MODELS)} (default with no names: all)")
     bench.add_argument("--turns", type=_positive_int, default=3, metavar="N",
                        help="with --models: processes per framework, in turns (default: 3)")
     bench.add_argument("--epochs", type=_positive_int, default=2, metavar="N",

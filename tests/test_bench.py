@@ -7,8 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from fastlstm import _bench, _config, lstm_backward, lstm_forward
-from fastlstm.__main__ import _SIZES, main
+from fastlstm import _config, lstm_backward, lstm_forward
+from fastlstm.__main__ import main
+from fastlstm.tools import bench
 
 
 def test_bench_tiny_writes_medians(tmp_path, capsys):
@@ -38,10 +39,6 @@ def test_bench_runs_without_peers(tmp_path, capsys, monkeypatch):
     assert set(results["sizes"]["tiny"]["median_ms"]["training"]) == {"fast", "reference"}
 
 
-def test_size_names_of_the_command_line_are_the_benchmarks():
-    assert _SIZES == tuple(_bench.SIZES)
-
-
 def test_interleaved_medians_runs_each_call_its_rounds():
     counts = {"a": 0, "b": 0}
 
@@ -50,7 +47,7 @@ def test_interleaved_medians_runs_each_call_its_rounds():
             counts[name] += 1
         return run
 
-    medians, times = _bench.interleaved_medians({"a": call("a"), "b": call("b")},
+    medians, times = bench.interleaved_medians({"a": call("a"), "b": call("b")},
                                                 {"a": 7, "b": 3})
     assert [len(times["a"]), len(times["b"])] == [7, 3]
     assert counts == {"a": 8, "b": 4}  # one warm-up call each
@@ -65,7 +62,7 @@ def test_turns_with_pauses_start_with_an_untimed_call_and_time_bursts():
             order.append(name)
         return run
 
-    medians, times = _bench.interleaved_medians(
+    medians, times = bench.interleaved_medians(
         {"a": call("a"), "slow": call("slow")}, {"a": 5, "slow": 2},
         burst=2, pause=0.001, settle={"slow": 0.002})
     assert [len(times["a"]), len(times["slow"])] == [5, 2]
@@ -79,22 +76,22 @@ def test_turns_with_pauses_start_with_an_untimed_call_and_time_bursts():
 def test_sgemm_rate_is_measured_and_blas_threads_restored():
     handles = _config._openblas()
     before = handles["get_num_threads"]() if handles else None
-    rate = _bench.sgemm_gflops(1, size=256, repeat=3)
+    rate = bench.sgemm_gflops(1, size=256, repeat=3)
     assert np.isfinite(rate) and rate > 0
     if handles:
         assert handles["get_num_threads"]() == before
 
 
 def _arrays(dtype=np.float64, shape=(3, 6, 5, 4)):
-    return _bench._inputs(*shape, dtype, seed=1)
+    return bench._inputs(*shape, dtype, seed=1)
 
 
 def test_a_peer_that_disagrees_is_not_timed():
     x, kernel, recurrent_kernel, bias = _arrays(np.float32)
-    fast = _bench._fastlstm("fast", "fast", x, kernel, recurrent_kernel, bias)
+    fast = bench._fastlstm("fast", "fast", x, kernel, recurrent_kernel, bias)
     wrong = fast.check_infer() + 0.1
-    peer = _bench.Implementation("peer", None, lambda: wrong, None, lambda: wrong)
-    timed, errors = _bench._verify(fast, [peer], np.dtype(np.float32))
+    peer = bench.Implementation("peer", None, lambda: wrong, None, lambda: wrong)
+    timed, errors = bench._verify(fast, [peer], np.dtype(np.float32))
     assert [implementation.name for implementation in timed] == ["fast"]
     assert len(errors) == 1 and errors[0].startswith("peer disagrees")
 
@@ -105,7 +102,7 @@ def test_torch_weights_compute_the_reference():
     expected, _, _, cache = lstm_forward(x, kernel, recurrent_kernel, bias, backend="reference")
     grads = lstm_backward(cache, grad_outputs=np.ones_like(expected))
 
-    lstm = _bench.torch_lstm(kernel, recurrent_kernel, bias)
+    lstm = bench.torch_lstm(kernel, recurrent_kernel, bias)
     x_torch = torch.from_numpy(x).requires_grad_(True)
     outputs, _ = lstm(x_torch)
     outputs.sum().backward()
@@ -125,19 +122,19 @@ def test_onnx_weights_compute_the_reference():
     expected = lstm_forward(x, kernel, recurrent_kernel, bias, return_cache=False,
                             backend="reference")[0]
     session = onnxruntime.InferenceSession(
-        _bench.onnx_lstm_model(kernel, recurrent_kernel, bias).SerializeToString(),
+        bench.onnx_lstm_model(kernel, recurrent_kernel, bias).SerializeToString(),
         providers=["CPUExecutionProvider"])
     outputs = session.run(["Y"], {"X": np.ascontiguousarray(x.transpose(1, 0, 2))})[0]
     np.testing.assert_allclose(outputs[:, 0].transpose(1, 0, 2), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_generation_and_targets_are_printed_with_the_machine(capsys):
-    results = _bench.run(sizes=["tiny"], repeat=2, reference=False, generation=True)
+    results = bench.run(sizes=["tiny"], repeat=2, reference=False, generation=True)
     printed = capsys.readouterr().out
     generation = results["generation"]
     assert generation["errors"] == []
     assert generation["median_ms"]["fast"] > 0
-    assert generation["shape"]["steps"] == _bench.GENERATION_STEPS
+    assert generation["shape"]["steps"] == bench.GENERATION_STEPS
     assert f"CPU: {results['cpu']}" in printed
     targets = printed[printed.index("\ntargets on "):]
     assert results["cpu"] in targets and results["kernels"] in targets
@@ -146,6 +143,6 @@ def test_generation_and_targets_are_printed_with_the_machine(capsys):
 
 
 def test_bench_one_and_few_are_the_character_model_layer():
-    assert _bench.SIZES["one"] == (1, 64, 32, 256)
-    assert _bench.SIZES["few"] == (4, 64, 32, 256)
-    assert _bench.cpu_model()
+    assert bench.SIZES["one"] == (1, 64, 32, 256)
+    assert bench.SIZES["few"] == (4, 64, 32, 256)
+    assert bench.cpu_model()

@@ -1,6 +1,6 @@
 """``python -m fastlstm bench``: fastlstm against its peers, side by side.
 
-For each size of :data:`SIZES` (see ``docs/performance.rst``) this
+For each size of :data:`fastlstm.tools.sizes.SIZES` this
 measures, in one process and on the same inputs and weights, the median time
 of a training step (forward over the whole sequence returning every output,
 then backward of ``sum(outputs)`` to the input and all weights) and of
@@ -31,12 +31,12 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _config, _kernels, convert
-from ._version import __version__
-from .functional import lstm_backward, lstm_forward, matmul
+from .. import _config, _kernels, convert
+from .._version import __version__
+from ..functional import lstm_backward, lstm_forward, matmul
+from .sizes import SIZES
 
 __all__ = [
-    "SIZES",
     "GENERATION_STEPS",
     "cpu_model",
     "training_flops",
@@ -49,17 +49,6 @@ __all__ = [
     "run",
 ]
 
-# name: (batch, timesteps, input_dim, units); docs/performance.rst explains the choice.
-SIZES = {
-    "tiny": (8, 20, 16, 32),
-    "small": (32, 50, 32, 64),
-    "medium": (64, 100, 128, 256),
-    "large": (64, 50, 512, 512),
-    "long": (16, 400, 64, 128),
-    # One and a few sequences of a character model's layer: sampling text.
-    "one": (1, 64, 32, 256),
-    "few": (4, 64, 32, 256),
-}
 # Generation: the "one" layer, stateful, fed one step at a time, as sampling
 # text feeds a model its own last output.
 GENERATION_STEPS = 200
@@ -335,7 +324,7 @@ def _generation(dtype, threads, peers, rounds, burst):
     GENERATION_SIZE shape fed GENERATION_STEPS steps one at a time (fastlstm's
     :class:`fastlstm.LSTM`; PyTorch's ``nn.LSTM`` with its state carried from
     call to call), against a forward pass over the whole sequence."""
-    from . import LSTM
+    from ..layers import LSTM
 
     batch, _, input_dim, units = SIZES[GENERATION_SIZE]
     x, kernel, recurrent_kernel, bias = _inputs(batch, GENERATION_STEPS, input_dim, units, dtype)
