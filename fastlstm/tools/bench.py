@@ -69,16 +69,13 @@ REFERENCE_ROUNDS = {"tiny": 50, "small": 20, "medium": 5, "large": 5, "long": 5,
 # Calls timed in a row per turn (see interleaved_medians): about 5 to 20 ms of
 # work, so that each library runs in the steady state of a training loop.
 BURST = {"tiny": 20, "small": 10, "medium": 2, "large": 2, "long": 4, "one": 10, "few": 10}
-# The pause after each turn. fastlstm's OpenMP threads spin for a few
-# milliseconds after a call (libgomp's default), and ONNX Runtime's
-# inference at "long" ran 1.6x slower right after a fastlstm call than
-# 10 ms later; PyTorch's threads likewise. The pause keeps any library's
-# idle threads from competing with the next library's timed calls.
+# The pause after each turn: libraries leave their worker threads spinning
+# on the cores for milliseconds after a call, and a library timed in that
+# window competes with them (docs/performance.rst, "How it was measured",
+# gives what was measured).
 PAUSE_SECONDS = 0.02
-# The pause after the NumPy reference's turns: NumPy's own OpenBLAS threads,
-# woken by the reference's products, keep spinning for about 0.15 s
-# (OpenBLAS's default thread timeout, 2**28 cycles); a two-thread call in
-# that window ran 6x slower on a 2-core machine.
+# The pause after the NumPy reference's turns: NumPy's own OpenBLAS threads
+# keep spinning for OpenBLAS's thread timeout (2**28 cycles, about 0.15 s).
 REFERENCE_SETTLE_SECONDS = 0.3
 
 # A 2-core AVX-512 machine's sgemm ceiling, measured once with OpenBLAS's
