@@ -46,11 +46,19 @@ def _bench(args):
                              batch_size=args.batch_size)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
 
+    if args.busy:
+        from .tools.busy import run as run_busy
+
+        results = run_busy(repeat=args.repeat)
+        return 1 if results["errors"] else 0
+
     import json
 
     from .tools.bench import run
 
-    results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
+    # --generation without --sizes is the generation mode alone.
+    sizes = [] if args.generation and args.sizes is None else args.sizes
+    results = run(sizes=sizes, repeat=args.repeat, dtype=args.dtype,
                   threads=args.threads, reference=args.reference,
                   json_path=None if args.torch_adapter else args.json,
                   generation=args.generation or None)
@@ -141,8 +149,15 @@ def main(argv=None):
                             "installed Keras backend, and fastlstm's own Sequential "
                             "(--models, --turns, --epochs and --threads apply)")
     bench.add_argument("--generation", action="store_true",
-                       help="time text generation (a stateful layer fed one step at a time) "
-                            "even when --sizes narrows the run (default: with all sizes)")
+                       help="time text generation: 200 one-step calls of the 'one' layer, "
+                            "state carried (a stateful layer, predict_on_batch, layer.cell, "
+                            "PyTorch, ONNX Runtime); alone, or beside the sizes --sizes "
+                            "names (a run of all sizes includes it)")
+    bench.add_argument("--busy", action="store_true",
+                       help="instead, keep one core busy with a spinning process and time "
+                            "fastlstm and PyTorch on 2 threads and on 1 under that load: a "
+                            "training step of a small model and at 'small', inference at "
+                            "'one' (--repeat applies)")
     bench.add_argument("--torch-adapter", action="store_true",
                        help="also time fastlstm.torch.LSTM in PyTorch training steps, padded "
                             "and packed, against torch.nn.LSTM (needs PyTorch)")

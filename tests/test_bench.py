@@ -133,7 +133,7 @@ def test_generation_and_targets_are_printed_with_the_machine(capsys):
     printed = capsys.readouterr().out
     generation = results["generation"]
     assert generation["errors"] == []
-    assert generation["median_ms"]["fast"] > 0
+    assert generation["median_ms"]["layer"] > 0
     assert generation["shape"]["steps"] == bench.GENERATION_STEPS
     assert f"CPU: {results['cpu']}" in printed
     targets = printed[printed.index("\ntargets on "):]
@@ -146,3 +146,84 @@ def test_bench_one_and_few_are_the_character_model_layer():
     assert bench.SIZES["one"] == (1, 64, 32, 256)
     assert bench.SIZES["few"] == (4, 64, 32, 256)
     assert bench.cpu_model()
+
+
+def _one_step_cell(layer):
+    """Keras' LSTMCell interface on ``layer``'s weights, through lstm_forward
+    on one step: ``h, [h, c] = cell(x_t, [h, c])``."""
+    def cell(x_t, states):
+        _, h, c = lstm_forward(x_t[:, None], *layer.get_weights(), initial_state=states,
+                               return_cache=False)[:3]
+        return h, [h, c]
+
+    return cell
+
+
+@pytest.mark.parametrize("with_cell", [False, True])
+def test_generation_mode_alone_times_every_way_of_generating(with_cell, tmp_path, capsys,
+                                                             monkeypatch):
+    import fastlstm
+
+    if with_cell:
+        monkeypatch.setattr(fastlstm.LSTM, "cell", property(_one_step_cell), raising=False)
+    elif hasattr(fastlstm.LSTM, "cell"):
+        monkeypatch.delattr(fastlstm.LSTM, "cell")
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--generation", "--repeat", "1", "--json", str(path)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads(path.read_text())
+    assert results["sizes"] == {}   # the mode alone
+    generation = results["generation"]
+    assert generation["errors"] == []
+    timed = {"layer", "model"} | ({"cell"} if with_cell else set())
+    timed |= {peer for peer in ("torch", "onnxruntime") if peer in results["peers"]}
+    assert set(generation["median_ms"]) == timed
+    assert all(value > 0 for value in generation["median_ms"].values())
+    assert ("layer.cell: not available" in printed) is not with_cell
+    if "torch" in timed:
+        assert "stateful layer / PyTorch" in printed
+    if {"cell", "onnxruntime"} <= timed:
+        assert generation["ratios"]["cell_over_onnxruntime"] > 0
+        assert "layer.cell / ORT" in printed
+
+
+def test_generation_never_times_a_way_that_disagrees(monkeypatch, capsys):
+    calls = bench._generation_calls
+
+    def with_a_wrong_one(*args):
+        found, notes = calls(*args)
+        right = found["layer"]
+        found["layer"] = lambda: right() + 1
+        return found, notes
+
+    monkeypatch.setattr(bench, "_generation_calls", with_a_wrong_one)
+    for module in ("torch", "onnx", "onnxruntime"):   # faster, and not what is tested
+        monkeypatch.setitem(sys.modules, module, None)
+    results = bench.run(sizes=[], repeat=1, generation=True)
+    generation = results["generation"]
+    assert "layer" not in generation["median_ms"] and "model" in generation["median_ms"]
+    assert generation["errors"][0].startswith("fastlstm stateful LSTM layer's generation "
+                                              "disagrees")
+    assert "ERROR: fastlstm stateful LSTM layer's" in capsys.readouterr().out
+
+
+def test_generation_runs_without_peers(monkeypatch):
+    for module in ("torch", "onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, module, None)
+    results = bench.run(sizes=[], repeat=1, generation=True)
+    assert set(results["generation"]["median_ms"]) >= {"layer", "model"}
+    assert not {"torch", "onnxruntime"} & set(results["generation"]["median_ms"])
+
+
+def test_stateful_onnx_model_carries_the_state():
+    onnxruntime = pytest.importorskip("onnxruntime")
+    x, kernel, recurrent_kernel, bias = _arrays(np.float32)
+    expected = lstm_forward(x, kernel, recurrent_kernel, bias, return_cache=False)[0]
+    session = onnxruntime.InferenceSession(
+        bench.onnx_lstm_model(kernel, recurrent_kernel, bias, with_state=True)
+        .SerializeToString(), providers=["CPUExecutionProvider"])
+    h = c = np.zeros((1, x.shape[0], recurrent_kernel.shape[0]), np.float32)
+    for t in range(x.shape[1]):
+        h, c = session.run(["Y_h", "Y_c"], {"X": np.ascontiguousarray(x[:, t][None]),
+                                             "initial_h": h, "initial_c": c})
+        np.testing.assert_allclose(h[0], expected[:, t], rtol=1e-5, atol=1e-6)
