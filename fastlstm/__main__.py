@@ -49,7 +49,7 @@ def _bench(args):
     if args.busy:
         from .tools.busy import run as run_busy
 
-        results = run_busy(repeat=args.repeat)
+        results = run_busy(repeat=args.repeat, json_path=args.json)
         return 1 if results["errors"] else 0
 
     import json

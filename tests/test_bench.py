@@ -73,6 +73,16 @@ def test_turns_with_pauses_start_with_an_untimed_call_and_time_bursts():
     assert all(value >= 0 for value in medians.values())
 
 
+def test_a_setting_is_made_before_each_turn_and_the_warm_up():
+    order = []
+    medians, times = bench.interleaved_medians(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, {"a": 4, "b": 2},
+        burst=2, pause=0.001, before={"a": lambda: order.append("set a")})
+    assert [len(times["a"]), len(times["b"])] == [4, 2]
+    turn_of_a = ["set a"] + ["a"] * 3
+    assert order == ["set a", "a", "b"] + turn_of_a + turn_of_a + ["b"] * 3
+
+
 def test_sgemm_rate_is_measured_and_blas_threads_restored():
     handles = _config._openblas()
     before = handles["get_num_threads"]() if handles else None

@@ -173,7 +173,7 @@ def sgemm_gflops(threads, size=2048, repeat=7):
     return 2 * size**3 / min(times) / 1e9
 
 
-def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
+def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None, before=None):
     """Median wall time of each call, timed in interleaved turns.
 
     Parameters
@@ -197,6 +197,10 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
         untimed call, which wakes the call's own threads.
     settle : dict of str to float, optional
         A longer pause after the turns of these calls.
+    before : dict of str to callable, optional
+        An untimed call without arguments made before each turn (and the
+        warm-up) of these calls: a setting of their own, such as a thread
+        count.
 
     Returns
     -------
@@ -206,7 +210,9 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
         Every time measured, in milliseconds, in order.
     """
     settle = dict(settle or {})
-    for call in calls.values():
+    before = dict(before or {})
+    for name, call in calls.items():
+        before.get(name, _nothing)()
         call()  # warm-up: first-call allocations, lazy imports, JIT kernels
     turns = {name: -(-rounds[name] // burst) for name in calls}
     total = max(turns.values())
@@ -223,6 +229,7 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
                 if (step * turns[name]) // total == ((step + 1) * turns[name]) // total:
                     continue
                 wait = settle.get(name, pause)
+                before.get(name, _nothing)()
                 if pause or settle:
                     call()  # untimed: the threads wake up after the last pause
                 for _ in range(min(burst, rounds[name] - len(times[name]))):
@@ -236,6 +243,10 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
             gc.enable()
     medians = {name: statistics.median(values) for name, values in times.items()}
     return medians, times
+
+
+def _nothing():
+    pass
 
 
 def _inputs(batch, timesteps, input_dim, units, dtype, seed=0):
