@@ -389,8 +389,12 @@ def _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers):
 
         calls["torch"] = torch_calls
     if "onnxruntime" in peers:
-        session = _onnx_session(onnx_lstm_model(kernel, recurrent_kernel, bias,
-                                                with_state=True), threads)
+        try:
+            session = _onnx_session(onnx_lstm_model(kernel, recurrent_kernel, bias,
+                                                    with_state=True), threads)
+        except Exception as error:  # a peer that cannot load the model is left out, not fatal
+            notes.append(_cannot_load(error))
+            return calls, notes
         # Time-major steps (1, batch, input_dim), cut once outside the timing.
         x_steps = [np.ascontiguousarray(x[:, t][None]) for t in range(steps)]
         zeros = np.zeros((1, x.shape[0], units), kernel.dtype)
@@ -419,10 +423,7 @@ def _generation(dtype, threads, peers, rounds, burst):
     x, kernel, recurrent_kernel, bias = _inputs(batch, GENERATION_STEPS, input_dim, units, dtype)
     expected = {"outputs": lstm_forward(x, kernel, recurrent_kernel, bias,
                                         return_cache=False)[0]}
-    try:
-        candidates, notes = _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers)
-    except Exception as error:  # a peer that cannot load the model is left out, not fatal
-        candidates, notes = {}, [f"generation left out: {type(error).__name__}: {error}"]
+    candidates, notes = _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers)
     calls, errors = {}, []
     for name, call in candidates.items():
         outputs = call()
@@ -575,6 +576,12 @@ def onnx_lstm_model(kernel, recurrent_kernel, bias, with_state=False):
     return model
 
 
+def _cannot_load(error):
+    """The note on ONNX Runtime left out because it refused the model."""
+    return (f"onnxruntime left out, it cannot load the model: "
+            f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+
 def _onnx_session(model, threads):
     """An ONNX Runtime CPU session of ``model`` on ``threads`` threads."""
     import onnxruntime
@@ -706,8 +713,7 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         try:
             others.append(_onnxruntime(x, kernel, recurrent_kernel, bias, threads))
         except Exception as error:  # a peer that cannot load the model is left out, not fatal
-            notes.append(f"onnxruntime left out, it cannot load the model: "
-                         f"{type(error).__name__}: {str(error).splitlines()[0]}")
+            notes.append(_cannot_load(error))
 
     implementations, errors = _verify(fast, others, np.dtype(dtype))
     calls, call_rounds = {}, {}

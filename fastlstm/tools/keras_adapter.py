@@ -59,9 +59,9 @@ def keras_model(name, layer):
 def _epochs(name, backend, layer, epochs, threads):
     if backend == "fastlstm":
         return model_bench._epochs_fastlstm(name, epochs, threads, model_bench.MODELS[name][1])
-    import fastlstm
+    from fastlstm._config import set_num_threads
 
-    fastlstm.set_num_threads(threads)
+    set_num_threads(threads)
     if backend == "torch":
         import torch
 
