@@ -12,6 +12,7 @@ from fastlstm.__main__ import main
 from fastlstm.tools import bench
 
 
+@pytest.mark.slow
 def test_bench_tiny_writes_medians(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--sizes", "tiny", "--repeat", "2", "--json", str(path)]) == 0
@@ -27,6 +28,7 @@ def test_bench_tiny_writes_medians(tmp_path, capsys):
     assert results["sizes"]["tiny"]["errors"] == []
 
 
+@pytest.mark.slow
 def test_bench_runs_without_peers(tmp_path, capsys, monkeypatch):
     # None in sys.modules makes ``import torch`` raise ImportError.
     for module in ("torch", "onnx", "onnxruntime"):
@@ -138,6 +140,7 @@ def test_onnx_weights_compute_the_reference():
     np.testing.assert_allclose(outputs[:, 0].transpose(1, 0, 2), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_generation_and_targets_are_printed_with_the_machine(capsys, monkeypatch):
     monkeypatch.setattr(bench, "GENERATION_STEPS", 20)   # a smoke test: fewer steps
     results = bench.run(sizes=["tiny"], repeat=2, reference=False, generation=True)
@@ -170,6 +173,7 @@ def _one_step_cell(layer):
     return cell
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_cell", [False, True])
 def test_generation_mode_alone_times_every_way_of_generating(with_cell, tmp_path, capsys,
                                                              monkeypatch):
@@ -207,6 +211,7 @@ def test_generation_mode_alone_times_every_way_of_generating(with_cell, tmp_path
         assert "layer.cell / ORT" in printed
 
 
+@pytest.mark.slow
 def test_generation_never_times_a_way_that_disagrees(monkeypatch, capsys):
     calls = bench._generation_calls
 
@@ -228,6 +233,7 @@ def test_generation_never_times_a_way_that_disagrees(monkeypatch, capsys):
     assert "ERROR: fastlstm stateful LSTM layer's" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_generation_runs_without_peers(monkeypatch):
     for module in ("torch", "onnx", "onnxruntime"):
         monkeypatch.setitem(sys.modules, module, None)

@@ -56,6 +56,7 @@ def test_busy_core_stops_by_itself_when_its_parent_is_killed():
     assert not _alive(pid)
 
 
+@pytest.mark.slow
 def test_command_line_busy_mode_reports_both_thread_counts(tmp_path, capsys):
     fl.set_num_threads(3)
     try:
@@ -77,6 +78,7 @@ def test_command_line_busy_mode_reports_both_thread_counts(tmp_path, capsys):
         assert busy.TASKS[task] in printed
 
 
+@pytest.mark.slow
 def test_busy_mode_runs_without_pytorch(monkeypatch):
     # None in sys.modules makes ``import torch`` raise ImportError.
     monkeypatch.setitem(sys.modules, "torch", None)

@@ -10,6 +10,7 @@ from fastlstm.tools import models as model_bench
 from fastlstm.__main__ import main
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", keras_adapter.MODELS)
 def test_both_classes_build_the_same_model(name):
     pytest.importorskip("keras")

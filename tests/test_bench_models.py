@@ -9,6 +9,7 @@ import fastlstm as fl
 from fastlstm.tools import models as model_bench
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(model_bench.MODELS))
 def test_data_fits_the_model(name):
     x, y = model_bench.data(name)
@@ -31,6 +32,7 @@ def test_worker_times_the_epochs_it_is_asked_for(monkeypatch, framework):
     assert len(times) == 2 and all(t > 0 for t in times)
 
 
+@pytest.mark.slow
 def test_runner_reports_medians_ratios_and_notes():
     stream = io.StringIO()
     results = model_bench.run(models=["classifier"], turns=1, epochs=1, threads=1,
@@ -45,6 +47,7 @@ def test_runner_reports_medians_ratios_and_notes():
         assert model["ratios"]["fastlstm_over_torch"] == pytest.approx(ratio)
 
 
+@pytest.mark.slow
 def test_another_batch_size_keeps_the_batches_and_drops_the_targets():
     batches = model_bench.MODELS["classifier"][2]
     x, y = model_bench.data("classifier", 3)

@@ -20,6 +20,7 @@ def test_corpus_is_printable_english_from_the_standard_library():
     assert text == demo.corpus()
 
 
+@pytest.mark.slow
 def test_short_demo_run_learns_and_reports(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fastlstm", "demo", "--seconds", "1", "--units", "16"],

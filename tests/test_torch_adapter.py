@@ -488,6 +488,7 @@ def test_without_torch_the_import_error_says_what_to_install():
 
 # The benchmark
 
+@pytest.mark.slow
 def test_bench_times_the_adapter_padded_and_packed(tmp_path, capsys):
     from fastlstm.__main__ import main
 
