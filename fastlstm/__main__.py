@@ -4,10 +4,14 @@
            docstrings for a bounded time, against the NumPy reference's speed.
 ``info``   fastlstm's configuration: versions, BLAS library, kernel family, threads.
 ``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at
-           the benchmark's sizes (docs/performance.rst): median times of a training step and of inference;
-           with ``--torch-adapter``, also fastlstm.torch.LSTM in PyTorch training
-           steps, padded and packed; with ``--keras``, fastlstm.keras.LSTM in
-           Keras 3's fit on each backend.
+           the benchmark's sizes (fastlstm/tools/sizes.py): median times of a
+           training step and of inference; with ``--generation``, sampling one
+           step per call; with ``--busy``, 2 threads against 1 beside a busy
+           core; with ``--torch-adapter``, also fastlstm.torch.LSTM in PyTorch
+           training steps, padded and packed; with ``--keras``,
+           fastlstm.keras.LSTM in Keras 3's fit on each backend.
+
+What the commands run lives in fastlstm/tools/.
 """
 import argparse
 import sys
