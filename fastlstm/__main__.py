@@ -4,23 +4,26 @@
            docstrings for a bounded time, against the NumPy reference's speed.
 ``info``   fastlstm's configuration: versions, BLAS library, kernel family, threads.
 ``bench``  fastlstm against the NumPy reference, PyTorch and ONNX Runtime, at
-           the benchmark's sizes (docs/performance.rst): median times of a training step and of inference;
-           with ``--torch-adapter``, also fastlstm.torch.LSTM in PyTorch training
-           steps, padded and packed; with ``--keras``, fastlstm.keras.LSTM in
-           Keras 3's fit on each backend.
+           the benchmark's sizes (fastlstm/tools/sizes.py): median times of a
+           training step and of inference; with ``--generation``, sampling one
+           step per call; with ``--busy``, 2 threads against 1 beside a busy
+           core; with ``--torch-adapter``, also fastlstm.torch.LSTM in PyTorch
+           training steps, padded and packed; with ``--keras``,
+           fastlstm.keras.LSTM in Keras 3's fit on each backend.
+
+What the commands run lives in fastlstm/tools/.
 """
 import argparse
 import sys
 
-# The benchmark's sizes, named here so that parsing the command line does not
-# import the benchmark; tests check they are fastlstm._bench.SIZES.
-_SIZES = ("tiny", "small", "medium", "large", "long", "one", "few")
-# Likewise the model benchmark's models (fastlstm._bench_models.MODELS).
-_MODELS = ("char", "classifier", "stack512")
+# The names the options offer. Neither module imports more than NumPy (which
+# fastlstm has loaded), so parsing the command line starts no benchmark.
+from .tools.models import MODELS
+from .tools.sizes import SIZES
 
 
 def _demo(args):
-    from ._demo import run
+    from .tools.demo import run
 
     return run(seconds=args.seconds, units=args.units, seed=args.seed, threads=args.threads)
 
@@ -34,31 +37,39 @@ def _info(args):
 
 def _bench(args):
     if args.keras:
-        from ._bench_keras import run as run_keras
+        from .tools.keras_adapter import run as run_keras
 
         results = run_keras(models=args.models or None, turns=args.turns, epochs=args.epochs,
                             threads=args.threads)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
     if args.models is not None:
-        from ._bench_models import run as run_models
+        from .tools.models import run as run_models
 
         results = run_models(models=args.models or None, turns=args.turns, epochs=args.epochs,
                              threads=args.threads, keras_python=args.keras_python,
                              batch_size=args.batch_size)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
 
+    if args.busy:
+        from .tools.busy import run as run_busy
+
+        results = run_busy(repeat=args.repeat, json_path=args.json)
+        return 1 if results["errors"] else 0
+
     import json
 
-    from ._bench import run
+    from .tools.bench import run
 
-    results = run(sizes=args.sizes, repeat=args.repeat, dtype=args.dtype,
+    # --generation without --sizes is the generation mode alone.
+    sizes = [] if args.generation and args.sizes is None else args.sizes
+    results = run(sizes=sizes, repeat=args.repeat, dtype=args.dtype,
                   threads=args.threads, reference=args.reference,
                   json_path=None if args.torch_adapter else args.json,
                   generation=args.generation or None)
     # Non-zero when an implementation disagreed with fastlstm, so scripts notice.
     checked = list(results["sizes"].values()) + [results.get("generation") or {"errors": []}]
     if args.torch_adapter:
-        from ._bench_torch import run as run_adapter
+        from .tools.torch_adapter import run as run_adapter
 
         results["torch_adapter"] = run_adapter(sizes=args.sizes, repeat=args.repeat,
                                                dtype=args.dtype, threads=args.threads)
@@ -111,8 +122,8 @@ def main(argv=None):
         description="Median times of a training step and of inference for fastlstm, its "
                     "NumPy reference and, when importable, PyTorch and ONNX Runtime, in "
                     "interleaved turns on the same inputs and weights.")
-    bench.add_argument("--sizes", nargs="+", choices=_SIZES, metavar="SIZE",
-                       help=f"sizes to run, from {', '.join(_SIZES)} (default: all)")
+    bench.add_argument("--sizes", nargs="+", choices=list(SIZES), metavar="SIZE",
+                       help=f"sizes to run, from {', '.join(SIZES)} (default: all)")
     bench.add_argument("--repeat", type=_positive_int, metavar="N",
                        help="timed calls of each implementation per size (default: "
                             "chosen per size; the reference at most 5 at the larger sizes)")
@@ -122,10 +133,10 @@ def main(argv=None):
     bench.add_argument("--no-reference", dest="reference", action="store_false",
                        help="leave out the NumPy reference")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    bench.add_argument("--models", nargs="*", choices=_MODELS, metavar="MODEL",
+    bench.add_argument("--models", nargs="*", choices=list(MODELS), metavar="MODEL",
                        help=f"instead, time one epoch of fit on whole models in fastlstm, "
                             f"PyTorch and Keras, each in its own process: "
-                            f"{', '.join(_MODELS)} (default with no names: all)")
+                            f"{', '.join(MODELS)} (default with no names: all)")
     bench.add_argument("--turns", type=_positive_int, default=3, metavar="N",
                        help="with --models: processes per framework, in turns (default: 3)")
     bench.add_argument("--epochs", type=_positive_int, default=2, metavar="N",
@@ -142,8 +153,15 @@ def main(argv=None):
                             "installed Keras backend, and fastlstm's own Sequential "
                             "(--models, --turns, --epochs and --threads apply)")
     bench.add_argument("--generation", action="store_true",
-                       help="time text generation (a stateful layer fed one step at a time) "
-                            "even when --sizes narrows the run (default: with all sizes)")
+                       help="time text generation: 200 one-step calls of the 'one' layer, "
+                            "state carried (a stateful layer, predict_on_batch, layer.cell, "
+                            "PyTorch, ONNX Runtime); alone, or beside the sizes --sizes "
+                            "names (a run of all sizes includes it)")
+    bench.add_argument("--busy", action="store_true",
+                       help="instead, keep one core busy with a spinning process and time "
+                            "fastlstm and PyTorch on 2 threads and on 1 under that load: a "
+                            "training step of a small model and at 'small', inference at "
+                            "'one' (--repeat applies)")
     bench.add_argument("--torch-adapter", action="store_true",
                        help="also time fastlstm.torch.LSTM in PyTorch training steps, padded "
                             "and packed, against torch.nn.LSTM (needs PyTorch)")

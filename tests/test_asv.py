@@ -19,6 +19,9 @@ import pytest
 asv_util = pytest.importorskip(
     "asv.util", reason="asv is not installed: python -m pip install asv (or the [test] extra)")
 
+# Every test here runs asv in a process of its own.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 ASV_DIR = ROOT / "asv_benchmarks"
 SMALLEST = "functional.Functional.time_training_step"

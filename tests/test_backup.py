@@ -109,6 +109,7 @@ def reference(tmp_path_factory):
     return outcome
 
 
+@pytest.mark.slow
 def test_an_uninterrupted_fit_is_unchanged_and_removes_its_backup(tmp_path, reference):
     tmp_path.mkdir(exist_ok=True)
     result = _run(tmp_path, options=["--backup", "--save-freq", "3"])
@@ -117,6 +118,7 @@ def test_an_uninterrupted_fit_is_unchanged_and_removes_its_backup(tmp_path, refe
     assert not (tmp_path / "backup").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("save_freq", ["epoch", 3])
 def test_a_killed_fit_resumes_to_the_same_weights_and_history(tmp_path, reference, save_freq):
     result, errors = _killed_until_done(tmp_path / "run", seed=1, save_freq=save_freq)
@@ -125,6 +127,7 @@ def test_a_killed_fit_resumes_to_the_same_weights_and_history(tmp_path, referenc
     assert not (tmp_path / "run" / "backup").exists()
 
 
+@pytest.mark.slow
 def test_a_torn_newest_backup_falls_back_to_the_previous_one(tmp_path, reference):
     result, errors = _killed_until_done(tmp_path / "run", seed=2, save_freq=2, truncate=True)
     _assert_same_run(result, reference)
@@ -141,6 +144,7 @@ def ranks_reference(tmp_path_factory):
     return _result(folder)
 
 
+@pytest.mark.slow
 def test_two_ranks_killed_and_relaunched_resume_as_two_ranks_uninterrupted(tmp_path,
                                                                             ranks_reference):
     result, _ = _killed_until_done(tmp_path / "run", seed=3, ranks=2, save_freq=2)

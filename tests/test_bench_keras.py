@@ -5,15 +5,17 @@ import io
 import numpy as np
 import pytest
 
-from fastlstm import _bench_keras, _bench_models
+from fastlstm.tools import keras_adapter
+from fastlstm.tools import models as model_bench
 from fastlstm.__main__ import main
 
 
-@pytest.mark.parametrize("name", _bench_keras.MODELS)
+@pytest.mark.slow
+@pytest.mark.parametrize("name", keras_adapter.MODELS)
 def test_both_classes_build_the_same_model(name):
     pytest.importorskip("keras")
-    x, _ = _bench_models.data(name)
-    models = [_bench_keras.keras_model(name, layer) for layer in _bench_keras.LAYERS]
+    x, _ = model_bench.data(name)
+    models = [keras_adapter.keras_model(name, layer) for layer in keras_adapter.LAYERS]
     assert [[w.shape for w in m.weights] for m in models][0] == \
         [[w.shape for w in m.weights] for m in models][1]
     models[1].set_weights(models[0].get_weights())
@@ -32,9 +34,9 @@ def test_runner_prints_ratios_against_both_targets(monkeypatch):
         calls.append((name, backend, layer))
         return [seconds[backend, layer]] * epochs, None
 
-    monkeypatch.setattr(_bench_keras, "_run_worker", worker)
+    monkeypatch.setattr(keras_adapter, "_run_worker", worker)
     stream = io.StringIO()
-    results = _bench_keras.run(models=["char"], turns=2, epochs=1, threads=1, file=stream)
+    results = keras_adapter.run(models=["char"], turns=2, epochs=1, threads=1, file=stream)
     timed = results["models"]["char"]["seconds"]
     installed = [b for b in ("jax", "torch") if f"{b}/keras" in timed]
     assert len(calls) == 2 * (1 + 2 * len(installed))
@@ -50,7 +52,7 @@ def test_runner_prints_ratios_against_both_targets(monkeypatch):
 
 def test_unknown_model_is_refused():
     with pytest.raises(ValueError, match="unknown model"):
-        _bench_keras.run(models=["classifier"])
+        keras_adapter.run(models=["classifier"])
 
 
 def test_command_line_runs_the_keras_benchmark(monkeypatch):
@@ -60,6 +62,6 @@ def test_command_line_runs_the_keras_benchmark(monkeypatch):
         received.update(options)
         return {"models": {"char": {"errors": []}}}
 
-    monkeypatch.setattr(_bench_keras, "run", run)
+    monkeypatch.setattr(keras_adapter, "run", run)
     assert main(["bench", "--keras", "--models", "char", "--turns", "1"]) == 0
     assert received == dict(models=["char"], turns=1, epochs=2, threads=None)

@@ -8,18 +8,19 @@ import sys
 
 import pytest
 
-from fastlstm import _demo
+from fastlstm.tools import demo
 from fastlstm.__main__ import main
 
 
 def test_corpus_is_printable_english_from_the_standard_library():
-    text = _demo.corpus()
+    text = demo.corpus()
     assert len(text) > 100_000
     assert set(text) <= set(string.printable) - set("\t\r\x0b\x0c")
     assert "Return" in text and " the " in text
-    assert text == _demo.corpus()
+    assert text == demo.corpus()
 
 
+@pytest.mark.slow
 def test_short_demo_run_learns_and_reports(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "fastlstm", "demo", "--seconds", "1", "--units", "16"],
@@ -39,8 +40,8 @@ def test_short_demo_run_learns_and_reports(tmp_path):
 
 
 def test_demo_without_docstrings_says_why(monkeypatch, capsys):
-    monkeypatch.setattr(_demo, "corpus", lambda: "")
-    assert _demo.run(seconds=1, units=4) == 1
+    monkeypatch.setattr(demo, "corpus", lambda: "")
+    assert demo.run(seconds=1, units=4) == 1
     assert "-OO" in capsys.readouterr().err
 
 

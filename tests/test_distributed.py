@@ -51,6 +51,7 @@ CASES = ["sgd_clipnorm_float64", "adam_global_clipnorm_float64", "rmsprop_float6
          "rmsprop_embedding_mask_float64", "adamw_float64", "adam_float32"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_two_ranks_train_as_one_process_with_twice_the_batch(equivalence, case):
     ranks, single = equivalence["ranks"][case], equivalence["single"][case]
@@ -68,6 +69,7 @@ def test_two_ranks_train_as_one_process_with_twice_the_batch(equivalence, case):
     assert ranks["ranks_identical"]
 
 
+@pytest.mark.slow
 def test_one_allreduce_per_step(equivalence):
     for case in CASES:
         result = equivalence["ranks"][case]
@@ -223,6 +225,7 @@ def _build(seed):
     return model
 
 
+@pytest.mark.slow
 def test_search_seeds_ranks_the_same_with_one_or_two_processes():
     pytest.importorskip("joblib", reason="the seed search needs joblib (the mpi extra)")
     rng = np.random.default_rng(0)

@@ -78,6 +78,7 @@ def test_code_blocks_use_known_languages(path):
             f"{sorted(EXECUTED | SHOWN)}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", [p for p in PAGES if any(
     language in EXECUTED for language, _, _ in code_blocks(p))], ids=_page_id)
 def test_page_examples_run(path, monkeypatch, tmp_path):
@@ -221,21 +222,25 @@ def built_docs(tmp_path_factory):
     return html_dir
 
 
+@pytest.mark.slow
 def test_docs_build_without_warnings(built_docs):
     assert (built_docs / "index.html").exists()
 
 
+@pytest.mark.slow
 def test_every_page_is_reachable_from_the_index(built_docs):
     sources = {str(path.relative_to(DOCS).with_suffix("")) for path in PAGES}
     assert sources - _reachable(built_docs) == set()
 
 
+@pytest.mark.slow
 def test_figures_are_generated(built_docs):
     for name in ("unrolled_cell.png", "training_step_time.png"):
         assert (DOCS / "_generated" / name).stat().st_size > 10_000
         assert (built_docs / "_images" / name).exists()
 
 
+@pytest.mark.slow
 def test_every_public_name_is_in_the_api_reference(built_docs):
     documented = _documented_names(built_docs)
     missing = []
@@ -255,6 +260,17 @@ def test_every_public_name_is_in_the_api_reference(built_docs):
     assert missing == []
 
 
+def test_the_slow_marker_is_registered_documented_and_run_by_default():
+    tomllib = pytest.importorskip("tomllib")
+    options = tomllib.loads((DOCS.parent / "pyproject.toml").read_text())["tool"]["pytest"]
+    options = options["ini_options"]
+    assert any(marker.startswith("slow:") for marker in options["markers"])
+    assert "-m" not in options["addopts"].split()   # the README's command runs everything
+    bash = [code for language, code, _ in code_blocks(DOCS / "development.rst")
+            if language == "bash"]
+    assert any('python -m pytest -m "not slow"' in code for code in bash)
+
+
 def test_installation_gives_the_readme_s_test_command():
     readme = (DOCS.parent / "README.md").read_text()
     command = next(line for line in readme.splitlines()
@@ -264,6 +280,7 @@ def test_installation_gives_the_readme_s_test_command():
     assert command in bash
 
 
+@pytest.mark.slow
 def test_maths_is_mathml_and_no_page_loads_a_script_from_the_internet(built_docs):
     pages_with_maths = {str(path.relative_to(DOCS).with_suffix(".html")) for path in PAGES
                         if re.search(r"\.\. math::|:math:`", path.read_text())}

@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+# Every example runs in a process of its own.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 HAS_STATSMODELS = importlib.util.find_spec("statsmodels") is not None

@@ -46,6 +46,7 @@ def report(backend):
     return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, check", [
     (backend, check) for backend in BACKENDS
     for check in [*CHECKS, *BACKEND_CHECKS.get(backend, {})]])

@@ -491,6 +491,7 @@ def test_without_torch_the_import_error_says_what_to_install():
 
 # The benchmark
 
+@pytest.mark.slow
 def test_bench_times_the_adapter_padded_and_packed(tmp_path, capsys):
     from fastlstm.__main__ import main
 
@@ -510,9 +511,9 @@ def test_bench_times_the_adapter_padded_and_packed(tmp_path, capsys):
 
 
 def test_bench_does_not_time_an_adapter_that_disagrees(monkeypatch, capsys):
-    from fastlstm import _bench_torch
+    from fastlstm.tools import torch_adapter
 
-    modules = _bench_torch._modules
+    modules = torch_adapter._modules
 
     def wrong_adapter(*args):
         adapter, reference = modules(*args)
@@ -520,13 +521,14 @@ def test_bench_does_not_time_an_adapter_that_disagrees(monkeypatch, capsys):
             adapter.weight_hh_l0.add_(0.1)
         return adapter, reference
 
-    monkeypatch.setattr(_bench_torch, "_modules", wrong_adapter)
-    results = _bench_torch.run(sizes=["tiny"], repeat=2)
+    monkeypatch.setattr(torch_adapter, "_modules", wrong_adapter)
+    results = torch_adapter.run(sizes=["tiny"], repeat=2)
     assert capsys.readouterr().out.count("disagrees with torch.nn.LSTM") == 2
     assert results["sizes"]["tiny"]["median_ms"] == {}
 
 
 def test_bench_has_rounds_for_every_size():
-    from fastlstm import _bench, _bench_torch
+    from fastlstm.tools import torch_adapter
+    from fastlstm.tools.sizes import SIZES
 
-    assert set(_bench_torch.ROUNDS) == set(_bench_torch.PACKED_TORCH_ROUNDS) == set(_bench.SIZES)
+    assert set(torch_adapter.ROUNDS) == set(torch_adapter.PACKED_TORCH_ROUNDS) == set(SIZES)

@@ -9,7 +9,9 @@ import importlib
 
 import numpy as np
 
-# The five sizes of docs/performance.rst: (batch, timesteps, input_dim, units).
+# The first five sizes of fastlstm/tools/sizes.py, (batch, timesteps, input_dim,
+# units), copied: asv imports this suite for commits older than that module.
+# tests/test_sizes.py checks that the two agree.
 SIZES = {
     "tiny": (8, 20, 16, 32),
     "small": (32, 50, 32, 64),

@@ -16,10 +16,16 @@ MODEL_NAMES = ["char", "classifier", "stack512"]
 def model_and_batch(name):
     """The compiled model and one batch of its data, built once per process."""
     import_fastlstm()
-    try:
-        models = importlib.import_module("fastlstm._bench_models")
-    except ImportError as error:
-        raise NotImplementedError(f"this commit has no model benchmark: {error}") from None
+    # The model benchmark moved into fastlstm.tools; older commits have it at
+    # fastlstm._bench_models.
+    for module in ("fastlstm.tools.models", "fastlstm._bench_models"):
+        try:
+            models = importlib.import_module(module)
+            break
+        except ImportError as error:
+            missing = error
+    else:
+        raise NotImplementedError(f"this commit has no model benchmark: {missing}")
     batch = models.MODELS[name][1]
     x, y = models.data(name)
     return models.fastlstm_model(name), x[:batch], y[:batch]

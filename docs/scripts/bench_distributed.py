@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 import fastlstm as fl
-from fastlstm._bench_models import MODELS, data, fastlstm_model
+from fastlstm.tools.models import MODELS, data, fastlstm_model
 
 
 def main():

@@ -14,6 +14,8 @@ It writes, into the output folder:
     Keras/TensorFlow and the NumPy reference (the performance page).
 ``bench_table.rst``
     The peer tables (training, inference) of the performance page.
+``sizes_table.rst``
+    The benchmark's sizes, from :data:`fastlstm.tools.sizes.SIZES`.
 
 fastlstm's, PyTorch's and the NumPy reference's times come from the JSON that
 ``python -m fastlstm bench --json PATH`` writes. TensorFlow is not installed
@@ -218,6 +220,17 @@ def bench_table(bench):
     return "\n".join(lines)
 
 
+def sizes_table():
+    """The benchmark's sizes as an RST list-table, read from fastlstm itself."""
+    from fastlstm.tools.bench import training_flops
+    from fastlstm.tools.sizes import SIZES
+
+    header = ["size", "B", "T", "I", "H", "training step, MFLOP"]
+    rows = [[name, *shape, f"{training_flops(*shape) / 1e6:,.0f}"]
+            for name, shape in SIZES.items()]
+    return "\n".join(_list_table("The benchmark's sizes", header, rows) + [""])
+
+
 def _range(values, digits=2):
     values = [v for v in values if v is not None]
     if not values:
@@ -251,11 +264,14 @@ def make_all(bench_path=DEFAULT_BENCH, out=DEFAULT_OUT):
     os.makedirs(out, exist_ok=True)
     bench = load_bench(bench_path)
     paths = [os.path.join(out, name) for name in
-             ("unrolled_cell.png", "training_step_time.png", "bench_table.rst")]
+             ("unrolled_cell.png", "training_step_time.png", "bench_table.rst",
+              "sizes_table.rst")]
     plot_unrolled_cell(paths[0])
     plot_training_time(bench, paths[1])
     with open(paths[2], "w") as stream:
         stream.write(bench_table(bench))
+    with open(paths[3], "w") as stream:
+        stream.write(sizes_table())
     return paths
 
 

@@ -20,13 +20,13 @@ import warnings
 
 import numpy as np
 
-from . import _config
-from .callbacks import Callback
-from .functional import lstm_backward, lstm_forward
-from .layers import LSTM, Dense, Embedding, no_grad
-from .losses import SparseCategoricalCrossentropy
-from .models import Sequential
-from .optimizers import Adam
+from .. import _config
+from ..callbacks import Callback
+from ..functional import lstm_backward, lstm_forward
+from ..layers import LSTM, Dense, Embedding, no_grad
+from ..losses import SparseCategoricalCrossentropy
+from ..models import Sequential
+from ..optimizers import Adam
 
 # Modules whose docstrings are plain English prose; the order fixes the text.
 MODULES = (

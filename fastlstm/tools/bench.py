@@ -1,6 +1,6 @@
 """``python -m fastlstm bench``: fastlstm against its peers, side by side.
 
-For each size of :data:`SIZES` (see ``docs/performance.rst``) this
+For each size of :data:`fastlstm.tools.sizes.SIZES` this
 measures, in one process and on the same inputs and weights, the median time
 of a training step (forward over the whole sequence returning every output,
 then backward of ``sum(outputs)`` to the input and all weights) and of
@@ -31,12 +31,12 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _config, _kernels, convert
-from ._version import __version__
-from .functional import lstm_backward, lstm_forward, matmul
+from .. import _config, _kernels, convert
+from .._version import __version__
+from ..functional import lstm_backward, lstm_forward, matmul
+from .sizes import SIZES
 
 __all__ = [
-    "SIZES",
     "GENERATION_STEPS",
     "cpu_model",
     "training_flops",
@@ -49,17 +49,6 @@ __all__ = [
     "run",
 ]
 
-# name: (batch, timesteps, input_dim, units); docs/performance.rst explains the choice.
-SIZES = {
-    "tiny": (8, 20, 16, 32),
-    "small": (32, 50, 32, 64),
-    "medium": (64, 100, 128, 256),
-    "large": (64, 50, 512, 512),
-    "long": (16, 400, 64, 128),
-    # One and a few sequences of a character model's layer: sampling text.
-    "one": (1, 64, 32, 256),
-    "few": (4, 64, 32, 256),
-}
 # Generation: the "one" layer, stateful, fed one step at a time, as sampling
 # text feeds a model its own last output.
 GENERATION_STEPS = 200
@@ -80,16 +69,13 @@ REFERENCE_ROUNDS = {"tiny": 50, "small": 20, "medium": 5, "large": 5, "long": 5,
 # Calls timed in a row per turn (see interleaved_medians): about 5 to 20 ms of
 # work, so that each library runs in the steady state of a training loop.
 BURST = {"tiny": 20, "small": 10, "medium": 2, "large": 2, "long": 4, "one": 10, "few": 10}
-# The pause after each turn. fastlstm's OpenMP threads spin for a few
-# milliseconds after a call (libgomp's default), and ONNX Runtime's
-# inference at "long" ran 1.6x slower right after a fastlstm call than
-# 10 ms later; PyTorch's threads likewise. The pause keeps any library's
-# idle threads from competing with the next library's timed calls.
+# The pause after each turn: libraries leave their worker threads spinning
+# on the cores for milliseconds after a call, and a library timed in that
+# window competes with them (docs/performance.rst, "How it was measured",
+# gives what was measured).
 PAUSE_SECONDS = 0.02
-# The pause after the NumPy reference's turns: NumPy's own OpenBLAS threads,
-# woken by the reference's products, keep spinning for about 0.15 s
-# (OpenBLAS's default thread timeout, 2**28 cycles); a two-thread call in
-# that window ran 6x slower on a 2-core machine.
+# The pause after the NumPy reference's turns: NumPy's own OpenBLAS threads
+# keep spinning for OpenBLAS's thread timeout (2**28 cycles, about 0.15 s).
 REFERENCE_SETTLE_SECONDS = 0.3
 
 # A 2-core AVX-512 machine's sgemm ceiling, measured once with OpenBLAS's
@@ -105,11 +91,15 @@ TOLERANCE = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-8}
 # The targets, checked in the printed table: a training step at most this
 # fraction of PyTorch's time (no target for the sizes left out); at most this
 # multiple of the time its FLOPs take at the run's own 2048^3 sgemm rate; and
-# inference (and generation) at most this fraction of the faster peer's time.
+# inference at most this fraction of the faster peer's time. In generation, a
+# stateful layer at most TARGET_GENERATION_VS_TORCH of PyTorch's time, and the
+# layer's one-step cell at most TARGET_CELL_VS_ORT of ONNX Runtime's.
 TARGET_TRAIN_VS_TORCH = {"tiny": 0.67, "small": 0.67, "medium": 0.67, "long": 0.67,
                          "large": 0.85}
 TARGET_VS_SGEMM = {"medium": 1.3, "large": 1.3}
 TARGET_INFER_VS_PEERS = 0.8
+TARGET_GENERATION_VS_TORCH = 0.5
+TARGET_CELL_VS_ORT = 0.8
 
 _GRAD_NAMES = ("x", "kernel", "recurrent_kernel", "bias")
 
@@ -183,7 +173,7 @@ def sgemm_gflops(threads, size=2048, repeat=7):
     return 2 * size**3 / min(times) / 1e9
 
 
-def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
+def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None, before=None):
     """Median wall time of each call, timed in interleaved turns.
 
     Parameters
@@ -207,6 +197,10 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
         untimed call, which wakes the call's own threads.
     settle : dict of str to float, optional
         A longer pause after the turns of these calls.
+    before : dict of str to callable, optional
+        An untimed call without arguments made before each turn (and the
+        warm-up) of these calls: a setting of their own, such as a thread
+        count.
 
     Returns
     -------
@@ -216,7 +210,9 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
         Every time measured, in milliseconds, in order.
     """
     settle = dict(settle or {})
-    for call in calls.values():
+    before = dict(before or {})
+    for name, call in calls.items():
+        before.get(name, _nothing)()
         call()  # warm-up: first-call allocations, lazy imports, JIT kernels
     turns = {name: -(-rounds[name] // burst) for name in calls}
     total = max(turns.values())
@@ -233,6 +229,7 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
                 if (step * turns[name]) // total == ((step + 1) * turns[name]) // total:
                     continue
                 wait = settle.get(name, pause)
+                before.get(name, _nothing)()
                 if pause or settle:
                     call()  # untimed: the threads wake up after the last pause
                 for _ in range(min(burst, rounds[name] - len(times[name]))):
@@ -246,6 +243,10 @@ def interleaved_medians(calls, rounds, burst=1, pause=0.0, settle=None):
             gc.enable()
     medians = {name: statistics.median(values) for name, values in times.items()}
     return medians, times
+
+
+def _nothing():
+    pass
 
 
 def _inputs(batch, timesteps, input_dim, units, dtype, seed=0):
@@ -330,47 +331,109 @@ def _torch(x, kernel, recurrent_kernel, bias):
     return Implementation("torch", train, infer, check_train, lambda: infer().numpy())
 
 
-def _generation(dtype, threads, peers, rounds, burst):
-    """Verify, then time, text generation: a stateful layer of the
-    GENERATION_SIZE shape fed GENERATION_STEPS steps one at a time (fastlstm's
-    :class:`fastlstm.LSTM`; PyTorch's ``nn.LSTM`` with its state carried from
-    call to call), against a forward pass over the whole sequence."""
-    from . import LSTM
+def _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers):
+    """The ways of generating, each a call that feeds ``x`` (batch, steps,
+    input_dim) one step per call, from zero states, and returns the outputs
+    (batch, steps, units) in the implementation's own type; and notes on the
+    ways left out."""
+    from ..layers import LSTM
+    from ..models import Sequential
 
-    batch, _, input_dim, units = SIZES[GENERATION_SIZE]
-    x, kernel, recurrent_kernel, bias = _inputs(batch, GENERATION_STEPS, input_dim, units, dtype)
-    layer = LSTM(units, return_sequences=True, stateful=True, dtype=np.dtype(dtype).name)
-    layer.build(input_dim)
-    layer.set_weights([kernel, recurrent_kernel, bias])
+    steps, units = x.shape[1], recurrent_kernel.shape[0]
+    dtype = np.dtype(kernel.dtype).name
+    layers = []
+    for _ in range(2):
+        layer = LSTM(units, return_sequences=True, stateful=True, dtype=dtype)
+        layer.build(x.shape[2])
+        layer.set_weights([kernel, recurrent_kernel, bias])
+        layers.append(layer)
+    layer, model = layers[0], Sequential([layers[1]])
 
-    def fast():
+    def layer_calls():
         layer.reset_state()
-        return np.concatenate([layer(x[:, t:t + 1]) for t in range(GENERATION_STEPS)], axis=1)
+        return np.concatenate([layer(x[:, t:t + 1]) for t in range(steps)], axis=1)
 
-    expected = {"outputs": lstm_forward(x, kernel, recurrent_kernel, bias,
-                                        return_cache=False)[0]}
-    bad = _mismatch({"outputs": fast()}, expected, np.dtype(dtype))
-    errors = [f"fastlstm's generation disagrees with its forward pass: {'; '.join(bad)}"] if bad else []
-    calls = {} if bad else {"fast": fast}
-    if calls and "torch" in peers:
+    def model_calls():
+        model.layers[0].reset_state()
+        return np.concatenate([model.predict_on_batch(x[:, t:t + 1]) for t in range(steps)],
+                              axis=1)
+
+    calls = {"layer": layer_calls, "model": model_calls}
+    notes = []
+    if hasattr(layer, "cell"):
+        def cell_calls():
+            h = np.zeros((x.shape[0], units), kernel.dtype)
+            state = [h, np.zeros_like(h)]
+            outputs = []
+            for t in range(steps):
+                h, state = layer.cell(x[:, t], state)
+                outputs.append(h)
+            return np.stack(outputs, axis=1)
+
+        calls["cell"] = cell_calls
+    else:
+        notes.append("layer.cell: not available in this fastlstm")
+    if "torch" in peers:
         import torch
 
         lstm = torch_lstm(kernel, recurrent_kernel, bias)
-        steps = torch.from_numpy(x)
+        x_tensor = torch.from_numpy(x)
 
-        def torch_generation():
+        def torch_calls():
             with torch.inference_mode():
                 state, outputs = None, []
-                for t in range(GENERATION_STEPS):
-                    output, state = lstm(steps[:, t:t + 1], state)
+                for t in range(steps):
+                    output, state = lstm(x_tensor[:, t:t + 1], state)
                     outputs.append(output)
                 return torch.cat(outputs, dim=1)
 
-        bad = _mismatch({"outputs": torch_generation().numpy()}, expected, np.dtype(dtype))
+        calls["torch"] = torch_calls
+    if "onnxruntime" in peers:
+        try:
+            session = _onnx_session(onnx_lstm_model(kernel, recurrent_kernel, bias,
+                                                    with_state=True), threads)
+        except Exception as error:  # a peer that cannot load the model is left out, not fatal
+            notes.append(_cannot_load(error))
+            return calls, notes
+        # Time-major steps (1, batch, input_dim), cut once outside the timing.
+        x_steps = [np.ascontiguousarray(x[:, t][None]) for t in range(steps)]
+        zeros = np.zeros((1, x.shape[0], units), kernel.dtype)
+
+        def onnxruntime_calls():
+            h, c = zeros, zeros
+            outputs = []
+            for x_t in x_steps:
+                h, c = session.run(["Y_h", "Y_c"], {"X": x_t, "initial_h": h, "initial_c": c})
+                outputs.append(h[0])
+            return np.stack(outputs, axis=1)
+
+        calls["onnxruntime"] = onnxruntime_calls
+    return calls, notes
+
+
+def _generation(dtype, threads, peers, rounds, burst):
+    """Verify, then time, text generation: the GENERATION_SIZE layer fed
+    GENERATION_STEPS steps one call at a time, its state carried from call to
+    call: a stateful :class:`fastlstm.LSTM`, ``predict_on_batch`` of a stateful
+    :class:`fastlstm.Sequential`, the layer's one-step ``cell``, PyTorch's
+    ``nn.LSTM`` with ``hx`` carried and an ONNX Runtime session fed its
+    states back. Each must give the outputs of one forward pass over the
+    whole sequence before it is timed."""
+    batch, _, input_dim, units = SIZES[GENERATION_SIZE]
+    x, kernel, recurrent_kernel, bias = _inputs(batch, GENERATION_STEPS, input_dim, units, dtype)
+    expected = {"outputs": lstm_forward(x, kernel, recurrent_kernel, bias,
+                                        return_cache=False)[0]}
+    candidates, notes = _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers)
+    calls, errors = {}, []
+    for name, call in candidates.items():
+        outputs = call()
+        bad = _mismatch({"outputs": outputs if isinstance(outputs, np.ndarray)
+                         else outputs.numpy()}, expected, np.dtype(dtype))
         if bad:
-            errors.append(f"torch's generation disagrees with fastlstm: {'; '.join(bad)}")
+            errors.append(f"{GENERATION_LABELS[name]}'s generation disagrees with fastlstm's "
+                          f"forward pass: {'; '.join(bad)}")
         else:
-            calls["torch"] = torch_generation
+            calls[name] = call
     medians, times = (interleaved_medians(calls, dict.fromkeys(calls, rounds), burst,
                                           PAUSE_SECONDS) if calls else ({}, {}))
     return {
@@ -379,26 +442,52 @@ def _generation(dtype, threads, peers, rounds, burst):
         "rounds": rounds,
         "median_ms": medians,
         "times_ms": times,
-        "ratios": {"generation_fast_over_torch": _ratio(medians.get("fast"),
-                                                        medians.get("torch"))},
+        "ratios": {
+            "layer_over_torch": _ratio(medians.get("layer"), medians.get("torch")),
+            "model_over_torch": _ratio(medians.get("model"), medians.get("torch")),
+            "cell_over_onnxruntime": _ratio(medians.get("cell"), medians.get("onnxruntime")),
+        },
+        "notes": notes,
         "errors": errors,
     }
 
 
+GENERATION_LABELS = {
+    "layer": "fastlstm stateful LSTM layer",
+    "model": "fastlstm predict_on_batch",
+    "cell": "fastlstm layer.cell",
+    "torch": "PyTorch nn.LSTM, hx carried",
+    "onnxruntime": "ONNX Runtime, states fed back",
+}
+
+
+def _generation_rows(result):
+    """``(label, value, target)`` of each generation ratio measured."""
+    ratios = result["ratios"]
+    rows = [("stateful layer / PyTorch", ratios["layer_over_torch"], TARGET_GENERATION_VS_TORCH),
+            ("predict_on_batch / PyTorch", ratios["model_over_torch"], None),
+            ("layer.cell / ORT", ratios["cell_over_onnxruntime"], TARGET_CELL_VS_ORT)]
+    return [row for row in rows if row[1] is not None]
+
+
 def _print_generation(result, file):
     shape = result["shape"]
-    print(f"\ngeneration: a stateful layer (B={shape['batch']} I={shape['input_dim']} "
-          f"H={shape['units']}) fed {shape['steps']} steps one at a time, "
-          f"{result['rounds']} calls each", file=file)
+    print(f"\ngeneration: B={shape['batch']} I={shape['input_dim']} H={shape['units']}, "
+          f"{shape['steps']} one-step calls, state carried; {result['rounds']} runs each",
+          file=file)
+    for note in result["notes"]:
+        print(f"  note: {note}", file=file)
     for error in result["errors"]:
         print(f"  ERROR: {error}; not timed", file=file)
-    labels = {"fast": "fastlstm", "torch": "PyTorch"}
-    for implementation, value in result["median_ms"].items():
-        print(f"  {labels[implementation]:<28}{_ms(value):>10} ms", file=file)
-    value = result["ratios"]["generation_fast_over_torch"]
-    if value is not None:
-        print(f"  {'generation fast / PyTorch':<38}{value:>10.2f}   "
-              f"{_verdict(value, TARGET_INFER_VS_PEERS)}", file=file)
+    if not result["median_ms"]:
+        return
+    print(f"  median ms per {shape['steps']} steps", file=file)
+    for name, label in GENERATION_LABELS.items():
+        if name in result["median_ms"]:
+            print(f"  {label:<38}{_ms(result['median_ms'][name]):>10}", file=file)
+    print(f"  {'ratio':<38}{'value':>10}   target", file=file)
+    for label, value, target in _generation_rows(result):
+        print(f"  {label:<38}{value:>10.2f}   {_verdict(value, target)}".rstrip(), file=file)
 
 
 # ONNX Runtime
@@ -432,7 +521,7 @@ def onnx_weights(kernel, recurrent_kernel, bias):
     return W, R, B
 
 
-def onnx_lstm_model(kernel, recurrent_kernel, bias):
+def onnx_lstm_model(kernel, recurrent_kernel, bias, with_state=False):
     """An ONNX model of fastlstm's LSTM with these weights, for inference.
 
     The model takes ``X`` of shape (timesteps, batch, input_dim), ONNX's
@@ -440,6 +529,16 @@ def onnx_lstm_model(kernel, recurrent_kernel, bias):
     (timesteps, 1, batch, units): ONNX Runtime's CPU LSTM supports no other
     layout, and timing it without layout conversions does not flatter
     fastlstm.
+
+    Parameters
+    ----------
+    kernel, recurrent_kernel, bias : ndarray
+        fastlstm's weights.
+    with_state : bool
+        Instead, take the states to start from too, ``initial_h`` and
+        ``initial_c`` (1, batch, units), and return only the last ones,
+        ``Y_h`` and ``Y_c`` (1, batch, units): a model to feed one step at a
+        time with its states fed back, as generation does.
 
     Returns
     -------
@@ -452,11 +551,21 @@ def onnx_lstm_model(kernel, recurrent_kernel, bias):
     element = {np.dtype(np.float32): onnx.TensorProto.FLOAT,
                np.dtype(np.float64): onnx.TensorProto.DOUBLE}[kernel.dtype]
     W, R, B = onnx_weights(kernel, recurrent_kernel, bias)
-    node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=units)
+    inputs = [helper.make_tensor_value_info("X", element, ["T", "B", kernel.shape[0]])]
+    if with_state:
+        states = [helper.make_tensor_value_info(name, element, [1, "B", units])
+                  for name in ("initial_h", "initial_c")]
+        inputs += states
+        outputs = [helper.make_tensor_value_info(name, element, [1, "B", units])
+                   for name in ("Y_h", "Y_c")]
+        # The optional sequence_lens and Y are left out by empty names.
+        node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "initial_h", "initial_c"],
+                                ["", "Y_h", "Y_c"], hidden_size=units)
+    else:
+        outputs = [helper.make_tensor_value_info("Y", element, ["T", 1, "B", units])]
+        node = helper.make_node("LSTM", ["X", "W", "R", "B"], ["Y"], hidden_size=units)
     graph = helper.make_graph(
-        [node], "fastlstm_bench_lstm",
-        inputs=[helper.make_tensor_value_info("X", element, ["T", "B", kernel.shape[0]])],
-        outputs=[helper.make_tensor_value_info("Y", element, ["T", 1, "B", units])],
+        [node], "fastlstm_bench_lstm", inputs=inputs, outputs=outputs,
         initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
                      numpy_helper.from_array(B, "B")],
     )
@@ -467,15 +576,25 @@ def onnx_lstm_model(kernel, recurrent_kernel, bias):
     return model
 
 
-def _onnxruntime(x, kernel, recurrent_kernel, bias, threads):
+def _cannot_load(error):
+    """The note on ONNX Runtime left out because it refused the model."""
+    return (f"onnxruntime left out, it cannot load the model: "
+            f"{type(error).__name__}: {str(error).splitlines()[0]}")
+
+
+def _onnx_session(model, threads):
+    """An ONNX Runtime CPU session of ``model`` on ``threads`` threads."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        onnx_lstm_model(kernel, recurrent_kernel, bias).SerializeToString(), options,
-        providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                        providers=["CPUExecutionProvider"])
+
+
+def _onnxruntime(x, kernel, recurrent_kernel, bias, threads):
+    session = _onnx_session(onnx_lstm_model(kernel, recurrent_kernel, bias), threads)
     # Converted to the model's layout once, outside the timing.
     x_time_major = np.ascontiguousarray(x.transpose(1, 0, 2))
 
@@ -594,8 +713,7 @@ def _bench_size(shape, dtype, threads, rounds, reference_rounds, use_reference, 
         try:
             others.append(_onnxruntime(x, kernel, recurrent_kernel, bias, threads))
         except Exception as error:  # a peer that cannot load the model is left out, not fatal
-            notes.append(f"onnxruntime left out, it cannot load the model: "
-                         f"{type(error).__name__}: {str(error).splitlines()[0]}")
+            notes.append(_cannot_load(error))
 
     implementations, errors = _verify(fast, others, np.dtype(dtype))
     calls, call_rounds = {}, {}
@@ -749,10 +867,10 @@ def _print_targets(results, file):
              if sgemm else ""), file=file)
     rows = [(name, label, value, target) for name, result in results["sizes"].items()
             for label, value, target in _ratio_rows(name, result) if target is not None]
-    generation = results.get("generation")
-    if generation and generation["ratios"]["generation_fast_over_torch"] is not None:
-        rows.append(("generation", "fast / PyTorch",
-                     generation["ratios"]["generation_fast_over_torch"], TARGET_INFER_VS_PEERS))
+    if results.get("generation"):
+        rows += [("generation", label, value, target)
+                 for label, value, target in _generation_rows(results["generation"])
+                 if target is not None]
     for name, label, value, target in rows:
         label = " ".join(label.split(" (")[0].split())
         print(f"  {name:<11}{label:<36}{value:>7.2f}   {_verdict(value, target)}", file=file)

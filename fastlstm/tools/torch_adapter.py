@@ -7,7 +7,7 @@ over a batch (``batch_first=True``, the layout fastlstm computes in), then
 gradients reset before each step. Each size is timed on a padded batch and on
 a packed one (``pack_padded_sequence`` of random lengths between T/2 and T,
 unsorted, packed once outside the timing), for both modules, in the
-interleaved turns of :func:`fastlstm._bench.interleaved_medians`, beside
+interleaved turns of :func:`fastlstm.tools.bench.interleaved_medians`, beside
 fastlstm's own functional training step (:func:`fastlstm.lstm_forward` and
 :func:`fastlstm.lstm_backward`) on the padded batch. So the adapter's ratio to
 ``torch.nn.LSTM`` can be compared with fastlstm's own ratio from the same
@@ -18,7 +18,9 @@ import sys
 
 import numpy as np
 
-from . import _bench, _config, _kernels, convert
+from .. import _config, _kernels, convert
+from . import bench
+from .sizes import SIZES
 
 __all__ = ["run"]
 
@@ -98,13 +100,13 @@ def _training_step(module, inputs):
 def _bench_size(shape, dtype, rounds, packed_torch_rounds, burst):
     import torch
 
-    x, kernel, recurrent_kernel, bias = _bench._inputs(*shape, dtype)
+    x, kernel, recurrent_kernel, bias = bench._inputs(*shape, dtype)
     adapter, reference = _modules(kernel, recurrent_kernel, bias,
                                   {np.float32: torch.float32, np.float64: torch.float64}[dtype])
     x_tensor = torch.from_numpy(x).requires_grad_(True)
     packed = _packed_batch(x)
     steps, checks = {}, {}
-    steps["functional"] = _bench._fastlstm("functional", "fast", x, kernel, recurrent_kernel,
+    steps["functional"] = bench._fastlstm("functional", "fast", x, kernel, recurrent_kernel,
                                            bias).train
     for name, module, inputs in (("adapter", adapter, x_tensor), ("torch", reference, x_tensor),
                                  ("adapter packed", adapter, packed),
@@ -113,7 +115,7 @@ def _bench_size(shape, dtype, rounds, packed_torch_rounds, burst):
 
     errors = []
     for name in ("adapter", "adapter packed"):
-        bad = _bench._mismatch(checks[name](), checks[name.replace("adapter", "torch")](),
+        bad = bench._mismatch(checks[name](), checks[name.replace("adapter", "torch")](),
                                np.dtype(dtype))
         if bad:
             errors.append(f"fastlstm.torch.LSTM disagrees with torch.nn.LSTM "
@@ -122,8 +124,8 @@ def _bench_size(shape, dtype, rounds, packed_torch_rounds, burst):
         return {"median_ms": {}, "ratios": {}, "errors": errors}
     step_rounds = {name: packed_torch_rounds if name == "torch packed" else rounds
                    for name in _STEPS}
-    medians, times = _bench.interleaved_medians(steps, step_rounds, burst,
-                                                _bench.PAUSE_SECONDS)
+    medians, times = bench.interleaved_medians(steps, step_rounds, burst,
+                                                bench.PAUSE_SECONDS)
     return {
         "rounds": step_rounds,
         "burst": burst,
@@ -151,12 +153,12 @@ def _print_size(name, shape, result, file):
         return
     medians, ratios = result["median_ms"], result["ratios"]
     print(f"  {'median ms':<44}{'padded':>10}{'packed':>10}", file=file)
-    print(f"  {'fastlstm.torch.LSTM':<44}{_bench._ms(medians['adapter']):>10}"
-          f"{_bench._ms(medians['adapter packed']):>10}", file=file)
-    print(f"  {'torch.nn.LSTM':<44}{_bench._ms(medians['torch']):>10}"
-          f"{_bench._ms(medians['torch packed']):>10}", file=file)
+    print(f"  {'fastlstm.torch.LSTM':<44}{bench._ms(medians['adapter']):>10}"
+          f"{bench._ms(medians['adapter packed']):>10}", file=file)
+    print(f"  {'torch.nn.LSTM':<44}{bench._ms(medians['torch']):>10}"
+          f"{bench._ms(medians['torch packed']):>10}", file=file)
     print(f"  {'fastlstm functional (lstm_forward/backward)':<44}"
-          f"{_bench._ms(medians['functional']):>10}{'-':>10}", file=file)
+          f"{bench._ms(medians['functional']):>10}{'-':>10}", file=file)
     overhead = ratios["adapter_over_functional"] - 1
     rows = [
         ("padded  adapter / torch.nn.LSTM", ratios["adapter_over_torch"], None),
@@ -181,7 +183,7 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None):
     Parameters
     ----------
     sizes : list of str or None
-        Names of :data:`fastlstm._bench.SIZES`; None runs all.
+        Names of :data:`fastlstm.tools.sizes.SIZES`; None runs all.
     repeat : int or None
         Timed steps of each module per size (torch.nn.LSTM on packed batches
         at most :data:`PACKED_TORCH_ROUNDS`); None uses :data:`ROUNDS`.
@@ -199,10 +201,10 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None):
     import torch
 
     file = sys.stdout if file is None else file
-    sizes = list(_bench.SIZES) if sizes is None else list(sizes)
-    unknown = [name for name in sizes if name not in _bench.SIZES]
+    sizes = list(SIZES) if sizes is None else list(sizes)
+    unknown = [name for name in sizes if name not in SIZES]
     if unknown:
-        raise ValueError(f"unknown size(s) {unknown}; the sizes are {list(_bench.SIZES)}")
+        raise ValueError(f"unknown size(s) {unknown}; the sizes are {list(SIZES)}")
     dtype = np.dtype(dtype).type
     if threads is not None:
         _config.set_num_threads(threads)
@@ -215,10 +217,10 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None):
                "threads": threads, "dtype": np.dtype(dtype).name, "sizes": {}}
     for name in sizes:
         rounds = ROUNDS[name] if repeat is None else repeat
-        result = _bench_size(_bench.SIZES[name], dtype, rounds,
+        result = _bench_size(SIZES[name], dtype, rounds,
                              min(rounds, PACKED_TORCH_ROUNDS[name]),
-                             min(rounds, _bench.BURST[name]))
+                             min(rounds, bench.BURST[name]))
         results["sizes"][name] = result
-        _print_size(name, _bench.SIZES[name], result, file)
+        _print_size(name, SIZES[name], result, file)
         file.flush()
     return results

@@ -1,7 +1,7 @@
 """``python -m fastlstm bench --keras``: fastlstm.keras.LSTM inside Keras 3.
 
 Times one epoch of ``model.fit`` on the model benchmark's models
-(:mod:`fastlstm._bench_models`) built in Keras 3, with ``keras.layers.LSTM``
+(:mod:`fastlstm.tools.models`) built in Keras 3, with ``keras.layers.LSTM``
 and with :class:`fastlstm.keras.LSTM`, on each Keras backend installed, and
 the same model in fastlstm's own ``Sequential``: the first ratio is what the
 layer gains a Keras user, the second what the adapter costs against
@@ -19,7 +19,7 @@ import os
 import statistics
 import sys
 
-from fastlstm import _bench_models
+from fastlstm.tools import models as model_bench
 
 __all__ = ["MODELS", "TARGETS", "run"]
 
@@ -58,10 +58,10 @@ def keras_model(name, layer):
 
 def _epochs(name, backend, layer, epochs, threads):
     if backend == "fastlstm":
-        return _bench_models._epochs_fastlstm(name, epochs, threads, _bench_models.MODELS[name][1])
-    import fastlstm
+        return model_bench._epochs_fastlstm(name, epochs, threads, model_bench.MODELS[name][1])
+    from fastlstm._config import set_num_threads
 
-    fastlstm.set_num_threads(threads)
+    set_num_threads(threads)
     if backend == "torch":
         import torch
 
@@ -71,9 +71,9 @@ def _epochs(name, backend, layer, epochs, threads):
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    batch = _bench_models.MODELS[name][1]
-    x, y = _bench_models.data(name)
-    return _bench_models._fit_epochs(keras_model(name, layer), x, y, batch, epochs)
+    batch = model_bench.MODELS[name][1]
+    x, y = model_bench.data(name)
+    return model_bench._fit_epochs(keras_model(name, layer), x, y, batch, epochs)
 
 
 def _worker(argv):
@@ -89,7 +89,7 @@ def _run_worker(name, backend, layer, epochs, threads, timeout):
     if backend != "fastlstm":
         env["KERAS_BACKEND"] = backend
     label = f"{layer} on {backend}, {name}" if backend != "fastlstm" else f"fastlstm, {name}"
-    return _bench_models.run_script(sys.executable, __file__,
+    return model_bench.run_script(sys.executable, __file__,
                                     [name, backend, layer, epochs, threads], label, timeout, env)
 
 
@@ -119,7 +119,7 @@ def run(models=None, turns=3, epochs=2, threads=None, file=None, timeout=1800):
         and the errors; the backends that could not be imported, in notes.
     """
     file = sys.stdout if file is None else file
-    models, threads = _bench_models.checked_models(models, MODELS, threads)
+    models, threads = model_bench.checked_models(models, MODELS, threads)
     backends, notes = [], []
     if importlib.util.find_spec("keras") is None:
         notes.append("keras cannot be imported: only fastlstm's Sequential is timed")
@@ -153,7 +153,7 @@ def run(models=None, turns=3, epochs=2, threads=None, file=None, timeout=1800):
                     times[backend, layer].extend(epoch_times)
         seconds = {f"{backend}/{layer}": statistics.median(t)
                    for (backend, layer), t in times.items() if t}
-        results["models"][name] = {"description": _bench_models.MODELS[name][0],
+        results["models"][name] = {"description": model_bench.MODELS[name][0],
                                    "seconds": seconds, "errors": errors,
                                    "times": {f"{b}/{l}": t for (b, l), t in times.items()}}
         _print_model(name, results["models"][name], backends, file)

@@ -65,23 +65,26 @@ def data(name, batch=None):
 
 def fastlstm_model(name, dtype="float32"):
     """The fastlstm model ``name`` of :data:`MODELS`, compiled with Adam."""
-    import fastlstm as fl
+    from fastlstm.layers import LSTM, Dense, Embedding
+    from fastlstm.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
+    from fastlstm.models import Sequential
+    from fastlstm.optimizers import Adam
 
     if name == "char":
-        layers = [fl.Embedding(64, 32, seed=0, dtype=dtype),
-                  fl.LSTM(256, return_sequences=True, seed=1, dtype=dtype),
-                  fl.LSTM(256, return_sequences=True, seed=2, dtype=dtype),
-                  fl.Dense(64, seed=3, dtype=dtype)]
-        loss = fl.losses.SparseCategoricalCrossentropy(from_logits=True)
+        layers = [Embedding(64, 32, seed=0, dtype=dtype),
+                  LSTM(256, return_sequences=True, seed=1, dtype=dtype),
+                  LSTM(256, return_sequences=True, seed=2, dtype=dtype),
+                  Dense(64, seed=3, dtype=dtype)]
+        loss = SparseCategoricalCrossentropy(from_logits=True)
     elif name == "classifier":
-        layers = [fl.LSTM(64, seed=0, dtype=dtype), fl.Dense(1, seed=1, dtype=dtype)]
-        loss = fl.losses.BinaryCrossentropy(from_logits=True)
+        layers = [LSTM(64, seed=0, dtype=dtype), Dense(1, seed=1, dtype=dtype)]
+        loss = BinaryCrossentropy(from_logits=True)
     else:
-        layers = [fl.LSTM(512, return_sequences=True, seed=0, dtype=dtype),
-                  fl.LSTM(512, seed=1, dtype=dtype), fl.Dense(10, seed=2, dtype=dtype)]
-        loss = fl.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model = fl.Sequential(layers, seed=0)
-    model.compile(optimizer=fl.optimizers.Adam(), loss=loss)
+        layers = [LSTM(512, return_sequences=True, seed=0, dtype=dtype),
+                  LSTM(512, seed=1, dtype=dtype), Dense(10, seed=2, dtype=dtype)]
+        loss = SparseCategoricalCrossentropy(from_logits=True)
+    model = Sequential(layers, seed=0)
+    model.compile(optimizer=Adam(), loss=loss)
     return model
 
 
@@ -96,9 +99,9 @@ def _fit_epochs(model, x, y, batch, epochs):
 
 
 def _epochs_fastlstm(name, epochs, threads, batch):
-    import fastlstm as fl
+    from fastlstm._config import set_num_threads
 
-    fl.set_num_threads(threads)
+    set_num_threads(threads)
     x, y = data(name, batch)
     return _fit_epochs(fastlstm_model(name), x, y, batch, epochs)
 
@@ -311,7 +314,7 @@ def checked_models(models, known, threads):
     """``(models, threads)``: the names asked for (None: all of ``known``),
     checked, and the threads (None: :func:`fastlstm.num_threads`)."""
     if threads is None:
-        from fastlstm import num_threads
+        from fastlstm._config import num_threads
 
         threads = num_threads()
     models = list(known) if models is None else list(models)
