@@ -28,10 +28,12 @@ import statistics
 import sys
 import time
 from collections import namedtuple
+from functools import partial
 
 import numpy as np
 
 from .. import _config, _kernels, convert
+from .._packed import PackedLSTM
 from .._version import __version__
 from ..functional import lstm_backward, lstm_forward, matmul
 from .sizes import SIZES
@@ -260,6 +262,11 @@ def _inputs(batch, timesteps, input_dim, units, dtype, seed=0):
     return x, kernel, recurrent_kernel, bias
 
 
+def _first(lstm, x):
+    """The outputs of ``lstm(x)``."""
+    return lstm(x)[0]
+
+
 def _fastlstm(name, backend, x, kernel, recurrent_kernel, bias):
     grad_outputs = np.ones((x.shape[0], x.shape[1], recurrent_kernel.shape[0]), x.dtype)
 
@@ -267,9 +274,14 @@ def _fastlstm(name, backend, x, kernel, recurrent_kernel, bias):
         outputs, _, _, cache = lstm_forward(x, kernel, recurrent_kernel, bias, backend=backend)
         return outputs, lstm_backward(cache, grad_outputs=grad_outputs)
 
-    def infer():
-        return lstm_forward(x, kernel, recurrent_kernel, bias, return_cache=False,
-                            backend=backend)[0]
+    if backend == "fast":
+        # Served weights, as the peers' sessions and modules hold theirs:
+        # checked, copied and packed once, with lstm_forward's results.
+        infer = partial(_first, PackedLSTM(kernel, recurrent_kernel, bias), x)
+    else:
+        def infer():
+            return lstm_forward(x, kernel, recurrent_kernel, bias, return_cache=False,
+                                backend=backend)[0]
 
     def check_train():
         outputs, grads = train()
