@@ -162,35 +162,8 @@ def test_bench_one_and_few_are_the_character_model_layer():
     assert bench.cpu_model()
 
 
-def _one_step_cell(layer):
-    """Keras' LSTMCell interface on ``layer``'s weights, through lstm_forward
-    on one step: ``h, [h, c] = cell(x_t, [h, c])``."""
-    def cell(x_t, states):
-        _, h, c = lstm_forward(x_t[:, None], *layer.get_weights(), initial_state=states,
-                               return_cache=False)[:3]
-        return h, [h, c]
-
-    return cell
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("with_cell", [False, True])
-def test_generation_mode_alone_times_every_way_of_generating(with_cell, tmp_path, capsys,
-                                                             monkeypatch):
-    import fastlstm.layers
-
-    class LSTM(fastlstm.layers.LSTM):
-        """The layer with the stand-in cell, or with none, whatever the
-        layer itself offers."""
-
-        def __getattribute__(self, name):
-            if name != "cell":
-                return super().__getattribute__(name)
-            if with_cell:
-                return _one_step_cell(self)
-            raise AttributeError(name)
-
-    monkeypatch.setattr(fastlstm.layers, "LSTM", LSTM)
+def test_generation_mode_alone_times_every_way_of_generating(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "GENERATION_STEPS", 20)   # a smoke test: fewer steps
     path = tmp_path / "bench.json"
     assert main(["bench", "--generation", "--repeat", "1", "--json", str(path)]) == 0
@@ -199,11 +172,10 @@ def test_generation_mode_alone_times_every_way_of_generating(with_cell, tmp_path
     assert results["sizes"] == {}   # the mode alone
     generation = results["generation"]
     assert generation["errors"] == []
-    timed = {"layer", "model"} | ({"cell"} if with_cell else set())
+    timed = {"layer", "model", "cell"}
     timed |= {peer for peer in ("torch", "onnxruntime") if peer in results["peers"]}
     assert set(generation["median_ms"]) == timed
     assert all(value > 0 for value in generation["median_ms"].values())
-    assert ("layer.cell: not available" in printed) is not with_cell
     if "torch" in timed:
         assert "stateful layer / PyTorch" in printed
     if {"cell", "onnxruntime"} <= timed:

@@ -348,7 +348,7 @@ def _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers):
     input_dim) one step per call, from zero states, and returns the outputs
     (batch, steps, units) in the implementation's own type; and notes on the
     ways left out."""
-    from ..layers import LSTM
+    from ..layers import LSTM, no_grad
     from ..models import Sequential
 
     steps, units = x.shape[1], recurrent_kernel.shape[0]
@@ -362,29 +362,28 @@ def _generation_calls(x, kernel, recurrent_kernel, bias, threads, peers):
     layer, model = layers[0], Sequential([layers[1]])
 
     def layer_calls():
+        # Inference, as PyTorch's calls below: a call that records for
+        # backward keeps a copy of the weights with each step.
         layer.reset_state()
-        return np.concatenate([layer(x[:, t:t + 1]) for t in range(steps)], axis=1)
+        with no_grad():
+            return np.concatenate([layer(x[:, t:t + 1]) for t in range(steps)], axis=1)
 
     def model_calls():
         model.layers[0].reset_state()
         return np.concatenate([model.predict_on_batch(x[:, t:t + 1]) for t in range(steps)],
                               axis=1)
 
-    calls = {"layer": layer_calls, "model": model_calls}
-    notes = []
-    if hasattr(layer, "cell"):
-        def cell_calls():
-            h = np.zeros((x.shape[0], units), kernel.dtype)
-            state = [h, np.zeros_like(h)]
-            outputs = []
-            for t in range(steps):
-                h, state = layer.cell(x[:, t], state)
-                outputs.append(h)
-            return np.stack(outputs, axis=1)
+    def cell_calls():
+        h = np.zeros((x.shape[0], units), kernel.dtype)
+        state = [h, np.zeros_like(h)]
+        outputs = []
+        for t in range(steps):
+            h, state = layer.cell(x[:, t], state)
+            outputs.append(h)
+        return np.stack(outputs, axis=1)
 
-        calls["cell"] = cell_calls
-    else:
-        notes.append("layer.cell: not available in this fastlstm")
+    calls = {"layer": layer_calls, "model": model_calls, "cell": cell_calls}
+    notes = []
     if "torch" in peers:
         import torch
 
