@@ -1,10 +1,10 @@
 /* The product of the one-step path, on weights read where they lie.
 
-   z[r, :n] (+)= a[r, :depth] @ w[:depth, :n] for the rows r of a, with w in
-   Keras' layout (depth rows of n = 4H contiguous columns). The loop runs
-   over the rows of w in order and streams each one whole, so the weights
-   are read once, front to back, as the hardware prefetchers like best: a
-   step of one sequence is bound by how fast its weights arrive. Each output
+   The product of the rows r of a with w in Keras' layout (depth rows of 4H
+   contiguous columns). The loop runs over the rows of w in order and
+   streams each one, so the weights are read once, front to back, as the
+   hardware prefetchers like best: a step of one sequence is bound by how
+   fast its weights arrive. Each output
    sums its products in the order of k from +0, as the forward pass's
    register tiles do, so both give the same bits. */
 #ifndef FASTLSTM_FL_STEP_H
@@ -20,18 +20,25 @@
 #undef I
 #endif
 
+/* z[r, g*H + j] (+)= a[r, :depth] @ w[:depth, g*H + j] for the units j in
+   [j0, j1) of each of the four gates g: a block of units' share of the
+   product, four runs of each row of w. */
 #define FL_DEFINE_ROW_PRODUCT(NAME, T)                                             \
 static void NAME(ptrdiff_t rows, const T* restrict a, ptrdiff_t lda,              \
-                 const T* restrict w, ptrdiff_t depth, ptrdiff_t n,                \
-                 T* restrict z, ptrdiff_t ldz, int accumulate) {                   \
+                 const T* restrict w, ptrdiff_t depth, ptrdiff_t H, ptrdiff_t j0,  \
+                 ptrdiff_t j1, T* restrict z, ptrdiff_t ldz, int accumulate) {     \
     if (!accumulate)                                                               \
-        for (ptrdiff_t r = 0; r < rows; r++) memset(z + r * ldz, 0, n * sizeof(T)); \
+        for (ptrdiff_t r = 0; r < rows; r++)                                       \
+            for (int g = 0; g < 4; g++)                                            \
+                memset(z + r * ldz + g * H + j0, 0, (j1 - j0) * sizeof(T));        \
     for (ptrdiff_t k = 0; k < depth; k++) {                                        \
-        const T* restrict wk = w + k * n;                                          \
+        const T* restrict wk = w + k * 4 * H;                                      \
         for (ptrdiff_t r = 0; r < rows; r++) {                                     \
             const T s = a[r * lda + k];                                            \
             T* restrict zr = z + r * ldz;                                          \
-            for (ptrdiff_t j = 0; j < n; j++) zr[j] += wk[j] * s;                  \
+            for (int g = 0; g < 4; g++)                                            \
+                for (ptrdiff_t j = g * H + j0; j < g * H + j1; j++)                \
+                    zr[j] += wk[j] * s;                                            \
         }                                                                          \
     }                                                                              \
 }
