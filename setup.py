@@ -8,6 +8,7 @@ Environment switches:
 ``FASTLSTM_NO_OPENMP=1``
     Build without OpenMP even where the compiler supports it.
 """
+import glob
 import os
 import platform
 import runpy
@@ -104,11 +105,18 @@ def _buildable(build):
     return _compiles(["-Werror"] + build["flags"])
 
 
-def _extension(name, openmp=False, extra=()):
+# The kernels' C helpers (fastlstm/_fl_*.h), compiled into every build with
+# its own flags; an edited header rebuilds the builds.
+HEADERS = sorted(glob.glob(os.path.join("fastlstm", "_fl_*.h")))
+
+
+def _extension(name, openmp=False, extra=(), depends=()):
     flags = OPTIMISE + list(extra) + (OPENMP if openmp else [])
     return Extension(
         f"fastlstm.{name}",
         [f"fastlstm/{name}.pyx"],
+        include_dirs=["fastlstm"],
+        depends=list(depends),
         extra_compile_args=flags,
         extra_link_args=OPENMP if openmp else [],
         define_macros=MACROS,
@@ -116,7 +124,7 @@ def _extension(name, openmp=False, extra=()):
 
 
 extensions = [_extension("_cpu"), _extension("_blas"), _extension("_optim", openmp=True)] + [
-    _extension(build["module"], openmp=True, extra=build["flags"])
+    _extension(build["module"], openmp=True, extra=build["flags"], depends=HEADERS)
     for build in BUILDS.values() if _buildable(build)]
 
 setup(
