@@ -54,9 +54,9 @@ nothing is allocated inside the threads' loops.
 
 C helpers. The fast exp and the activations (_fl_math.h), the register tiles
 (_fl_tiles.h) and the threads' waiting (_fl_sync.h) are C headers, compiled
-into each build with its flags. The exp they use is written so that the
-fused loops vectorise (libm's exp and tanh do not); its error is a few ulp,
-and the activations built on it are tested against float64 truth.
+into each build with its flags. The activations are written so that the
+fused loops vectorise (libm's exp and tanh do not): one exponential and one
+division each, a few ulp from the truth, tested against float64.
 """
 from cython cimport floating
 from cython.parallel cimport parallel, prange
