@@ -11,7 +11,8 @@ result stayed in its range ([0, 1] and [-1, 1]) and NaN gives NaN. ::
 
     python docs/scripts/activation_accuracy.py                 # the build in use
     python docs/scripts/activation_accuracy.py --build avx2    # another build
-    python docs/scripts/activation_accuracy.py --limit 1       # a quicker check
+
+It takes minutes: most floats lie near 0, so a smaller --limit saves little.
 
 The float64 functions are not measured here: the tests compare them with
 NumPy's on a dense grid.
