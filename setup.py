@@ -119,6 +119,8 @@ def _extension(name, openmp=False, extra=(), depends=()):
         extra_compile_args=flags,
         extra_link_args=OPENMP if openmp else [],
         define_macros=MACROS,
+        # The kernels' C headers are in fastlstm/; the one-step path takes
+        # NumPy arrays through NumPy's C API.
         include_dirs=["fastlstm", numpy.get_include()],
         depends=list(depends),
     )

@@ -26,6 +26,8 @@
 #ifndef FL_POOL_H
 #define FL_POOL_H
 
+/* Py_ssize_t, the index type of the blocks, as Cython declares them. */
+#include <Python.h>
 #include <stddef.h>
 
 typedef void (*fl_block_fn)(void* ctx, Py_ssize_t k);

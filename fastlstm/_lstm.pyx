@@ -50,9 +50,11 @@ caller makes sure), so BLAS threads and the pool's never compete for cores.
 All buffers but the packed weights (allocated by the entry points) are
 allocated by the caller; nothing is allocated inside the threads' loops.
 
-Precision. Both dtypes use the exp below, written so that the fused loops
-vectorise (libm's exp and tanh do not); its error is a few ulp, and the
-activations built on it are tested against float64 truth.
+C helpers. The fast exp and the activations (_fl_math.h), the register tiles
+(_fl_tiles.h) and the threads' waiting (_fl_sync.h) are C headers, compiled
+into each build with its flags. The activations are written so that the
+fused loops vectorise (libm's exp and tanh do not): one exponential and one
+division each, a few ulp from the truth, tested against float64.
 """
 from cython cimport floating
 cimport openmp
@@ -62,274 +64,17 @@ from libc.string cimport memcpy, memset
 from ._blas cimport gemm, NoTrans, Trans
 from ._pool cimport run_blocks
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #define FL_OPENMP 1
-    #else
-    #define FL_OPENMP 0
-    #endif
-    #include <stdint.h>
-    #include <string.h>
-
-    /* e^x and e^x - 1 in arithmetic the compiler vectorises: x = n ln2 + r
-       with |r| <= ln2/2, e^r - 1 = q(r) by its Taylor series (to r^6 in
-       float32, truncation < 1.2e-7 relative; to r^12 in float64, < 2e-16),
-       2^n put straight into the exponent bits. Then e^x = s + s q and
-       e^x - 1 = (s - 1) + s q with s = 2^n, exact when n = 0, so e^x - 1
-       keeps full relative precision near 0. x is clamped so that 2^n stays
-       a normal number; a NaN passes the clamps (its comparisons are false)
-       and comes out NaN. */
-    static inline float fl_reducef(float x, float* scale) {
-        const float shift = 12582912.0f;             /* 1.5 * 2^23 */
-        x = x < -87.0f ? -87.0f : x;
-        x = x > 88.0f ? 88.0f : x;
-        float k = x * 1.44269504088896341f + shift;  /* round(x / ln2) in low bits */
-        int32_t kbits;
-        memcpy(&kbits, &k, sizeof kbits);
-        float n = k - shift;
-        float r = x - n * 0.693145751953125f;        /* ln2, high part (exact in n*) */
-        r = r - n * 1.42860682030941723e-6f;         /* ln2, low part */
-        int32_t sbits = (kbits - 0x4B400000 + 127) << 23;
-        memcpy(scale, &sbits, sizeof *scale);
-        float q = 1.0f / 720.0f;
-        q = q * r + 1.0f / 120.0f;
-        q = q * r + 1.0f / 24.0f;
-        q = q * r + 1.0f / 6.0f;
-        q = q * r + 0.5f;
-        q = q * r + 1.0f;
-        return q * r;
-    }
-    static inline float fl_expf(float x) { float s; float q = fl_reducef(x, &s); return s + s * q; }
-
-    static inline double fl_reduce(double x, double* scale) {
-        const double shift = 6755399441055744.0;     /* 1.5 * 2^52 */
-        x = x < -708.0 ? -708.0 : x;
-        x = x > 709.0 ? 709.0 : x;
-        double k = x * 1.4426950408889634 + shift;
-        int64_t kbits;
-        memcpy(&kbits, &k, sizeof kbits);
-        double n = k - shift;
-        double r = x - n * 0.693147180369123816490;  /* ln2, high part */
-        r = r - n * 1.90821492927058770002e-10;      /* ln2, low part */
-        int64_t sbits = (kbits - 0x4338000000000000LL + 1023) << 52;
-        memcpy(scale, &sbits, sizeof *scale);
-        double q = 1.0 / 479001600.0;
-        q = q * r + 1.0 / 39916800.0;
-        q = q * r + 1.0 / 3628800.0;
-        q = q * r + 1.0 / 362880.0;
-        q = q * r + 1.0 / 40320.0;
-        q = q * r + 1.0 / 5040.0;
-        q = q * r + 1.0 / 720.0;
-        q = q * r + 1.0 / 120.0;
-        q = q * r + 1.0 / 24.0;
-        q = q * r + 1.0 / 6.0;
-        q = q * r + 0.5;
-        q = q * r + 1.0;
-        return q * r;
-    }
-    static inline double fl_exp(double x) { double s; double q = fl_reduce(x, &s); return s + s * q; }
-
-    /* Denormal numbers (|x| < 1.2e-38 in float32) arise when states and
-       gradients decay over many steps; arithmetic on them can cost a hundred
-       times more cycles. Each kernel thread flushes them to zero (FTZ, DAZ)
-       for the length of its work, then restores the caller's setting. */
-    #if defined(__SSE2__) || defined(_M_X64)
-    #include <xmmintrin.h>
-    static inline unsigned int fl_flush_denormals(void) {
-        unsigned int saved = _mm_getcsr();
-        _mm_setcsr(saved | 0x8040);   /* FTZ (bit 15) | DAZ (bit 6) */
-        return saved;
-    }
-    static inline void fl_restore_denormals(unsigned int saved) { _mm_setcsr(saved); }
-    #else
-    static inline unsigned int fl_flush_denormals(void) { return 0; }
-    static inline void fl_restore_denormals(unsigned int saved) { (void)saved; }
-    #endif
-
-    /* sigmoid x = 1 / (1 + e^-x). tanh x = m / (m + 2) = 1 - 2 / (1 + e)
-       with e = e^{2x} and m = e - 1 from one range reduction: the first form
-       keeps relative precision near 0, the second is accurate and monotone
-       to the last bit where |tanh x| > 0.46; both tend to +-1 at the clamps. */
-    static inline float fl_sigmoidf(float x) { return 1.0f / (1.0f + fl_expf(-x)); }
-    static inline float fl_tanhf(float x) {
-        float s;
-        float sq = fl_reducef(2.0f * x, &s) * s;
-        float m = (s - 1.0f) + sq, e = s + sq;
-        return (x < 0.5f && x > -0.5f) ? m / (m + 2.0f) : 1.0f - 2.0f / (1.0f + e);
-    }
-
-    /* The packed step product. A register tile holds R rows by four vectors
-       of L lanes: in the forward pass the i, f, c and o gates of L units, so
-       the element-wise step reads all four gates of a unit from one tile.
-       The vector width is the build's (L = 16 floats or 8 doubles with
-       AVX-512, 8 or 4 with AVX2, 4 or 2 otherwise); R is as many rows as
-       the register file holds: 4R accumulators, R broadcast rows and one
-       weight vector (31 of AVX-512's 32 registers at R = 6, 16 of AVX2's
-       16 at R = 3). */
-    #if defined(__AVX512F__)
-    #define FL_VECTOR_BYTES 64
-    #define FL_ROWS 6
-    #elif defined(__AVX2__)
-    #define FL_VECTOR_BYTES 32
-    #define FL_ROWS 3
-    #else
-    #define FL_VECTOR_BYTES 16
-    #define FL_ROWS 3
-    #endif
-    #define FL_LANES_F (FL_VECTOR_BYTES / 4)
-    #define FL_LANES_D (FL_VECTOR_BYTES / 8)
-    typedef float fl_vf __attribute__((vector_size(FL_VECTOR_BYTES)));
-    typedef double fl_vd __attribute__((vector_size(FL_VECTOR_BYTES)));
-    /* The same vectors at any element address, for rows of the gate buffer. */
-    typedef float fl_vf_u __attribute__((vector_size(FL_VECTOR_BYTES), aligned(4)));
-    typedef double fl_vd_u __attribute__((vector_size(FL_VECTOR_BYTES), aligned(8)));
-
-    /* z[r, g] (+)= a[r, :depth] @ panel[:, g], for r < R and the four
-       column vectors g of a panel; z's vector g of row r starts at
-       z + r * ldz + g * gate_stride. The panel is vector-aligned, depth rows
-       of four vectors. The loops over r and g are unrolled completely, so
-       every accumulator is a register. */
-    #define FL_DEFINE_TILE(NAME, T, VT, VTU, R)                                      \
-    static void NAME(const T* restrict a, ptrdiff_t lda, const T* restrict panel,   \
-                     ptrdiff_t depth, T* restrict z, ptrdiff_t ldz,                   \
-                     ptrdiff_t gate_stride, int accumulate) {                         \
-        VT acc[R][4];                                                                 \
-        const T* rows[R];                                                             \
-        _Pragma("GCC unroll 8")                                                       \
-        for (int r = 0; r < R; r++) {                                                 \
-            rows[r] = a + r * lda;                                                    \
-            _Pragma("GCC unroll 4")                                                   \
-            for (int g = 0; g < 4; g++)                                               \
-                acc[r][g] = accumulate ? (VT)*(const VTU*)(z + r * ldz + g * gate_stride) \
-                                       : (VT){0};                                     \
-        }                                                                             \
-        for (ptrdiff_t k = 0; k < depth; k++) {                                       \
-            const VT* w = (const VT*)panel + 4 * k;                                   \
-            T s[R];                                                                   \
-            _Pragma("GCC unroll 8")                                                   \
-            for (int r = 0; r < R; r++) s[r] = rows[r][k];                            \
-            _Pragma("GCC unroll 4")                                                   \
-            for (int g = 0; g < 4; g++) {                                             \
-                VT wg = w[g];                                                         \
-                _Pragma("GCC unroll 8")                                               \
-                for (int r = 0; r < R; r++) acc[r][g] += wg * s[r];                   \
-            }                                                                         \
-        }                                                                             \
-        _Pragma("GCC unroll 8")                                                       \
-        for (int r = 0; r < R; r++) {                                                 \
-            _Pragma("GCC unroll 4")                                                   \
-            for (int g = 0; g < 4; g++)                                               \
-                *(VTU*)(z + r * ldz + g * gate_stride) = acc[r][g];                   \
-        }                                                                             \
-    }
-    FL_DEFINE_TILE(fl_tile_f1, float, fl_vf, fl_vf_u, 1)
-    FL_DEFINE_TILE(fl_tile_f2, float, fl_vf, fl_vf_u, 2)
-    FL_DEFINE_TILE(fl_tile_f3, float, fl_vf, fl_vf_u, 3)
-    FL_DEFINE_TILE(fl_tile_d1, double, fl_vd, fl_vd_u, 1)
-    FL_DEFINE_TILE(fl_tile_d2, double, fl_vd, fl_vd_u, 2)
-    FL_DEFINE_TILE(fl_tile_d3, double, fl_vd, fl_vd_u, 3)
-    #if FL_ROWS > 3
-    FL_DEFINE_TILE(fl_tile_f4, float, fl_vf, fl_vf_u, 4)
-    FL_DEFINE_TILE(fl_tile_f5, float, fl_vf, fl_vf_u, 5)
-    FL_DEFINE_TILE(fl_tile_f6, float, fl_vf, fl_vf_u, 6)
-    FL_DEFINE_TILE(fl_tile_d4, double, fl_vd, fl_vd_u, 4)
-    FL_DEFINE_TILE(fl_tile_d5, double, fl_vd, fl_vd_u, 5)
-    FL_DEFINE_TILE(fl_tile_d6, double, fl_vd, fl_vd_u, 6)
-    #endif
-
-    /* One tile of 1 <= rows <= FL_ROWS rows, each row count its own
-       fully unrolled kernel. */
-    #define FL_DEFINE_TILE_DISPATCH(NAME, T, PREFIX)                                 \
-    static inline void NAME(int rows, const T* a, ptrdiff_t lda, const T* panel,     \
-                            ptrdiff_t depth, T* z, ptrdiff_t ldz,                     \
-                            ptrdiff_t gate_stride, int accumulate) {                  \
-        switch (rows) {                                                               \
-        case 1: PREFIX##1(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
-        case 2: PREFIX##2(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
-        case 3: PREFIX##3(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
-        FL_MORE_ROWS(PREFIX)                                                          \
-        }                                                                             \
-    }
-    #if FL_ROWS > 3
-    #define FL_MORE_ROWS(PREFIX)                                                      \
-        case 4: PREFIX##4(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
-        case 5: PREFIX##5(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break; \
-        case 6: PREFIX##6(a, lda, panel, depth, z, ldz, gate_stride, accumulate); break;
-    #else
-    #define FL_MORE_ROWS(PREFIX)
-    #endif
-    FL_DEFINE_TILE_DISPATCH(fl_tile_f, float, fl_tile_f)
-    FL_DEFINE_TILE_DISPATCH(fl_tile_d, double, fl_tile_d)
-
-
-    /* The threads of a pass split by units meet after every step: each adds
-       one to a shared counter, then waits until it reaches ``target`` (the
-       threads times the steps so far). A waiting thread spins a bounded
-       number of times, then yields its core, so that a thread the OS has
-       not scheduled (on a busy machine) gets to run instead of the spinning
-       one burning a whole time slice. */
-    #if defined(_WIN32)
-    #include <windows.h>
-    #define fl_yield() SwitchToThread()
-    #else
-    #include <sched.h>
-    #define fl_yield() sched_yield()
-    #endif
-    #if defined(__x86_64__) || defined(__i386__)
-    #define fl_pause() __builtin_ia32_pause()
-    #else
-    #define fl_pause() ((void)0)
-    #endif
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define fl_thread_num() omp_get_thread_num()
-    #define fl_team_size() omp_get_num_threads()
-    #else
-    #define fl_thread_num() 0
-    #define fl_team_size() 1
-    #endif
-    #define FL_SPINS 2000
-    /* Wait until *done reaches target: spin a bounded number of times,
-       then yield the core. The pipelined stack's threads hand work over
-       with it: a producer publishes how many steps of a layer are done. */
-    static inline void fl_wait_for(long* done, long target) {
-        int spins = 0;
-        while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < target) {
-            if (++spins < FL_SPINS) {
-                fl_pause();
-            } else {
-                fl_yield();
-                spins = 0;
-            }
-        }
-    }
-    static inline void fl_publish(long* done, long value) {
-        __atomic_store_n(done, value, __ATOMIC_RELEASE);
-    }
-    static inline void fl_arrive_and_wait(long* arrived, long target) {
-        __atomic_add_fetch(arrived, 1, __ATOMIC_ACQ_REL);
-        fl_wait_for(arrived, target);
-    }
-
-    static inline double fl_sigmoid(double x) { return 1.0 / (1.0 + fl_exp(-x)); }
-    static inline double fl_tanh(double x) {
-        double s;
-        double sq = fl_reduce(2.0 * x, &s) * s;
-        double m = (s - 1.0) + sq, e = s + sq;
-        return (x < 0.5 && x > -0.5) ? m / (m + 2.0) : 1.0 - 2.0 / (1.0 + e);
-    }
-    """
-    const int FL_OPENMP
+# The C helpers, each header compiled with this build's flags.
+cdef extern from "_fl_math.h":
     float fl_sigmoidf(float x) noexcept nogil
     float fl_tanhf(float x) noexcept nogil
     double fl_sigmoid(double x) noexcept nogil
     double fl_tanh(double x) noexcept nogil
     unsigned int fl_flush_denormals() noexcept nogil
     void fl_restore_denormals(unsigned int saved) noexcept nogil
+
+cdef extern from "_fl_tiles.h":
     const int FL_ROWS
-    void fl_publish(long* done, long value) noexcept nogil
-    void fl_wait_for(long* done, long target) noexcept nogil
     const int FL_VECTOR_BYTES
     void fl_tile_f(int rows, const float* a, Py_ssize_t lda, const float* panel,
                    Py_ssize_t depth, float* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
@@ -337,6 +82,11 @@ cdef extern from *:
     void fl_tile_d(int rows, const double* a, Py_ssize_t lda, const double* panel,
                    Py_ssize_t depth, double* z, Py_ssize_t ldz, Py_ssize_t gate_stride,
                    int accumulate) noexcept nogil
+
+cdef extern from "_fl_sync.h":
+    const int FL_OPENMP
+    void fl_publish(long* done, long value) noexcept nogil
+    void fl_wait_for(long* done, long target) noexcept nogil
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:

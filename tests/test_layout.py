@@ -1,8 +1,12 @@
 """Tests of the package's structure: BLAS is called from the kernels' side
-only, the model asks its layers instead of testing their classes, and every
-instruction-set build comes from one table."""
+only, the model asks its layers instead of testing their classes, every
+instruction-set build comes from one table, and the kernels' C helpers are
+headers that compile on their own."""
 import ast
 import pathlib
+import re
+import subprocess
+import sysconfig
 
 import fastlstm
 from fastlstm import _builds, _kernels, layers
@@ -124,3 +128,35 @@ def test_no_import_circle_and_no_name_taken_from_the_package_root():
     for name in sorted(graph):
         visit(name)
     assert circles == []
+
+
+def _included_headers():
+    """The headers the Cython sources read their C helpers from."""
+    return sorted({header for path in [*PACKAGE.glob("*.pyx"), *PACKAGE.glob("*.pxi")]
+                   for header in re.findall(r'^cdef extern from "(\w+\.h)":',
+                                            path.read_text(), re.M)})
+
+
+def test_the_kernels_c_helpers_are_headers_the_package_ships():
+    headers = _included_headers()
+    assert sorted(headers) == sorted(path.name for path in PACKAGE.glob("_fl_*.h"))
+    assert "cdef extern from *" not in (PACKAGE / "_lstm.pyx").read_text()
+
+
+def test_every_header_compiles_alone_and_twice_with_every_build_s_flags(tmp_path):
+    """Each header includes what it uses and has an include guard: a file
+    that includes it twice compiles warning-free, for every build's flags,
+    without OpenMP and (where the kernels were built with it) with it."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    openmp_flags = [[], ["-fopenmp"]]
+    for header in _included_headers():
+        source = tmp_path / f"twice_{header}.c"
+        source.write_text(f'#include "{header}"\n#include "{header}"\n')
+        for build in _builds.BUILDS.values():
+            for openmp in openmp_flags:
+                result = subprocess.run(
+                    compiler + ["-fsyntax-only", "-Wall", "-Werror", "-I", str(PACKAGE),
+                                "-I", sysconfig.get_paths()["include"]]
+                    + build["flags"] + openmp + [str(source)],
+                    capture_output=True, text=True)
+                assert result.returncode == 0, (header, build["flags"], openmp, result.stderr)
