@@ -119,11 +119,11 @@ def test_kernel_backward_checks_its_buffers(kernel_build):
 
     def call(**changes):
         arguments = dict(
-            weights=cache["weights"], mask=None, dropout=np.ones((batch, units)),
+            weights=cache.weights, mask=None, dropout=np.ones((batch, units)),
             go_backwards=False, grad_outputs=np.zeros((batch, x.shape[1], units)),
-            gates=cache["gates"], states=cache["states"], c_prev=cache["c_prev"],
+            gates=cache.gates, states=cache.states, c_prev=cache.c_prev,
             dh_rec=state.copy(), dh_pass=state.copy(), dc=state.copy(), carry=state.copy(),
-            dx=np.empty(x.shape), dweights=np.empty_like(cache["weights"]),
+            dx=np.empty(x.shape), dweights=np.empty_like(cache.weights),
             dbias=np.empty(4 * units), activation=0, recurrent_activation=1, num_threads=1)
         arguments.update(changes)
         module.backward(*arguments.values())
