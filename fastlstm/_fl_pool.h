@@ -55,13 +55,18 @@ typedef void (*fl_block_fn)(void* ctx, Py_ssize_t k);
 #define FL_POOL_YIELDS 2000
 #define FL_POOL_WAIT_SPINS 2000
 /* After a job whose caller waited longer for the workers' blocks than it
-   took to run its own, the next jobs run on the caller alone: a worker that
-   shares a busy core runs at a fraction of its speed, and loses a time
-   slice when preempted, so the caller runs the blocks sooner itself. How
-   many doubles with each such job, up to this many, and halves with each
-   job the workers did not hold up: on a busy machine the pool soon tries
-   its workers only now and then, on a quiet one always. */
-#define FL_POOL_MAX_BACKOFF 256
+   took to run its own, the jobs of the next while run on the caller alone:
+   a worker that shares a busy core runs at a fraction of its speed, and
+   loses a time slice when preempted, so the caller runs the blocks sooner
+   itself. The while is a time, not a number of jobs, so that a core that
+   was busy for a moment (another program's threads spinning down after its
+   own work) costs a few milliseconds, whatever the size of the jobs: it
+   starts at FL_POOL_MIN_BACKOFF seconds, doubles with each such job up to
+   FL_POOL_MAX_BACKOFF and halves with each job the workers did not hold up.
+   On a busy machine the pool soon tries its workers only now and then, on
+   a quiet one always. */
+#define FL_POOL_MIN_BACKOFF 0.001
+#define FL_POOL_MAX_BACKOFF 0.064
 /* The low half of the claim word is the next block; this marks a job whose
    fields are being written. */
 #define FL_POOL_CLOSED 0xFFFFFFFFu
@@ -87,8 +92,8 @@ typedef struct {
     int sleepers;              /* workers asleep (or going to sleep) */
     int limit;                 /* workers at or past this index stop */
     int started;               /* workers created */
-    int skip;                  /* jobs still to run on their caller alone */
-    int backoff;               /* the skip after the next slow job, from 1 */
+    double skip_until;         /* jobs run on their caller alone until then */
+    double backoff;            /* the seconds skipped after the next slow job */
     pthread_t threads[FL_POOL_MAX_WORKERS];
 } fl_pool_t;
 
@@ -244,9 +249,7 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     int helpers = fl_pool_grow(threads - 1);
     if (helpers > threads - 1)
         helpers = threads - 1;
-    if (helpers == 0 || fl_pool.skip > 0) {
-        if (fl_pool.skip > 0)
-            fl_pool.skip--;
+    if (helpers == 0 || (fl_pool.skip_until > 0 && fl_pool_now() < fl_pool.skip_until)) {
         pthread_mutex_unlock(&fl_pool_job_lock);
         fl_pool_run_inline(fn, ctx, n);
         return;
@@ -262,6 +265,9 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     __atomic_store_n(&fl_pool.helpers, helpers, __ATOMIC_RELAXED);
     __atomic_store_n(&fl_pool.finished, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&fl_pool.claim, generation << 32, __ATOMIC_RELEASE);
+    /* A worker that was asleep takes a while to wake up: that is no sign
+       of a busy core, so such a job does not count towards backing off. */
+    int woken = __atomic_load_n(&fl_pool.sleepers, __ATOMIC_SEQ_CST) > 0;
     fl_pool_next_epoch();
     fl_pool_in_job = 1;
     double start = fl_pool_now();
@@ -278,13 +284,14 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
         }
     }
     fl_pool_in_job = 0;
-    if (fl_pool_now() - helped > helped - start) {
-        if (fl_pool.backoff < 1)
-            fl_pool.backoff = 1;
-        fl_pool.skip = fl_pool.backoff;
+    double done = fl_pool_now();
+    if (fl_pool.backoff < FL_POOL_MIN_BACKOFF)
+        fl_pool.backoff = FL_POOL_MIN_BACKOFF;
+    if (!woken && done - helped > helped - start) {
+        fl_pool.skip_until = done + fl_pool.backoff;
         if (fl_pool.backoff < FL_POOL_MAX_BACKOFF)
             fl_pool.backoff *= 2;
-    } else if (fl_pool.backoff > 1) {
+    } else if (fl_pool.backoff > FL_POOL_MIN_BACKOFF) {
         fl_pool.backoff /= 2;
     }
     pthread_mutex_unlock(&fl_pool_job_lock);
@@ -295,8 +302,8 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
 static void fl_pool_resize(int threads) {
     int workers = threads > 1 ? threads - 1 : 0;
     pthread_mutex_lock(&fl_pool_job_lock);
-    fl_pool.skip = 0;
-    fl_pool.backoff = 1;
+    fl_pool.skip_until = 0;
+    fl_pool.backoff = FL_POOL_MIN_BACKOFF;
     if (workers < fl_pool.started) {
         __atomic_store_n(&fl_pool.limit, workers, __ATOMIC_RELEASE);
         fl_pool_next_epoch();
