@@ -20,25 +20,20 @@
 #undef I
 #endif
 
-/* z[r, g*H + j] (+)= a[r, :depth] @ w[:depth, g*H + j] for the units j in
-   [j0, j1) of each of the four gates g: a block of units' share of the
-   product, four runs of each row of w. */
+/* z[r, :n] (+)= a[r, :depth] @ w[:depth, :n], w of n contiguous columns
+   per row. */
 #define FL_DEFINE_ROW_PRODUCT(NAME, T)                                             \
 static void NAME(ptrdiff_t rows, const T* restrict a, ptrdiff_t lda,              \
-                 const T* restrict w, ptrdiff_t depth, ptrdiff_t H, ptrdiff_t j0,  \
-                 ptrdiff_t j1, T* restrict z, ptrdiff_t ldz, int accumulate) {     \
+                 const T* restrict w, ptrdiff_t depth, ptrdiff_t n,                \
+                 T* restrict z, int accumulate) {                                  \
     if (!accumulate)                                                               \
-        for (ptrdiff_t r = 0; r < rows; r++)                                       \
-            for (int g = 0; g < 4; g++)                                            \
-                memset(z + r * ldz + g * H + j0, 0, (j1 - j0) * sizeof(T));        \
+        memset(z, 0, rows * n * sizeof(T));                                        \
     for (ptrdiff_t k = 0; k < depth; k++) {                                        \
-        const T* restrict wk = w + k * 4 * H;                                      \
+        const T* restrict wk = w + k * n;                                          \
         for (ptrdiff_t r = 0; r < rows; r++) {                                     \
             const T s = a[r * lda + k];                                            \
-            T* restrict zr = z + r * ldz;                                          \
-            for (int g = 0; g < 4; g++)                                            \
-                for (ptrdiff_t j = g * H + j0; j < g * H + j1; j++)                \
-                    zr[j] += wk[j] * s;                                            \
+            T* restrict zr = z + r * n;                                            \
+            for (ptrdiff_t j = 0; j < n; j++) zr[j] += wk[j] * s;                  \
         }                                                                          \
     }                                                                              \
 }

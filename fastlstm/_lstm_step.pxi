@@ -16,31 +16,29 @@ cnp.import_array()
 
 cdef extern from "_fl_step.h":
     void fl_row_product_f(Py_ssize_t rows, const float* a, Py_ssize_t lda, const float* w,
-                          Py_ssize_t depth, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                          float* z, Py_ssize_t ldz, int accumulate) noexcept nogil
+                          Py_ssize_t depth, Py_ssize_t n, float* z,
+                          int accumulate) noexcept nogil
     void fl_row_product_d(Py_ssize_t rows, const double* a, Py_ssize_t lda, const double* w,
-                          Py_ssize_t depth, Py_ssize_t H, Py_ssize_t j0, Py_ssize_t j1,
-                          double* z, Py_ssize_t ldz, int accumulate) noexcept nogil
+                          Py_ssize_t depth, Py_ssize_t n, double* z,
+                          int accumulate) noexcept nogil
 
 
 cdef inline void _row_product(Py_ssize_t rows, const floating* a, Py_ssize_t lda,
-                              const floating* w, Py_ssize_t depth, Py_ssize_t H, Py_ssize_t j0,
-                              Py_ssize_t j1, floating* z, bint accumulate) noexcept nogil:
+                              const floating* w, Py_ssize_t depth, Py_ssize_t n, floating* z,
+                              bint accumulate) noexcept nogil:
     if floating is float:
-        fl_row_product_f(rows, a, lda, w, depth, H, j0, j1, z, 4 * H, accumulate)
+        fl_row_product_f(rows, a, lda, w, depth, n, z, accumulate)
     else:
-        fl_row_product_d(rows, a, lda, w, depth, H, j0, j1, z, 4 * H, accumulate)
+        fl_row_product_d(rows, a, lda, w, depth, n, z, accumulate)
 
 
-cdef inline void _step_units(Py_ssize_t n, Py_ssize_t H, const floating* z,
-                             const floating* bias, const floating* c, floating* h_out,
-                             floating* c_out, int activation,
-                             int recurrent_activation) noexcept nogil:
-    """The element-wise step of n units of one sequence (their gates H
-    apart in z and bias), as _step_forward computes it."""
+cdef inline void _step_units(Py_ssize_t H, const floating* z, const floating* bias,
+                             const floating* c, floating* h_out, floating* c_out,
+                             int activation, int recurrent_activation) noexcept nogil:
+    """The element-wise step of one sequence, as _step_forward computes it."""
     cdef Py_ssize_t j
     cdef floating gi, gf, gg, go, cell
-    for j in range(n):
+    for j in range(H):
         gi = _activate(z[j] + bias[j], recurrent_activation)
         gf = _activate(z[H + j] + bias[H + j], recurrent_activation)
         gg = _activate(z[2 * H + j] + bias[2 * H + j], activation)
@@ -50,60 +48,27 @@ cdef inline void _step_units(Py_ssize_t n, Py_ssize_t H, const floating* z,
         h_out[j] = go * _activate(cell, activation)
 
 
-ctypedef struct _StepJob:
-    # One step of B sequences, its units in blocks (one block: split among
-    # the pool's threads, the step measured slower; see _step_units_of).
-    Py_ssize_t B, I, H, blocks
-    bint double_precision
-    int activation, recurrent_activation
-    const void* x
-    const void* kernel
-    const void* recurrent_kernel
-    const void* bias
-    const void* h
-    const void* c
-    void* h_out
-    void* c_out
-    void* z
-
-
-cdef void _step_block(void* ctx, Py_ssize_t k) noexcept nogil:
-    if (<_StepJob*>ctx).double_precision:
-        _step_units_of(<_StepJob*>ctx, k, <double*>NULL)
-    else:
-        _step_units_of(<_StepJob*>ctx, k, <float*>NULL)
-
-
-cdef void _step_units_of(_StepJob* job, Py_ssize_t k, floating* dtype_of) noexcept nogil:
-    """Block k of a step: units [j0, j1) of every sequence, from products
-    with their columns of the weights to their h and c. A block reads all of
-    h and writes only its own units of h_out and c_out, which therefore
-    must not be h and c when there are several blocks."""
-    cdef Py_ssize_t B = job.B, I = job.I, H = job.H, b
-    cdef Py_ssize_t j0 = _column_start(k, job.blocks, H), j1 = _column_start(k + 1, job.blocks, H)
-    cdef floating* z = <floating*>job.z
-    cdef const floating* bias = <const floating*>job.bias
-    cdef const floating* c = <const floating*>job.c
-    cdef floating* h_out = <floating*>job.h_out
-    cdef floating* c_out = <floating*>job.c_out
-    cdef unsigned int csr
-    if j1 <= j0:
-        return
-    csr = fl_flush_denormals()
+cdef void _step(Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, const floating* x,
+                const floating* kernel, const floating* recurrent_kernel,
+                const floating* bias, const floating* h, const floating* c,
+                floating* h_out, floating* c_out, floating* z,
+                int activation, int recurrent_activation) noexcept nogil:
+    """h_out, c_out after one step from x (B, I), h and c (B, H); z (B, 4H)
+    is scratch. One thread: split among the pool's, a step of a few
+    microseconds measured slower (the performance page's tuning section)."""
+    cdef Py_ssize_t b
+    cdef unsigned int csr = fl_flush_denormals()
     # z = x @ kernel + h @ recurrent_kernel, summed over [x_t, h_{t-1}] in
     # the order of the forward pass's per-step product.
-    _row_product(B, <const floating*>job.x, I, <const floating*>job.kernel, I, H, j0, j1, z,
-                 False)
-    _row_product(B, <const floating*>job.h, H, <const floating*>job.recurrent_kernel, H, H, j0,
-                 j1, z, True)
+    _row_product(B, x, I, kernel, I, 4 * H, z, False)
+    _row_product(B, h, H, recurrent_kernel, H, 4 * H, z, True)
     for b in range(B):
-        if job.activation == TANH and job.recurrent_activation == SIGMOID:
-            _step_units(j1 - j0, H, z + b * 4 * H + j0, bias + j0, c + b * H + j0,
-                        h_out + b * H + j0, c_out + b * H + j0, TANH, SIGMOID)
+        if activation == TANH and recurrent_activation == SIGMOID:
+            _step_units(H, z + b * 4 * H, bias, c + b * H, h_out + b * H, c_out + b * H,
+                        TANH, SIGMOID)
         else:
-            _step_units(j1 - j0, H, z + b * 4 * H + j0, bias + j0, c + b * H + j0,
-                        h_out + b * H + j0, c_out + b * H + j0, job.activation,
-                        job.recurrent_activation)
+            _step_units(H, z + b * 4 * H, bias, c + b * H, h_out + b * H, c_out + b * H,
+                        activation, recurrent_activation)
     fl_restore_denormals(csr)
 
 
@@ -157,7 +122,7 @@ cdef class Step:
         cdef Py_ssize_t H = self.units
         cdef int t = self.typenum
         cdef cnp.npy_intp dims[2]
-        cdef _StepJob job
+        cdef void* z
         # The pointer arithmetic below trusts these shapes.
         _check_matrix(x, t, B, self.input_dim, "x")
         _check_matrix(h, t, B, H, "h")
@@ -165,18 +130,26 @@ cdef class Step:
         dims[0], dims[1] = B, H
         cdef cnp.ndarray h_out = cnp.PyArray_EMPTY(2, dims, t, 0)
         cdef cnp.ndarray c_out = cnp.PyArray_EMPTY(2, dims, t, 0)
-        job.B, job.I, job.H, job.blocks = B, self.input_dim, H, 1
-        job.double_precision = t == cnp.NPY_FLOAT64
-        job.activation, job.recurrent_activation = self.activation, self.recurrent_activation
-        job.x, job.h, job.c = cnp.PyArray_DATA(x), cnp.PyArray_DATA(h), cnp.PyArray_DATA(c)
-        job.kernel = cnp.PyArray_DATA(self.kernel)
-        job.recurrent_kernel = cnp.PyArray_DATA(self.recurrent_kernel)
-        job.bias = cnp.PyArray_DATA(self.bias)
-        job.h_out, job.c_out = cnp.PyArray_DATA(h_out), cnp.PyArray_DATA(c_out)
-        job.z = malloc(B * 4 * H * (8 if job.double_precision else 4))
-        if job.z == NULL:
+        z = malloc(B * 4 * H * (8 if t == cnp.NPY_FLOAT64 else 4))
+        if z == NULL:
             raise MemoryError(f"cannot allocate the {B * 4 * H} gate values of a step")
-        with nogil:
-            _step_block(&job, 0)
-        free(job.z)
+        if t == cnp.NPY_FLOAT32:
+            with nogil:
+                _step(B, self.input_dim, H, <float*>cnp.PyArray_DATA(x),
+                      <float*>cnp.PyArray_DATA(self.kernel),
+                      <float*>cnp.PyArray_DATA(self.recurrent_kernel),
+                      <float*>cnp.PyArray_DATA(self.bias), <float*>cnp.PyArray_DATA(h),
+                      <float*>cnp.PyArray_DATA(c), <float*>cnp.PyArray_DATA(h_out),
+                      <float*>cnp.PyArray_DATA(c_out), <float*>z,
+                      self.activation, self.recurrent_activation)
+        else:
+            with nogil:
+                _step(B, self.input_dim, H, <double*>cnp.PyArray_DATA(x),
+                      <double*>cnp.PyArray_DATA(self.kernel),
+                      <double*>cnp.PyArray_DATA(self.recurrent_kernel),
+                      <double*>cnp.PyArray_DATA(self.bias), <double*>cnp.PyArray_DATA(h),
+                      <double*>cnp.PyArray_DATA(c), <double*>cnp.PyArray_DATA(h_out),
+                      <double*>cnp.PyArray_DATA(c_out), <double*>z,
+                      self.activation, self.recurrent_activation)
+        free(z)
         return h_out, c_out
