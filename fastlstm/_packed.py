@@ -13,8 +13,8 @@ import numpy as np
 from . import _config, _kernels, _plan
 from ._engine import ForwardWorkspace
 from .functional import _check_weights, check_sizes
-from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
-                          check_bool, check_features, check_state_list)
+from ._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
+                          check_activation, check_bool, check_features, check_state_list)
 
 __all__ = ["PackedLSTM"]
 
@@ -214,16 +214,7 @@ class PackedLSTM:
             if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.input_dim:
                 raise ValueError(f"inputs must have shape (batch, input_dim={self.input_dim}),"
                                  f" one step of every sequence, got shape {x.shape}")
-        batch = x.shape[0]
-        shape = (batch, self.units)
-        h = c = None
-        if isinstance(states, (list, tuple)) and len(states) == 2:
-            h, c = states
-        if not all(type(s) is np.ndarray and s.dtype == self.dtype and s.flags.c_contiguous
-                   and s.shape == shape for s in (h, c)):
-            h, c = (np.ascontiguousarray(as_state(s, name, self.dtype, shape, "(batch, units)"))
-                    for s, name in zip(check_state_list(states, "states", "[h, c]"),
-                                       ("states[0] (h)", "states[1] (c)")))
+        h, c = as_step_states(states, self.dtype, (x.shape[0], self.units))
         if self._build != _kernels.current_name():
             kernels = _kernels.current()
             self._step = kernels.Step(self.kernel, self.recurrent_kernel, self._bias,

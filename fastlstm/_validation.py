@@ -277,6 +277,20 @@ def as_state(value, name, dtype, shape, meaning):
     return array
 
 
+def as_step_states(states, dtype, shape):
+    """``[h, c]`` of a one-step call (``states``) as C-contiguous arrays of
+    ``dtype`` and ``shape``: as given when they already are (the loop of a
+    sampler passes back what the last step returned), checked and cast
+    otherwise."""
+    if (isinstance(states, (list, tuple)) and len(states) == 2
+            and all(type(s) is np.ndarray and s.dtype == dtype and s.flags.c_contiguous
+                    and s.shape == shape for s in states)):
+        return list(states)
+    return [np.ascontiguousarray(as_state(s, name, dtype, shape, "(batch, units)"))
+            for s, name in zip(check_state_list(states, "states", "[h, c]"),
+                               ("states[0] (h)", "states[1] (c)"))]
+
+
 def as_mask(value, name, shape):
     """A boolean mask of ``shape`` (batch, timesteps), True keeping a step.
 

@@ -164,3 +164,20 @@ def test_the_cell_describes_its_state_as_keras_does():
     assert layer.cell.output_size == 8
     h, c = layer.cell.get_initial_state(5)
     assert h.shape == c.shape == (5, 8) and h.dtype == np.float32 and not h.any()
+
+
+def test_states_in_any_memory_layout_give_the_same_step():
+    # A slice of a larger state or a Fortran-ordered array is not what the
+    # kernel reads: the doors make contiguous copies rather than refuse it.
+    rng = np.random.default_rng(7)
+    layer = _layer(6, 3)
+    x = rng.standard_normal((4, 3))
+    h, c = rng.standard_normal((2, 4, 6))
+    expected = layer.cell(x, [h, c])[0]
+    strided = [np.repeat(h, 2, axis=1)[:, ::2], np.asfortranarray(c)]
+    assert not any(s.flags.c_contiguous for s in strided)
+    np.testing.assert_array_equal(layer.cell(x, strided)[0], expected)
+    with fl.no_grad():
+        np.testing.assert_array_equal(layer(x[:, None], initial_state=strided), expected)
+    packed = fl.PackedLSTM(*layer.get_weights())
+    np.testing.assert_array_equal(packed.step(x, strided)[0], expected)

@@ -5,9 +5,9 @@ import numpy as np
 
 from .. import _kernels, initializers
 from ..functional import check_sizes, lstm_backward, run_lstm_forward
-from .._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
-                           check_bool, check_dtype, check_features, check_int, check_rate,
-                           check_state_list, describe)
+from .._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
+                           check_activation, check_bool, check_dtype, check_features,
+                           check_int, check_rate, check_state_list, describe)
 from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabled,
                    seed_children, seed_sequence)
 
@@ -315,7 +315,7 @@ class LSTM(Layer):
         if state is None:
             h = c = np.zeros((batch, self.units), self.dtype)
         else:
-            h, c = state
+            h, c = (np.ascontiguousarray(s) for s in state)
         h, c = self.cell._run(np.ascontiguousarray(x), h, c)
         if self.stateful:
             self._states = [h.copy(), c.copy()]
@@ -520,19 +520,9 @@ class LSTMCell:
             raise ValueError(f"{layer._label()} cell: training=True would apply dropout, "
                              f"which the cell's inference step does not; train the layer "
                              f"on whole sequences")
-        h, c = self._states(states, x.shape[0])
+        h, c = as_step_states(states, layer.dtype, (x.shape[0], layer.units))
         h, c = self._run(x, h, c)
         return h, [h, c]
-
-    def _states(self, states, batch):
-        layer = self._layer
-        if isinstance(states, (list, tuple)) and len(states) == 2:
-            h, c = states
-            if all(type(s) is np.ndarray and s.dtype == layer.dtype and s.flags.c_contiguous
-                   and s.shape == (batch, layer.units) for s in (h, c)):
-                return h, c
-        return layer._initial_state(check_state_list(states, "states", "[h, c]"), batch,
-                                    ("states[0] (h)", "states[1] (c)"))[0]
 
     def _run(self, x, h, c):
         """The step on checked arrays: new ``h, c``."""
