@@ -148,21 +148,31 @@ class _LSTMDirection(torch.autograd.Function):
         return (*result, None, None, None)
 
 
+def _keras_weights(views):
+    """(kernel, recurrent_kernel, bias) in fastlstm's layout, C-ordered, from
+    NumPy views of one layer and direction's PyTorch parameters."""
+    kernel, recurrent_kernel, bias = _keras_from_torch(*views)
+    return _c_order(kernel), _c_order(recurrent_kernel), bias
+
+
+def _as_tensors(outputs, h_n, c_n, reverse):
+    """The results of a direction as tensors sharing their memory, the
+    outputs in time order: go_backwards returns them in processing order,
+    reversed here by a copy, since for one step the reversed view counts as
+    contiguous but keeps its negative stride, which torch.from_numpy refuses."""
+    if reverse:
+        outputs = outputs[:, ::-1].copy()
+    return torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+
 def _run_direction(x, h0, c0, weights, mask, reverse, keep_cache):
     """``lstm_forward`` on tensors: outputs (in time order), h_n, c_n as
     tensors sharing the kernels' memory, and the cache."""
-    kernel, recurrent_kernel, bias = _keras_from_torch(*(_numpy(w) for w in weights))
-    kernel, recurrent_kernel = _c_order(kernel), _c_order(recurrent_kernel)
     initial_state = None if h0 is None else [_numpy(h0), _numpy(c0)]
     outputs, h_n, c_n, cache = lstm_forward(
-        _numpy(x), kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
-        go_backwards=reverse, return_cache=keep_cache)
-    if reverse:
-        # go_backwards returns the outputs in processing order. A copy, since
-        # for one step the reversed view counts as contiguous but keeps its
-        # negative stride, which torch.from_numpy refuses.
-        outputs = outputs[:, ::-1].copy()
-    return torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n), cache
+        _numpy(x), *_keras_weights([_numpy(w) for w in weights]), initial_state=initial_state,
+        mask=mask, go_backwards=reverse, return_cache=keep_cache)
+    return (*_as_tensors(outputs, h_n, c_n, reverse), cache)
 
 
 class _Packing:
@@ -418,18 +428,12 @@ class LSTM(torch.nn.Module):
         cached = self._packed.get(index)
         if cached is None or cached[0] != key:
             views = [_numpy(w) for w in weights]
-            kernel, recurrent_kernel, bias = _keras_from_torch(*views)
             # The views keep the weights' memory alive while they are the
             # key, so that no other tensor can take their addresses.
-            cached = self._packed[index] = (key, PackedLSTM(
-                _c_order(kernel), _c_order(recurrent_kernel), bias), views)
+            cached = self._packed[index] = (key, PackedLSTM(*_keras_weights(views)), views)
         initial_state = None if h0 is None else [_numpy(h0), _numpy(c0)]
-        outputs, h_n, c_n = cached[1](_numpy(x), initial_state=initial_state, mask=mask,
-                                      go_backwards=reverse)
-        if reverse:
-            # In time order; a copy, as in _run_direction.
-            outputs = outputs[:, ::-1].copy()
-        return torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n)
+        return _as_tensors(*cached[1](_numpy(x), initial_state=initial_state, mask=mask,
+                                      go_backwards=reverse), reverse)
 
     def _drop(self, x, packing):
         """Inverted dropout with the draws torch.nn.LSTM makes: one Bernoulli
