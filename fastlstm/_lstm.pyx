@@ -59,7 +59,7 @@ division each, a few ulp from the truth, tested against float64.
 from cython cimport floating
 cimport openmp
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from ._blas cimport gemm, NoTrans, Trans
 from ._pool cimport run_blocks

@@ -153,3 +153,21 @@ cdef class Step:
                       self.activation, self.recurrent_activation)
         free(z)
         return h_out, c_out
+
+
+def same_bytes(cnp.ndarray a, cnp.ndarray b):
+    """Whether two C-contiguous arrays of the same size hold the same bytes:
+    how a layer tells, on each call, that the weights it packed are still
+    the weights it has (a comparison of bits, not of values, so that a NaN
+    equals its copy and -0.0 does not equal 0.0)."""
+    if not (cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_IS_C_CONTIGUOUS(b)):
+        raise ValueError("same_bytes compares C-contiguous arrays")
+    cdef size_t size = <size_t>cnp.PyArray_NBYTES(a)
+    if size != <size_t>cnp.PyArray_NBYTES(b):
+        return False
+    cdef int order
+    cdef const void* first = cnp.PyArray_DATA(a)
+    cdef const void* second = cnp.PyArray_DATA(b)
+    with nogil:
+        order = memcmp(first, second, size)
+    return order == 0

@@ -151,13 +151,19 @@ class PackedLSTM:
         x = as_sequences(x, "x", self.dtype)
         batch, timesteps, features = x.shape
         check_features(features, "x", self.input_dim, "the kernel's rows")
-        x = np.ascontiguousarray(x)
         go_backwards = check_bool(go_backwards, "go_backwards")
         h, c = self._initial_state(initial_state, batch)
-        mask_bytes = None
         if mask is not None:
-            mask_bytes = np.ascontiguousarray(as_mask(mask, "mask", (batch, timesteps))).view(
-                np.uint8)
+            mask = as_mask(mask, "mask", (batch, timesteps))
+        return self._forward(x, h, c, mask, go_backwards)
+
+    def _forward(self, x, h, c, mask, go_backwards):
+        """The call on checked arguments: ``x`` of the weights' dtype, ``h``
+        and ``c`` C-contiguous arrays the kernel overwrites with the final
+        states, ``mask`` a boolean (batch, timesteps) array or None."""
+        batch, timesteps, _ = x.shape
+        x = np.ascontiguousarray(x)
+        mask_bytes = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
         plan = self._plan(batch, timesteps)
         threads, single_blas, hoist = plan.threads, plan.single_threaded_blas, plan.hoist
         kernels = _kernels.current()
@@ -177,6 +183,21 @@ class PackedLSTM:
             if owned:
                 self._lock.release()
         return outputs, h, c
+
+    def _holds(self, kernel, recurrent_kernel, bias):
+        """Whether these are, bit for bit, the weights this object copied:
+        what a layer checks before each call to keep using its packed copy.
+        A weight changed to -0.0 or to NaN counts as changed."""
+        if (bias is None) == self.use_bias:
+            return False
+        pairs = [(kernel, self.kernel), (recurrent_kernel, self.recurrent_kernel)]
+        if self.use_bias:
+            pairs.append((bias, self._bias))
+        same_bytes = _kernels.current().same_bytes
+        return all(type(array) is np.ndarray and array.shape == copy.shape
+                   and array.dtype == copy.dtype
+                   and same_bytes(np.ascontiguousarray(array), copy)
+                   for array, copy in pairs)
 
     def _workspace(self, batch, timesteps, hoist, keep):
         key = (batch, timesteps, hoist)

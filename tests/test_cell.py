@@ -90,59 +90,6 @@ def test_the_cell_leaves_its_arguments_alone():
         np.testing.assert_array_equal(array, copy)
 
 
-def _outputs(layer, x, state):
-    one_step = layer.cell(x, state)[0]
-    with fl.no_grad():
-        called = layer(x[:, None], initial_state=state)
-    return one_step, called
-
-
-def _change_by_set_weights(layer, new):
-    layer.set_weights(new)
-
-
-def _change_by_writing_into_params(layer, new):
-    for name, array in zip(("kernel", "recurrent_kernel", "bias"), new):
-        layer.params[name][...] = array
-
-
-def _change_by_load_weights(layer, new, tmp_path):
-    other = _layer(layer.units, layer.input_dim)
-    other.set_weights(new)
-    model = fl.Sequential([other])
-    model.build((None, None, layer.input_dim))
-    path = str(tmp_path / "w.weights.npz")
-    model.save_weights(path)
-    target = fl.Sequential([layer])
-    target.load_weights(path)
-
-
-def _change_by_an_optimizer_step(layer, new):
-    optimizer = fl.optimizers.SGD(learning_rate=1.0)
-    grads = [w - n for w, n in zip(layer.get_weights(), new)]
-    optimizer.apply_gradients(zip(grads, list(layer.params.values())))
-
-
-@pytest.mark.parametrize("change", [_change_by_set_weights, _change_by_writing_into_params,
-                                    _change_by_load_weights, _change_by_an_optimizer_step])
-def test_a_change_of_weights_is_seen_by_the_next_step(change, tmp_path):
-    rng = np.random.default_rng(6)
-    layer = _layer(12, 4)
-    x = rng.standard_normal((3, 4))
-    state = list(rng.standard_normal((2, 3, 12)))
-    _outputs(layer, x, state)
-    new = [w + rng.normal(0, 0.5, w.shape) for w in layer.get_weights()]
-    if change is _change_by_load_weights:
-        change(layer, new, tmp_path)
-    else:
-        change(layer, new)
-    fresh = _layer(12, 4)
-    fresh.set_weights(new)
-    expected = fresh.cell(x, state)[0]
-    for output in _outputs(layer, x, state):
-        np.testing.assert_allclose(output, expected, rtol=1e-12, atol=1e-12)
-
-
 def test_bad_cell_arguments_get_clear_errors():
     layer = _layer(8, 3, dropout=0.5)
     h, c = layer.cell.get_initial_state(2)

@@ -4,6 +4,7 @@ import inspect
 import numpy as np
 
 from .. import _kernels, initializers
+from .._packed import PackedLSTM
 from ..functional import check_sizes, lstm_backward, run_lstm_forward
 from .._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
                            check_activation, check_bool, check_dtype, check_features,
@@ -157,6 +158,7 @@ class LSTM(Layer):
         self.dtype = check_dtype(dtype)
         self._states = None
         self._cell = None
+        self._served_lstm = None
         # Bidirectional sets this, as Keras does: with return_sequences, masked
         # steps output zeros instead of repeating the previous output.
         self._zero_output_for_mask = False
@@ -287,10 +289,17 @@ class LSTM(Layer):
         record = grad_enabled()
         if timesteps == 1 and keep is None and recurrent_dropout is None and not record:
             return self._one_step(x[:, 0], state)
-        outputs, h, c, cache = run_lstm_forward(
-            "fast", x, self._params["kernel"], self._params["recurrent_kernel"],
-            self._params.get("bias"), state, keep, self.go_backwards, record,
-            recurrent_dropout, self.activation, self.recurrent_activation)
+        if record or recurrent_dropout is not None:
+            outputs, h, c, cache = run_lstm_forward(
+                "fast", x, self._params["kernel"], self._params["recurrent_kernel"],
+                self._params.get("bias"), state, keep, self.go_backwards, record,
+                recurrent_dropout, self.activation, self.recurrent_activation)
+        else:
+            # Copies (or zeros): the kernel writes the final states over them.
+            h, c = (np.zeros((batch, self.units), self.dtype) if s is None
+                    else np.array(s, order="C") for s in (state or (None, None)))
+            outputs, h, c = self._served()._forward(x, h, c, keep, self.go_backwards)
+            cache = None
 
         if self.stateful:
             # Copies: the caller owns the h and c returned below.
@@ -306,6 +315,23 @@ class LSTM(Layer):
         # A copy, so the returned last output does not keep every output alive.
         output = outputs if self.return_sequences else outputs[:, -1].copy()
         return [output, h, c] if self.return_state else output
+
+    def _served(self):
+        """The weights packed for calls that record nothing, as an inference
+        session keeps them: made on the first such call and kept, with the
+        workspace of the last shape, for as long as the weights hold the
+        same bits. Each call compares them with the packed copy (a read of
+        the weights, cheaper than packing them), so no way of changing them
+        (``set_weights``, an optimizer step, a write into ``params``) can
+        leave it stale."""
+        params = self._params
+        weights = (params["kernel"], params["recurrent_kernel"], params.get("bias"))
+        served = self._served_lstm
+        if served is None or not served._holds(*weights):
+            served = self._served_lstm = PackedLSTM(
+                *weights, activation=self.activation,
+                recurrent_activation=self.recurrent_activation)
+        return served
 
     def _one_step(self, x, state):
         """A call on one step of every sequence, recording nothing: the
