@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _config, _kernels, _plan
-from ._engine import ForwardWorkspace
+from ._engine import SPARES, ForwardWorkspace
 from .functional import (LSTMGradients, _Cache, _check_weights, check_backend,
                          check_cache, check_sizes, lstm_backward, run_lstm_forward)
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
@@ -292,7 +292,7 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
     has_bias, has_dropout = [], []
     for i, ((kernel, recurrent_kernel, bias), inp, hidden) in enumerate(
             zip(weights, inputs, units)):
-        stacked = np.empty((inp + hidden, 4 * hidden), dtype)
+        stacked = SPARES.empty((inp + hidden, 4 * hidden), dtype)
         stacked[:inp] = kernel
         stacked[inp:] = recurrent_kernel
         buffers["weights"].append(stacked)
@@ -309,7 +309,7 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
         # Layers above the first compute their input products by spans of
         # steps, as a hoisting layer does.
         work = ForwardWorkspace(batch, timesteps, inp, hidden, dtype, training,
-                                hoist if i == 0 else True)
+                                hoist if i == 0 else True, SPARES.empty)
         for name in ForwardWorkspace.__slots__:
             buffers[name].append(getattr(work, name))
     mask_bytes = [None if m is None else np.ascontiguousarray(m).view(np.uint8) for m in masks]
@@ -323,8 +323,12 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
                               buffers["states"], buffers["c_prev"], buffers["h_last"],
                               training, hoist, codes, span, threads)
     final = [[h, c] for h, c in zip(buffers["h"], buffers["c"])]
+    SPARES.give(*buffers["h_last"])
     state = None
-    if training:
+    if not training:
+        SPARES.give(*buffers["weights"], *buffers["gates"], *buffers["states"],
+                    *buffers["c_prev"])
+    else:
         state = _PipelinedRecord(
             weights=buffers["weights"], masks=mask_bytes, dropouts=buffers["dropouts"],
             between=between, go_backwards=go_backwards[0], gates=buffers["gates"],
@@ -396,7 +400,7 @@ def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
     units = cache.units
     inputs = [input_dim] + list(units[:-1])
     shape = (batch, timesteps)
-    below = [np.empty(shape + (u,), dtype) for u in units[:-1]]
+    below = [SPARES.empty(shape + (u,), dtype) for u in units[:-1]]
     if grad_outputs is None:
         grad_outputs = np.zeros(shape + (units[-1],), dtype)
     dh_pass = [np.zeros((batch, u), dtype) if g[0] is None else np.array(g[0], dtype, order="C")
@@ -416,6 +420,9 @@ def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
             state.dropouts, state.between, state.go_backwards, below, state.gates, state.states, state.c_prev,
             dh_rec, dh_pass, dc, carry, dx, dweights, dbiases, state.codes, state.span,
             threads)
+    # The record is used once: its buffers serve the next call.
+    SPARES.give(*below, *state.weights, *state.gates, *state.states, *state.c_prev)
+    cache.state = None
     layers = []
     for i, (inp, hidden) in enumerate(zip(inputs, units)):
         if state.has_dropout[i]:
