@@ -4,15 +4,6 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from fastlstm import _kernels
-
-
-@pytest.fixture(params=_kernels.available())
-def kernel_build(request):
-    """Run the test on one compiled build of the kernels."""
-    _kernels.use(request.param)
-    yield request.param
-    _kernels.use(None)
 
 
 def _layer(units, input_dim, dtype="float64", **kwargs):

@@ -23,14 +23,6 @@ TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 DTYPES = [np.float32, np.float64]
 
 
-@pytest.fixture(params=_kernels.available())
-def kernel_build(request):
-    """Select one kernel build for the test; the widest again afterwards."""
-    _kernels.use(request.param)
-    yield request.param
-    _kernels.use(None)
-
-
 @pytest.fixture
 def restore_num_threads(monkeypatch):
     """Let even the small problems of these tests run on several threads, and

@@ -10,13 +10,6 @@ from fastlstm.layers import Dense, Dropout, Embedding
 from fastlstm.models import Sequential
 
 
-@pytest.fixture(params=_kernels.available())
-def kernel_build(request):
-    _kernels.use(request.param)
-    yield request.param
-    _kernels.use(None)
-
-
 def _arguments(dtype, seed=0, batch=5, timesteps=7, input_dim=3, units=4):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, timesteps, input_dim)).astype(dtype)

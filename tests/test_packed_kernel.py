@@ -20,11 +20,10 @@ from test_fast_kernel import (_HYPOTHESIS, DTYPES, TOLERANCE, _check_fast_matche
                               input_product, make_problem, with_full_rows)
 
 
-@pytest.fixture(params=_kernels.available())
-def kernel_build(request):
-    _kernels.use(request.param)
-    yield _kernels.current()
-    _kernels.use(None)
+@pytest.fixture
+def kernels(kernel_build):
+    """The module of the build the test runs on."""
+    return _kernels.current()
 
 
 @pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
@@ -46,41 +45,41 @@ def _units_around_panels(kernels, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("extra_rows", [0, 5])
-def test_packing_then_unpacking_returns_the_weights_exactly(kernel_build, dtype, extra_rows):
+def test_packing_then_unpacking_returns_the_weights_exactly(kernels, dtype, extra_rows):
     rng = np.random.default_rng(1)
-    for units in _units_around_panels(kernel_build, dtype) + [70]:
+    for units in _units_around_panels(kernels, dtype) + [70]:
         weights = rng.standard_normal((extra_rows + units, 4 * units)).astype(dtype)
         gates = np.full_like(weights, np.nan)
         transposed = np.full((4 * units, units), np.nan, dtype)
-        kernel_build._packing_round_trip(weights, gates, transposed)
+        kernels._packing_round_trip(weights, gates, transposed)
         np.testing.assert_array_equal(gates, weights, err_msg=f"gate panels, units={units}")
         np.testing.assert_array_equal(transposed, weights[extra_rows:].T,
                                       err_msg=f"transposed panels, units={units}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_product_of_every_tile_height(kernel_build, dtype):
+def test_packed_product_of_every_tile_height(kernels, dtype):
     """Row counts from 1 to two full tiles and one more exercise every tile
     height; unit counts off the panel width exercise the padded panel."""
     rng = np.random.default_rng(2)
-    rows_max = 2 * kernel_build.tile_rows() + 1
-    for units in _units_around_panels(kernel_build, dtype):
+    rows_max = 2 * kernels.tile_rows() + 1
+    for units in _units_around_panels(kernels, dtype):
         depth = 7 + units
         weights = rng.standard_normal((depth, 4 * units)).astype(dtype)
         for rows in range(1, rows_max + 1):
             a = rng.standard_normal((rows, depth)).astype(dtype)
             z = np.full((rows, 4 * units), np.nan, dtype)
-            kernel_build._packed_product(a, weights, z)
+            kernels._packed_product(a, weights, z)
             expected = a.astype(np.float64) @ weights.astype(np.float64)
             assert_close_normwise(z, expected, TOLERANCE[dtype], f"rows={rows} units={units}")
 
 
-def test_packed_product_refuses_mismatched_buffers(kernel_build):
+def test_packed_product_refuses_mismatched_buffers(kernels):
     a = np.zeros((3, 8))
     with pytest.raises(ValueError, match="weights must have shape"):
-        kernel_build._packed_product(a, np.zeros((7, 16)), np.zeros((3, 16)))
+        kernels._packed_product(a, np.zeros((7, 16)), np.zeros((3, 16)))
     with pytest.raises(ValueError, match="z must have shape"):
-        kernel_build._packed_product(a, np.zeros((8, 16)), np.zeros((4, 16)))
+        kernels._packed_product(a, np.zeros((8, 16)), np.zeros((4, 16)))
 
 
 # -- the packed path against the reference ------------------------------------------
@@ -105,7 +104,7 @@ def packed_problems(draw, dtype):
 
 # input_product (imported) forces the input product one way, whatever the size would choose.
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_path_matches_reference(kernel_build, input_product, threads, dtype):
+def test_packed_path_matches_reference(kernels, input_product, threads, dtype):
     @_HYPOTHESIS
     @given(problem=packed_problems(dtype))
     def check(problem):
@@ -116,9 +115,9 @@ def test_packed_path_matches_reference(kernel_build, input_product, threads, dty
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activations", [("sigmoid", "hard_sigmoid"), ("tanh", "tanh")])
-def test_other_activations_on_a_padded_panel(kernel_build, input_product, dtype, activations):
-    units = kernel_build.vector_lanes(np.dtype(dtype).itemsize) + 3
-    forward, backward = make_problem(kernel_build.tile_rows() + 2, 6, 5, units, dtype,
+def test_other_activations_on_a_padded_panel(kernels, input_product, dtype, activations):
+    units = kernels.vector_lanes(np.dtype(dtype).itemsize) + 3
+    forward, backward = make_problem(kernels.tile_rows() + 2, 6, 5, units, dtype,
                                      mask="random", dropout=True)
     activation, recurrent_activation = activations
     assert_matches_reference(forward, backward, dtype, activation=activation,
@@ -127,7 +126,7 @@ def test_other_activations_on_a_padded_panel(kernel_build, input_product, dtype,
 
 # -- the kernels' own shape checks ---------------------------------------------------------
 
-def test_forward_kernel_names_a_buffer_of_the_wrong_shape(kernel_build):
+def test_forward_kernel_names_a_buffer_of_the_wrong_shape(kernels):
     x = np.zeros((2, 3, 4))
     arguments = dict(x=x, weights=np.zeros((9, 20)), bias=np.zeros(20), mask=None,
                      dropout=np.ones((2, 5)), go_backwards=False, outputs=np.empty((2, 3, 5)),
@@ -135,10 +134,10 @@ def test_forward_kernel_names_a_buffer_of_the_wrong_shape(kernel_build):
                      states=np.empty((2, 3, 9)), c_prev=np.empty((2, 3, 5)),
                      h_last=np.empty((2, 5)), training=True, hoist=True, activation=0,
                      recurrent_activation=1, num_threads=1)
-    kernel_build.forward(**arguments)
+    kernels.forward(**arguments)
     for name in ("bias", "dropout", "outputs", "c", "states", "c_prev", "h_last"):
         bad = dict(arguments)
         good = arguments[name]
         bad[name] = np.zeros(good.shape[:-1] + (good.shape[-1] + 1,))
         with pytest.raises(ValueError, match=f"^{name} must have shape"):
-            kernel_build.forward(**bad)
+            kernels.forward(**bad)

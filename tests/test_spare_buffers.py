@@ -5,14 +5,7 @@ import numpy as np
 import pytest
 
 import fastlstm as fl
-from fastlstm import _engine, _kernels
-
-
-@pytest.fixture(params=_kernels.available())
-def kernel_build(request):
-    _kernels.use(request.param)
-    yield request.param
-    _kernels.use(None)
+from fastlstm import _engine
 
 
 @pytest.fixture

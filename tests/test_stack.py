@@ -26,13 +26,6 @@ STACK_TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 ACTIVATIONS = ["tanh", "sigmoid", "hard_sigmoid"]
 
 
-@pytest.fixture(params=_kernels.available())
-def kernel_build(request):
-    _kernels.use(request.param)
-    yield request.param
-    _kernels.use(None)
-
-
 @pytest.fixture(params=[1, 2, 3], ids=["1 thread", "2 threads", "3 threads"])
 def threads(request, monkeypatch):
     """Run even these small stacks on the thread count given."""
