@@ -45,6 +45,8 @@ ctypedef struct _StackLayer:
     Py_ssize_t I, H
     int activation, recurrent_activation
     bint go_backwards, hoist
+    # The caller gave packed and packed_input, already packed.
+    bint prepacked
     Py_ssize_t gate_slots, state_slots
     # Gate panels (forward) or column panels (backward) whose share of the
     # input product (or of the layer below's output gradient) the
@@ -382,6 +384,21 @@ cdef void* _data(object array, str name, tuple expected, floating* dtype_of) exc
     return &v3[0, 0, 0]
 
 
+cdef const void* _input_data(object array, str name, tuple expected,
+                             floating* dtype_of) except? NULL:
+    """As _data, for a buffer the kernels only read (which may be read-only,
+    as the weights of a PackedLSTM are)."""
+    cdef const floating[::1] v1
+    cdef const floating[:, ::1] v2
+    if len(expected) == 1:
+        v1 = array
+        _check_buffer(name, _dims(v1.shape, 1), expected)
+        return &v1[0]
+    v2 = array
+    _check_buffer(name, _dims(v2.shape, 2), expected)
+    return &v2[0, 0]
+
+
 cdef const unsigned char* _mask_data(object mask, str name, tuple expected) except? NULL:
     """A (B, T) uint8 mask's data once its shape is checked; NULL for None."""
     cdef const unsigned char[:, ::1] view
@@ -458,7 +475,7 @@ def stack_forward(const floating[:, :, ::1] x,
                   list outputs, list h, list c, list gates, list states, list c_prev,
                   list h_last,
                   bint training, bint hoist, list activations, Py_ssize_t span,
-                  int num_threads):
+                  int num_threads, list packed=None):
     """Run a stack of LSTM layers as one pipelined forward pass.
 
     Per layer l (lists of one entry each): weights (I_l + H_l, 4H_l),
@@ -475,7 +492,12 @@ def stack_forward(const floating[:, :, ::1] x,
     go backwards; inference takes no ``between``. span: the steps whose
     input product a layer computes at once (weights read once per span of
     B * span rows); a layer then starts a span once the layer below has
-    finished it. The caller has made BLAS single-threaded.
+    finished it. packed: None, or per layer None or the panels the layer's
+    steps read, already packed: (pack_gate_panels of the rows its steps
+    read: recurrent_kernel's for a hoisting layer, as every layer above the
+    first is, all rows otherwise; and, above the first, of its kernel,
+    else None); the call packs the others. The caller has made BLAS
+    single-threaded.
     """
     cdef Py_ssize_t nlayers = len(weights)
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I, H, G, l, depth, threads
@@ -489,6 +511,8 @@ def stack_forward(const floating[:, :, ::1] x,
         raise ValueError("a stack needs at least one layer")
     if span < 1:
         raise ValueError(f"span must be at least 1, got {span}")
+    if packed is not None:
+        _check_list("packed", packed, nlayers, True)
     for name, values, optional in (("weights", weights, False), ("biases", biases, False),
                                    ("masks", masks, True), ("dropouts", dropouts, False),
                                    ("between", between, True), ("outputs", outputs, False),
@@ -516,9 +540,9 @@ def stack_forward(const floating[:, :, ::1] x,
         layer.h = _data(h[l], f"h[{l}]", (B, H), dtype_of)
         layer.c = _data(c[l], f"c[{l}]", (B, H), dtype_of)
         layer.h_last = _data(h_last[l], f"h_last[{l}]", (B, H), dtype_of)
-        layer.weights = _data(weights[l], f"weights[{l}]", (I + H, G), dtype_of)
+        layer.weights = _input_data(weights[l], f"weights[{l}]", (I + H, G), dtype_of)
         layer.dropout = _data(dropouts[l], f"dropouts[{l}]", (B, H), dtype_of)
-        layer.bias = _data(biases[l], f"biases[{l}]", (G,), dtype_of)
+        layer.bias = _input_data(biases[l], f"biases[{l}]", (G,), dtype_of)
         layer.mask = _mask_data(masks[l], f"masks[{l}]", (B, T))
         layer.between = (NULL if between[l] is None
                          else _data(between[l], f"between[{l}]", (B, T, I), dtype_of))
@@ -527,11 +551,19 @@ def stack_forward(const floating[:, :, ::1] x,
         layer.states = _data(states[l], f"states[{l}]", (B, layer.state_slots, I + H), dtype_of)
         layer.c_prev = _data(c_prev[l], f"c_prev[{l}]", (B, T if training else 1, H), dtype_of)
         depth = H if layer.hoist else I + H
-        layer.packed = work.allocate(_gate_panels_size(depth, H, lanes), sizeof(dtype_of[0]),
-                                     "packed weights")
-        if l > 0:
-            layer.packed_input = work.allocate(_gate_panels_size(I, H, lanes),
-                                               sizeof(dtype_of[0]), "packed weights")
+        given = None if packed is None else packed[l]
+        if given is not None:
+            layer.prepacked = True
+            layer.packed = _given_panels(given[0], f"packed[{l}][0]", depth, H, dtype_of)
+            if l > 0:
+                layer.packed_input = _given_panels(given[1], f"packed[{l}][1]", I, H,
+                                                   dtype_of)
+        else:
+            layer.packed = work.allocate(_gate_panels_size(depth, H, lanes),
+                                         sizeof(dtype_of[0]), "packed weights")
+            if l > 0:
+                layer.packed_input = work.allocate(_gate_panels_size(I, H, lanes),
+                                                   sizeof(dtype_of[0]), "packed weights")
         I = H
     layer = &work.layers[0]
     layer.x = &x[0, 0, 0]
@@ -547,8 +579,22 @@ def stack_forward(const floating[:, :, ::1] x,
         run_blocks(_stack_block, &job, nlayers, num_threads)
 
 
+cdef void* _given_panels(object panels, str name, Py_ssize_t depth, Py_ssize_t H,
+                         floating* dtype_of) except NULL:
+    """The data of panels the caller packed, once their size and alignment
+    are checked."""
+    cdef floating[::1] view = panels
+    try:
+        _check_panels(&view[0], view.shape[0], depth, H)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    return &view[0]
+
+
 cdef void _stack_pack_forward(_StackLayer* layer, Py_ssize_t l, floating* dtype_of) noexcept nogil:
     cdef const floating* w = <const floating*>layer.weights
+    if layer.prepacked:
+        return
     if layer.hoist:
         _pack_gate_panels(w + layer.I * 4 * layer.H, layer.H, layer.H, <floating*>layer.packed)
     else:

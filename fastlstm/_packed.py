@@ -119,13 +119,17 @@ class PackedLSTM:
                 f"dtype={self.dtype.name} activation={self.activation!r} "
                 f"recurrent_activation={self.recurrent_activation!r}>")
 
-    def _packed(self, kernels, hoist):
-        """The gate panels of the rows the steps read (see forward's
-        ``packed_weights``), packed on first use for this build."""
-        key = (_kernels.current_name(), hoist)
+    def _packed(self, kernels, rows):
+        """The gate panels of ``rows`` of the weights: "all", "recurrent"
+        (what the steps read when the input product is hoisted, see
+        forward's ``packed_weights``) or "input" (the kernel's, which a
+        layer of a pipelined stack reads for its input product); packed on
+        first use for this build."""
+        key = (_kernels.current_name(), rows)
         panels = self._panels.get(key)
         if panels is None:
-            rows = self._weights[self.input_dim:] if hoist else self._weights
+            rows = {"all": self._weights, "recurrent": self._weights[self.input_dim:],
+                    "input": self._weights[:self.input_dim]}[rows]
             size = kernels.gate_panels_size(rows.shape[0], self.units, self.dtype.itemsize)
             # 64-byte aligned, as the panels' vector loads need.
             spare = 64 // self.dtype.itemsize
@@ -167,7 +171,7 @@ class PackedLSTM:
         plan = self._plan(batch, timesteps)
         threads, single_blas, hoist = plan.threads, plan.single_threaded_blas, plan.hoist
         kernels = _kernels.current()
-        packed = self._packed(kernels, hoist)
+        packed = self._packed(kernels, "recurrent" if hoist else "all")
         outputs = np.empty((batch, timesteps, self.units), self.dtype)
         # One workspace per shape, used by one call at a time: a concurrent
         # call from another thread gets a workspace of its own.

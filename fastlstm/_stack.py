@@ -209,13 +209,9 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
                      for j, (s, part) in enumerate(zip(
                          check_state_list(state, f"initial_states[{i}]", "[h0, c0]"),
                          ("h0", "c0")))]
-    masks = [None] * count
     if mask is not None:
         mask = as_mask(mask, "mask", (batch, timesteps))
-        for i in range(count):
-            masks[i] = mask
-            # Each layer passes the mask on in its processing order, as Keras.
-            mask = mask[:, ::-1] if go_backwards[i] else mask
+    masks = _layer_masks(mask, go_backwards)
     between = [None] + _optional_list(dropout_masks, "dropout_masks", count - 1,
                                       "None or (batch, timesteps, units below) per layer but "
                                       "the first")
@@ -250,6 +246,33 @@ def lstm_stack_forward(x, layers, initial_states=None, mask=None, go_backwards=F
     return outputs, final, cache
 
 
+def _layer_masks(mask, go_backwards):
+    """Each layer's mask: the stack's, passed on by each layer in its
+    processing order, as Keras does."""
+    masks = []
+    for backwards in go_backwards:
+        masks.append(mask)
+        if mask is not None and backwards:
+            mask = mask[:, ::-1]
+    return masks
+
+
+def served_stack_forward(x, served, mask, go_backwards):
+    """A pipelined inference pass of a stack whose layers are
+    :class:`~fastlstm.PackedLSTM` objects: their copies of the weights and
+    their packed panels are read as they are, not copied and packed again.
+    ``x`` and ``mask`` are checked; only the first layer may go backwards.
+    Returns the top layer's outputs."""
+    count = len(served)
+    go_backwards = [go_backwards] + [False] * (count - 1)
+    outputs, _, _ = _pipelined_forward(
+        x, [(layer.kernel, layer.recurrent_kernel, layer.bias) for layer in served],
+        [None] * count, _layer_masks(mask, go_backwards), go_backwards, [None] * count,
+        [None] * count, [(layer.activation, layer.recurrent_activation) for layer in served],
+        False, served)
+    return outputs
+
+
 def _pipeline_obstacle(backend, go_backwards, between, training):
     if backend != "fast":
         return "only the fast backend pipelines"
@@ -277,7 +300,9 @@ def _layered_forward(backend, x, weights, states, masks, go_backwards, between, 
 
 
 def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurrent,
-                       activations, training):
+                       activations, training, served=None):
+    """The pipelined pass; ``served``, PackedLSTM objects of the layers'
+    weights, gives the stacked weights and packed panels (inference)."""
     dtype = x.dtype
     batch, timesteps, input_dim = x.shape
     kernels = _kernels.current()
@@ -287,14 +312,22 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
         _plan.stack_flops(batch, timesteps, input_dim, units))
     hoist = _plan.hoist_input_product(batch, input_dim, units[0])
     span = _plan.stack_span(batch, timesteps)
+    packed = None
+    if served is not None:
+        packed = [(served[0]._packed(kernels, "recurrent" if hoist else "all"), None)]
+        packed += [(layer._packed(kernels, "recurrent"), layer._packed(kernels, "input"))
+                   for layer in served[1:]]
     buffers = dict(weights=[], biases=[], dropouts=[], h=[], c=[], outputs=[], gates=[],
                    states=[], c_prev=[], h_last=[])
     has_bias, has_dropout = [], []
     for i, ((kernel, recurrent_kernel, bias), inp, hidden) in enumerate(
             zip(weights, inputs, units)):
-        stacked = SPARES.empty((inp + hidden, 4 * hidden), dtype)
-        stacked[:inp] = kernel
-        stacked[inp:] = recurrent_kernel
+        if served is not None:
+            stacked = served[i]._weights
+        else:
+            stacked = SPARES.empty((inp + hidden, 4 * hidden), dtype)
+            stacked[:inp] = kernel
+            stacked[inp:] = recurrent_kernel
         buffers["weights"].append(stacked)
         has_bias.append(bias is not None)
         buffers["biases"].append(np.ascontiguousarray(bias) if bias is not None
@@ -321,13 +354,13 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
                               mask_bytes, buffers["dropouts"], between, go_backwards[0],
                               buffers["outputs"], buffers["h"], buffers["c"], buffers["gates"],
                               buffers["states"], buffers["c_prev"], buffers["h_last"],
-                              training, hoist, codes, span, threads)
+                              training, hoist, codes, span, threads, packed=packed)
     final = [[h, c] for h, c in zip(buffers["h"], buffers["c"])]
     SPARES.give(*buffers["h_last"])
     state = None
     if not training:
-        SPARES.give(*buffers["weights"], *buffers["gates"], *buffers["states"],
-                    *buffers["c_prev"])
+        SPARES.give(*([] if served else buffers["weights"]), *buffers["gates"],
+                    *buffers["states"], *buffers["c_prev"])
     else:
         state = _PipelinedRecord(
             weights=buffers["weights"], masks=mask_bytes, dropouts=buffers["dropouts"],

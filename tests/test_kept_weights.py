@@ -147,3 +147,35 @@ def test_a_nan_weight_is_kept_as_it_is():
     assert layer._served_lstm is kept
     assert np.isnan(first).any()
     np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_a_pipelined_stack_reads_its_layers_packed_weights(monkeypatch, go_backwards):
+    # A model's stack of LSTMs runs pipelined at inference on the layers'
+    # kept copies: the same bits as the functional pipelined call, and a
+    # change of either layer's weights is seen.
+    monkeypatch.setattr(fl._plan, "pipeline_stack", lambda *args: True)
+    x, mask, _ = _inputs()
+    lower = fl.LSTM(UNITS, seed=1, dtype="float64", return_sequences=True,
+                    go_backwards=go_backwards)
+    upper = fl.LSTM(5, seed=2, dtype="float64", return_sequences=True,
+                    recurrent_activation="hard_sigmoid")
+    model = fl.Sequential([lower, upper])
+    fl.set_num_threads(2)
+    try:
+        for change in range(3):
+            if change == 1:
+                upper.params["recurrent_kernel"][0, 0] += 0.5
+            if change == 2:
+                lower.set_weights([w * 0.9 for w in lower.get_weights()])
+            with fl.no_grad():
+                outputs = model(x, mask=mask)
+            assert model._calls[0][2]._pipelined
+            expected = fl.lstm_stack_forward(
+                x, [lower.kernel_weights, upper.kernel_weights], mask=mask,
+                go_backwards=[go_backwards, False],
+                recurrent_activation=["sigmoid", "hard_sigmoid"], return_cache=False,
+                pipelined=True)[0]
+            np.testing.assert_array_equal(outputs, expected)
+    finally:
+        fl.set_num_threads(None)

@@ -288,13 +288,26 @@ def test_the_kernel_entry_checks_every_buffer():
                     c_prev=[np.zeros((B, T, H)) for _ in range(2)],
                     h_last=[np.zeros((B, H)) for _ in range(2)])
 
-    def run(b):
+    def run(b, packed=None):
         kernels.stack_forward(np.zeros((B, T, I), f), b["weights"], b["biases"], b["masks"],
                               b["dropouts"], b["between"], False, b["outputs"], b["h"], b["c"],
                               b["gates"], b["states"], b["c_prev"], b["h_last"], True, True,
-                              [(0, 1), (0, 1)], 2, 2)
+                              [(0, 1), (0, 1)], 2, 2, packed=packed)
 
     run(buffers())
+
+    def panels(depth, extra=0):
+        size = kernels.gate_panels_size(depth, H, 8) + extra
+        raw = np.empty(size + 8)
+        start = (-raw.ctypes.data % 64) // 8
+        return raw[start:start + size]
+
+    run(buffers(), [None, (panels(H), panels(H))])
+    for packed, match in [([None, (panels(H, 1), panels(H))], r"packed\[1\]\[0\]: packed must"),
+                          ([None, (panels(H), panels(H + 1))], r"packed\[1\]\[1\]: packed must"),
+                          ([None], r"packed must have one entry per layer")]:
+        with pytest.raises(ValueError, match=match):
+            run(buffers(), packed)
     for name, index, wrong in [("outputs", 1, np.zeros((B, T, H + 1))),
                                ("states", 1, np.zeros((B, T, I + H))),
                                ("gates", 0, np.zeros((B, T - 1, 4 * H))),

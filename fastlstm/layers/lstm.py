@@ -298,7 +298,7 @@ class LSTM(Layer):
             # Copies (or zeros): the kernel writes the final states over them.
             h, c = (np.zeros((batch, self.units), self.dtype) if s is None
                     else np.array(s, order="C") for s in (state or (None, None)))
-            outputs, h, c = self._served()._forward(x, h, c, keep, self.go_backwards)
+            outputs, h, c = self.packed_lstm()._forward(x, h, c, keep, self.go_backwards)
             cache = None
 
         if self.stateful:
@@ -316,14 +316,17 @@ class LSTM(Layer):
         output = outputs if self.return_sequences else outputs[:, -1].copy()
         return [output, h, c] if self.return_state else output
 
-    def _served(self):
-        """The weights packed for calls that record nothing, as an inference
-        session keeps them: made on the first such call and kept, with the
-        workspace of the last shape, for as long as the weights hold the
-        same bits. Each call compares them with the packed copy (a read of
-        the weights, cheaper than packing them), so no way of changing them
+    def packed_lstm(self):
+        """The layer's weights as a :class:`~fastlstm.PackedLSTM`: what its
+        calls that record nothing run on (and a model's pipelined stack of
+        such layers), as an inference session keeps its weights.
+
+        Made on the first such call and kept, with the workspace of the last
+        input shape, for as long as the weights hold the same bits: each
+        call compares them with the packed copy (a read of the weights,
+        cheaper than packing them), so no way of changing them
         (``set_weights``, an optimizer step, a write into ``params``) can
-        leave it stale."""
+        leave it stale. Build the layer first."""
         params = self._params
         weights = (params["kernel"], params["recurrent_kernel"], params.get("bias"))
         served = self._served_lstm

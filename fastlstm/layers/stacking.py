@@ -13,7 +13,7 @@ the order it would on its own, so a seed gives the same masks.
 import numpy as np
 
 from .. import _plan
-from .._stack import lstm_stack_backward, lstm_stack_forward
+from .._stack import lstm_stack_backward, lstm_stack_forward, served_stack_forward
 from .._validation import as_mask, as_real_array
 from .base import _INSIDE_NO_GRAD, grad_enabled
 from .core import Dropout
@@ -134,13 +134,19 @@ class LSTMStackCall:
         if input_dropout is not None:
             x = x * input_dropout[:, None, :]
         record = grad_enabled()
-        outputs, _, cache = lstm_stack_forward(
-            x, [layer.kernel_weights for layer in self.lstms],
-            mask=keep, go_backwards=[first.go_backwards] + [False] * (len(self.lstms) - 1),
-            dropout_masks=between, recurrent_dropout_masks=recurrent,
-            activation=[layer.activation for layer in self.lstms],
-            recurrent_activation=[layer.recurrent_activation for layer in self.lstms],
-            return_cache=record, pipelined=True)
+        cache = None
+        if record or any(m is not None for m in between + recurrent):
+            outputs, _, cache = lstm_stack_forward(
+                x, [layer.kernel_weights for layer in self.lstms],
+                mask=keep, go_backwards=[first.go_backwards] + [False] * (len(self.lstms) - 1),
+                dropout_masks=between, recurrent_dropout_masks=recurrent,
+                activation=[layer.activation for layer in self.lstms],
+                recurrent_activation=[layer.recurrent_activation for layer in self.lstms],
+                return_cache=record, pipelined=True)
+        else:
+            # The layers' packed weights, kept between calls as each layer's own.
+            outputs = served_stack_forward(x, [layer.packed_lstm() for layer in self.lstms], keep,
+                                           first.go_backwards)
         for layer in self.layers:
             layer.drop_record(_IN_STACK if record else _INSIDE_NO_GRAD)
         last = self.lstms[-1]
