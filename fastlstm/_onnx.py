@@ -194,11 +194,17 @@ def _layer_normalization(graph, layer, x, mask):
 class _KeptSteps:
     """What a masked LSTM needs from its mask ``(batch, timesteps)``: the
     input's steps in the order kept first, ``sequence_lens``, and where each
-    step's output lies in the node's ``Y`` (see the module's docstring)."""
+    step's output lies in the node's ``Y`` (see the module's docstring).
+
+    Both reorderings are one ``Gather`` of whole rows (features or units)
+    from the tensor seen as a matrix, at indices computed on the mask's
+    small integer tensors.
+    """
 
     def __init__(self, graph, mask):
         self.graph = graph
-        keep = graph.op("Cast", [mask], to=graph.types.INT64)
+        int64 = graph.types.INT64
+        keep = graph.op("Cast", [mask], to=int64)
         time_axis = graph.constant(np.array([1], np.int64), "time_axis")
         self.kept_through = graph.op("CumSum", [keep, graph.constant(np.array(1, np.int64),
                                                                      "time")])
@@ -206,26 +212,57 @@ class _KeptSteps:
         self.count = graph.op("ReduceSum", [keep, time_axis], keepdims=1)   # (batch, 1)
         self.lengths = graph.op("Cast", [graph.op("Squeeze", [self.count, time_axis])],
                                 to=graph.types.INT32)
+        shape = graph.op("Shape", [mask])
         ends = graph.constant(np.array([2], np.int64), "time_axis_end")
-        self.timesteps = graph.op("Slice", [graph.op("Shape", [mask]), time_axis, ends])
+        self.timesteps = graph.op("Slice", [shape, time_axis, ends])      # (1,)
+        self.batch = graph.op("Gather", [shape, graph.constant(np.array(0, np.int64),
+                                                               "batch_axis")])
+        self.sequence = graph.op("Unsqueeze", [
+            graph.op("Range", [graph.constant(np.array(0, np.int64), "batch_axis"),
+                               self.batch, graph.constant(np.array(1, np.int64), "time")]),
+            time_axis])                                                   # (batch, 1)
         _, self.order = graph.op("TopK", [graph.op("Cast", [mask], to=graph.types.FLOAT),
                                           self.timesteps], outputs=2, axis=1, largest=1,
                                  sorted=1)
 
-    def kept_first(self, x):
-        """``x (batch, timesteps, features)`` with each sequence's kept steps first."""
+    def kept_first(self, x, features):
+        """``x (batch, timesteps, features)`` as the node's input
+        ``(timesteps, batch, features)``, each sequence's kept steps first."""
         graph = self.graph
-        last_axis = graph.constant(np.array([-1], np.int64), "features_axis")
-        order = graph.op("Expand", [graph.op("Unsqueeze", [self.order, last_axis]),
-                                    graph.op("Shape", [x])])
-        return graph.op("GatherElements", [x, order], axis=1)
+        # Step order[b, t] of sequence b is row b * timesteps + order[b, t] of x's rows.
+        rows = graph.op("Add", [graph.op("Mul", [self.sequence, self.timesteps]), self.order])
+        rows = graph.op("Transpose", [rows], perm=[1, 0])
+        flat = graph.op("Reshape", [x, graph.constant(np.array([-1, features], np.int64),
+                                                      "rows_of_features")])
+        return graph.op("Gather", [flat, rows])
+
+    def in_place(self, Y, directions, units):
+        """``Y (timesteps, D, batch, units)`` of the node on the kept steps
+        as the layer's outputs ``(batch, timesteps, D, units)``, each step's
+        from the ``directions`` ("forward", "reverse") of the node."""
+        graph = self.graph
+        after_end = graph.constant(np.array([0, 0, 0, 0, 1, 0, 0, 0], np.int64), "zero_row")
+        flat = graph.op("Reshape", [graph.op("Pad", [Y, after_end]),
+                                    graph.constant(np.array([-1, units], np.int64),
+                                                   "rows_of_units")])
+        last_axis = graph.constant(np.array([-1], np.int64), "last_axis")
+        steps = graph.op("Concat", [graph.op("Unsqueeze", [self.rows(d), last_axis])
+                                    for d in directions], axis=-1)       # (batch, timesteps, D)
+        # Step s of direction d of sequence b is row (s * D + d) * batch + b of Y's rows.
+        count = len(directions)
+        step_rows = graph.op("Add", [graph.op("Mul", [steps, graph.constant(
+            np.array(count, np.int64), "directions")]), graph.constant(
+                np.arange(count, dtype=np.int64), "direction_index")])
+        sequence = graph.op("Unsqueeze", [self.sequence, last_axis])   # (batch, 1, 1)
+        rows = graph.op("Add", [graph.op("Mul", [step_rows, self.batch]), sequence])
+        return graph.op("Gather", [flat, rows])
 
     def rows(self, direction):
-        """The row of ``Y`` each step's output is, ``timesteps`` (the zeros
+        """The step of ``Y`` each step's output is, ``timesteps`` (the zeros
         after ``Y``) for an output of zeros; ``direction`` "forward" or "reverse"."""
         graph = self.graph
         if direction == "forward":
-            one = graph.constant(np.array(1, np.int64), "one")
+            one = graph.constant(np.array(1, np.int64), "time")
             any_kept = graph.op("Greater", [self.kept_through,
                                             graph.constant(np.array(0, np.int64), "none")])
             return graph.op("Where", [any_kept, graph.op("Sub", [self.kept_through, one]),
@@ -255,18 +292,23 @@ def _recurrent(graph, layer, x, mask):
         attributes.update(activation_alpha=[_HARD_SIGMOID_ALPHA_BETA[0]] * hard,
                           activation_beta=[_HARD_SIGMOID_ALPHA_BETA[1]] * hard)
 
-    steps = None if mask is None else _KeptSteps(graph, mask)
-    sequence = x if steps is None else steps.kept_first(x)
-    inputs = [graph.op("Transpose", [sequence], perm=[1, 0, 2]),
-              graph.constant(W, "W"), graph.constant(R, "R"), graph.constant(B, "B")]
+    if mask is None:
+        steps = None
+        sequence = graph.op("Transpose", [x], perm=[1, 0, 2])
+    else:
+        steps = _KeptSteps(graph, mask)
+        sequence = steps.kept_first(x, first.input_dim)
+    inputs = [sequence, graph.constant(W, "W"), graph.constant(R, "R"), graph.constant(B, "B")]
     if steps is not None:
         inputs.append(steps.lengths)
     zero = np.array(0, np.float32)
     if layer.return_sequences:
         Y = graph.op("LSTM", inputs, outputs=[True], **attributes)
-        y = graph.op("Transpose", [Y], perm=[2, 0, 1, 3])        # (batch, timesteps, D, units)
-        if steps is not None:
-            y = _steps_in_place(graph, steps, y, direction)
+        if steps is None:
+            y = graph.op("Transpose", [Y], perm=[2, 0, 1, 3])    # (batch, timesteps, D, units)
+        else:
+            y = steps.in_place(Y, ["forward", "reverse"] if bidirectional else [direction],
+                               first.units)
             if bidirectional:
                 # As Keras: a Bidirectional outputs zeros at masked steps.
                 axes = graph.constant(np.array([2, 3], np.int64), "direction_unit_axes")
@@ -286,19 +328,6 @@ def _recurrent(graph, layer, x, mask):
         Y_h = graph.op("Where", [graph.op("Unsqueeze", [any_kept, first_axis]), Y_h,
                                  graph.constant(zero, "zero")])
     return _merged(graph, layer, graph.op("Transpose", [Y_h], perm=[1, 0, 2]), axis=1), None
-
-
-def _steps_in_place(graph, steps, y, direction):
-    """``y (batch, kept steps first, D, units)`` back at the input's steps,
-    masked steps as the layer fills them."""
-    directions = ["forward", "reverse"] if direction == "bidirectional" else [direction]
-    last_axis = graph.constant(np.array([-1], np.int64), "last_axis")
-    rows = graph.op("Concat", [graph.op("Unsqueeze", [steps.rows(d), last_axis])
-                               for d in directions], axis=-1)            # (batch, timesteps, D)
-    rows = graph.op("Expand", [graph.op("Unsqueeze", [rows, last_axis]), graph.op("Shape", [y])])
-    after_end = graph.constant(np.array([0, 0, 0, 0, 0, 1, 0, 0], np.int64), "zero_row")
-    padded = graph.op("Pad", [y, after_end])
-    return graph.op("GatherElements", [padded, rows], axis=1)
 
 
 def _reversed_in_time(graph, y):
