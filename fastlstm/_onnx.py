@@ -77,7 +77,7 @@ def lstm_weights(kernel, recurrent_kernel, bias):
     return W, R, B
 
 
-def check_exportable(layers):
+def _check_exportable(layers):
     """Raise, naming the layer, if one of ``layers`` cannot be exported."""
     names = ", ".join(cls.__name__ for cls in _EXPORTERS)
     for index, layer in enumerate(layers):
@@ -406,7 +406,7 @@ def export(layers, input_shape, name, path):
 
     See :meth:`fastlstm.Sequential.export`.
     """
-    check_exportable(layers)
+    _check_exportable(layers)
     try:
         import onnx
     except ImportError:
