@@ -3,7 +3,8 @@
 The stack itself lives here: forward and backward through the layers, their
 weights, the summary. Training (``compile``, ``fit``, ``evaluate``,
 ``predict``) comes from :class:`fastlstm.training.Trainer`, saving and
-loading from :mod:`fastlstm.saving`.
+loading from :mod:`fastlstm.saving`, the ONNX graph ``export`` writes from
+``fastlstm/_onnx.py``.
 
 A training step is: forward through the layers (``training=True``), the
 loss and its gradient with respect to the output, ``backward`` through the
