@@ -3,7 +3,8 @@
 The stack itself lives here: forward and backward through the layers, their
 weights, the summary. Training (``compile``, ``fit``, ``evaluate``,
 ``predict``) comes from :class:`fastlstm.training.Trainer`, saving and
-loading from :mod:`fastlstm.saving`.
+loading from :mod:`fastlstm.saving`, the ONNX graph ``export`` writes from
+``fastlstm/_onnx.py``.
 
 A training step is: forward through the layers (``training=True``), the
 loss and its gradient with respect to the output, ``backward`` through the
@@ -34,14 +35,17 @@ Examples
 """
 import numpy as np
 
-from . import _model_files
-from ._validation import as_real_array, check_bool, describe, is_int
+from . import _model_files, _onnx
+from ._validation import as_real_array, check_bool, check_option, check_path, describe, is_int
 from .layers import deserialize, serialize
-from .layers.base import no_grad, seed_sequence
+from .layers.base import layer_label, no_grad, seed_sequence
 from .layers.stacking import plan_calls
 from .training import Trainer
 
 __all__ = ["Sequential", "load_model"]
+
+# What export writes.
+_EXPORT_FORMATS = ("onnx",)
 
 # What Sequential asks of a layer: fastlstm.layers.Layer has all of it.
 _LAYER_INTERFACE = ("backward", "params", "grads", "get_weights", "set_weights",
@@ -50,11 +54,6 @@ _LAYER_INTERFACE = ("backward", "params", "grads", "get_weights", "set_weights",
 
 def _is_recurrent(layer):
     return hasattr(layer, "return_sequences")
-
-
-def _label(layer, index):
-    """``'lstm_1' (LSTM)``: a layer as summaries and errors name it."""
-    return f"{getattr(layer, 'name', f'layer_{index}')!r} ({type(layer).__name__})"
 
 
 def _format_shape(shape):
@@ -162,7 +161,8 @@ class Sequential(Trainer):
                 self.build((None,) + tuple(declared))
             except ValueError as error:
                 raise ValueError(f"building the model for the input_shape={declared} of its "
-                                 f"first layer {_label(self.layers[0], 0)}: {error}") from None
+                                 f"first layer {layer_label(self.layers[0], 0)}: "
+                                 f"{error}") from None
 
     def pop(self):
         """Remove the last layer and return it."""
@@ -231,9 +231,9 @@ class Sequential(Trainer):
                     and _is_recurrent(self.layers[first - 1]):
                 previous = self.layers[first - 1]
                 raise ValueError(
-                    f"layer {_label(layer, first)} needs sequences (batch, timesteps, features), "
-                    f"but the layer before it, {_label(previous, first - 1)}, returns only its "
-                    f"last output, shape {np.shape(x)}: give that layer return_sequences=True")
+                    f"layer {layer_label(layer, first)} needs sequences (batch, timesteps, "
+                    f"features), but the layer before it, {layer_label(previous, first - 1)}, "
+                    f"returns only its last output, shape {np.shape(x)}: give that layer return_sequences=True")
             y = call(x, mask=mask, training=training)
             mask = call.compute_mask(x, mask)
             x = y
@@ -385,6 +385,52 @@ class Sequential(Trainer):
         train it further.
         """
         _model_files.save_model(self, filepath, overwrite)
+
+    def export(self, filepath, format="onnx"):
+        """Write the model for inference outside fastlstm, as Keras 3's
+        ``model.export(filepath, format="onnx")``.
+
+        The ONNX model (opset 17) computes what :meth:`predict` does, with
+        any batch size and any number of time steps. Its input ``"input"``
+        is float32 ``(batch, timesteps, features)``, or int64 indices
+        ``(batch, timesteps)`` when the first layer is an ``Embedding``; its
+        output is ``"output"``. Every ``LSTM`` (and ``Bidirectional``) is one
+        ONNX ``LSTM`` node; masks (``Embedding(mask_zero=True)``,
+        ``Masking``) give the outputs fastlstm gives, wherever the masked
+        steps lie. ``Dropout`` is the identity, as in inference.
+
+        Parameters
+        ----------
+        filepath : str or os.PathLike
+            Must end in ``.onnx``. Written atomically (a temporary file in
+            the same folder, renamed), replacing an existing file.
+        format : {"onnx"}
+            The format to write. Default "onnx". It needs the ``onnx``
+            package: ``pip install "fastlstm[onnx]"``.
+
+        Raises
+        ------
+        RuntimeError
+            The model is not built yet.
+        TypeError
+            A layer is not one of fastlstm's own (``LSTM``,
+            ``Bidirectional``, ``Dense``, ``Embedding``, ``Dropout``,
+            ``Masking``, ``LayerNormalization``).
+        ValueError
+            An unknown ``format``; a float64 layer (ONNX Runtime's LSTM runs
+            float32 only); a stateful layer.
+        ImportError
+            The ``onnx`` package is not installed.
+
+        Nothing is written when an error is raised.
+        """
+        check_option(format, "format", _EXPORT_FORMATS)
+        path = check_path(filepath, "filepath", ".onnx", "an ONNX model")
+        self._check_layers()
+        if not self.built or self._input_shape is None:
+            raise RuntimeError("the model is not built yet, so there is nothing to export: call "
+                               "build(input_shape) or the model on data first")
+        _onnx.export(self.layers, self._input_shape, self.name, path)
 
     # -- summary -------------------------------------------------------------
 

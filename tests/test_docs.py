@@ -88,6 +88,9 @@ def test_page_examples_run(path, monkeypatch, tmp_path):
         pytest.importorskip("torch", reason=f"{_page_id(path)} uses PyTorch")
     if any(re.search(r"^\s*(>>> )?import keras", code, re.M) for _, code, _ in blocks):
         pytest.importorskip("keras", reason=f"{_page_id(path)} uses Keras")
+    if any(re.search(r"^\s*(>>> )?import onnx", code, re.M) for _, code, _ in blocks):
+        for module in ("onnx", "onnxruntime"):
+            pytest.importorskip(module, reason=f"{_page_id(path)} exports to ONNX and runs it")
     # Examples that write files write them into a fresh folder.
     monkeypatch.chdir(tmp_path)
     namespace = {"__name__": f"docs_{path.stem}"}

@@ -177,6 +177,12 @@ def check_name(name, class_name):
     return name
 
 
+def layer_label(layer, index):
+    """``'lstm_1' (LSTM)``: the layer at ``index`` of a model, as summaries
+    and errors name it (any object with the layer interface)."""
+    return f"{getattr(layer, 'name', f'layer_{index}')!r} ({type(layer).__name__})"
+
+
 def dropout_mask(rng, shape, rate, dtype):
     """Inverted dropout: zeros with probability ``rate``, else ``1 / (1 - rate)``."""
     keep = rng.random(shape) >= rate

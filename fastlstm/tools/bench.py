@@ -33,6 +33,7 @@ from functools import partial
 import numpy as np
 
 from .. import _config, _kernels, convert
+from .._onnx import IR_VERSION, OPSET, lstm_weights
 from .._packed import PackedLSTM
 from .._version import __version__
 from ..functional import lstm_backward, lstm_forward, matmul
@@ -46,7 +47,6 @@ __all__ = [
     "sgemm_gflops",
     "interleaved_medians",
     "torch_lstm",
-    "onnx_weights",
     "onnx_lstm_model",
     "run",
 ]
@@ -504,34 +504,6 @@ def _print_generation(result, file):
 # ONNX Runtime
 
 
-def onnx_weights(kernel, recurrent_kernel, bias):
-    """fastlstm's weights as the inputs ``W``, ``R``, ``B`` of ONNX's LSTM.
-
-    ONNX orders the gates i, o, f, c (fastlstm: i, f, c, o) and keeps each
-    weight as ``(num_directions, 4 * units, in_features)``; ``B`` holds the
-    input biases then the recurrent ones (zero here).
-
-    Parameters
-    ----------
-    kernel : ndarray, shape (input_dim, 4 * units)
-    recurrent_kernel : ndarray, shape (units, 4 * units)
-    bias : ndarray, shape (4 * units,)
-
-    Returns
-    -------
-    W : ndarray, shape (1, 4 * units, input_dim)
-    R : ndarray, shape (1, 4 * units, units)
-    B : ndarray, shape (1, 8 * units)
-    """
-    units = recurrent_kernel.shape[0]
-    # fastlstm's gate blocks i, f, c, o are 0, 1, 2, 3; ONNX wants i, o, f, c.
-    order = np.concatenate([np.arange(g * units, (g + 1) * units) for g in (0, 3, 1, 2)])
-    W = np.ascontiguousarray(kernel.T[order][None])
-    R = np.ascontiguousarray(recurrent_kernel.T[order][None])
-    B = np.concatenate([bias[order], np.zeros_like(bias)])[None]
-    return W, R, B
-
-
 def onnx_lstm_model(kernel, recurrent_kernel, bias, with_state=False):
     """An ONNX model of fastlstm's LSTM with these weights, for inference.
 
@@ -561,7 +533,7 @@ def onnx_lstm_model(kernel, recurrent_kernel, bias, with_state=False):
     units = recurrent_kernel.shape[0]
     element = {np.dtype(np.float32): onnx.TensorProto.FLOAT,
                np.dtype(np.float64): onnx.TensorProto.DOUBLE}[kernel.dtype]
-    W, R, B = onnx_weights(kernel, recurrent_kernel, bias)
+    W, R, B = lstm_weights(kernel, recurrent_kernel, bias)
     inputs = [helper.make_tensor_value_info("X", element, ["T", "B", kernel.shape[0]])]
     if with_state:
         states = [helper.make_tensor_value_info(name, element, [1, "B", units])
@@ -580,9 +552,8 @@ def onnx_lstm_model(kernel, recurrent_kernel, bias, with_state=False):
         initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
                      numpy_helper.from_array(B, "B")],
     )
-    # An opset and IR version every ONNX Runtime of the last years reads.
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
 
