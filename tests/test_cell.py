@@ -15,9 +15,11 @@ def _layer(units, input_dim, dtype="float64", **kwargs):
 
 
 # Units on whole vector panels of every build (a multiple of 16) and not
-# (a last partial panel, packed by the step); batches within one register
-# tile and over several.
-SHAPES = [(1, 32, 256), (3, 5, 7), (8, 16, 32), (7, 40, 20), (13, 3, 50)]
+# (a last partial panel); batches of one, two and four rows (the step's
+# blocks of columns), of three (two rows, then one) and over four (rows
+# streamed one weight row at a time).
+SHAPES = [(1, 32, 256), (3, 5, 7), (2, 16, 64), (4, 9, 37), (8, 16, 32), (7, 40, 20),
+          (13, 3, 50)]
 
 
 @pytest.mark.parametrize("batch, input_dim, units", SHAPES)
