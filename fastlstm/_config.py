@@ -25,7 +25,8 @@ import sys
 import threading
 import warnings
 
-from . import _kernels, _pool
+from . import _kernels
+from ._pool import resize as _resize_pool, threaded as _pool_threaded
 from ._cpu import cpu_features, cython_version
 from ._builds import BUILDS
 from ._validation import is_int
@@ -197,7 +198,7 @@ def kernel_threads():
     the planner's (``fastlstm/_plan.py``).
     """
     module = _kernels.current()
-    if not _pool.threaded() or not _openblas():
+    if not _pool_threaded() or not _openblas():
         return 1, False
     if _threads["num_threads"] is not None:
         return _threads["num_threads"], True
@@ -218,7 +219,7 @@ def set_num_threads(n):
             raise ValueError(f"num_threads must be a positive int or None, got {n!r}")
         n = int(n)
     _threads["num_threads"] = n
-    _pool.resize(num_threads())
+    _resize_pool(num_threads())
 
 
 @contextlib.contextmanager
