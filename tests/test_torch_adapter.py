@@ -286,14 +286,14 @@ def test_batch_first_input_and_output_share_memory(monkeypatch):
     module = fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, batch_first=True, dtype=torch.float64)
     x = random_input((2, 5, INPUT_SIZE)).requires_grad_(True)
     seen = {}
-    lstm_forward = fltorch.lstm_forward
+    lstm_stack_forward = fltorch.lstm_stack_forward
 
     def recording(x_array, *args, **kwargs):
-        returned = lstm_forward(x_array, *args, **kwargs)
+        returned = lstm_stack_forward(x_array, *args, **kwargs)
         seen["x"], seen["outputs"] = x_array, returned[0]
         return returned
 
-    monkeypatch.setattr(fltorch, "lstm_forward", recording)
+    monkeypatch.setattr(fltorch, "lstm_stack_forward", recording)
     output, _ = module(x)
     assert np.shares_memory(seen["x"], x.detach().numpy())
     assert output.data_ptr() == seen["outputs"].ctypes.data
@@ -303,17 +303,17 @@ def test_input_gradient_is_skipped_when_the_input_needs_none(monkeypatch):
     got, expected = pair(num_layers=2, batch_first=True)
     x = random_input((3, 4, INPUT_SIZE))
     asked = []
-    lstm_backward = fltorch.lstm_backward
+    lstm_stack_backward = fltorch.lstm_stack_backward
 
     def recording(*args, input_gradient=True, **kwargs):
         asked.append(input_gradient)
-        return lstm_backward(*args, input_gradient=input_gradient, **kwargs)
+        return lstm_stack_backward(*args, input_gradient=input_gradient, **kwargs)
 
-    monkeypatch.setattr(fltorch, "lstm_backward", recording)
+    monkeypatch.setattr(fltorch, "lstm_stack_backward", recording)
     for module in (got, expected):
         module(x)[0].sum().backward()
-    # The second layer's input is the first layer's output, which needs one.
-    assert asked == [True, False]
+    # One call for the stack, whose input is data.
+    assert asked == [False]
     for name, parameter in expected.named_parameters():
         error = (getattr(got, name).grad - parameter.grad).abs().max() / parameter.grad.abs().max()
         assert error <= TOLERANCE[torch.float64], name
