@@ -441,6 +441,35 @@ class LSTM(torch.nn.Module):
             Each layer's and direction's states after its last step (for a
             packed sequence, each sequence's last valid step), shaped as ``hx``.
         """
+        try:
+            packing, x, unbatched, h0, c0 = self._checked(input, hx)
+        except (TypeError, ValueError) as error:
+            raise _as_torch_error(error) from None
+        if torch.onnx.is_in_onnx_export():
+            if packing is not None:
+                raise ValueError("input must be a tensor in an ONNX export, got a "
+                                 "PackedSequence; export the module with padded sequences")
+            outputs, h_n, c_n = self._torch_lstm(x, h0, c0)
+        elif self.bidirectional or (not _keep_cache(x, h0, c0, *self.parameters()) and _eager()):
+            outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
+        else:
+            outputs, h_n, c_n = self._stack(x, h0, c0, packing)
+        if packing is None and not unbatched and not self.batch_first:
+            # One copy into the caller's time-major layout.
+            return torch.cat([o.transpose(0, 1) for o in outputs], 2), (h_n, c_n)
+        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+        if packing is not None:
+            output = PackedSequence(packing.pack(x), input.batch_sizes, input.sorted_indices,
+                                    input.unsorted_indices)
+        elif unbatched:
+            output, h_n, c_n = x[0], h_n[:, 0], c_n[:, 0]
+        else:
+            output = x
+        return output, (h_n, c_n)
+
+    def _checked(self, input, hx):
+        """``input`` and ``hx`` checked: ``(packing, x, unbatched, h0, c0)``,
+        ``x`` batch-major and ``packing`` None for a tensor input."""
         dtype = self._check_parameters()
         packing = None
         if isinstance(input, PackedSequence):
@@ -467,27 +496,7 @@ class LSTM(torch.nn.Module):
                 x = input if self.batch_first else input.transpose(0, 1)
         batch = x.shape[0]
         h0, c0 = self._initial_state(hx, batch, unbatched, dtype)
-        if torch.onnx.is_in_onnx_export():
-            if packing is not None:
-                raise ValueError("input must be a tensor in an ONNX export, got a "
-                                 "PackedSequence; export the module with padded sequences")
-            outputs, h_n, c_n = self._torch_lstm(x, h0, c0)
-        elif self.bidirectional or (not _keep_cache(x, h0, c0, *self.parameters()) and _eager()):
-            outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
-        else:
-            outputs, h_n, c_n = self._stack(x, h0, c0, packing)
-        if packing is None and not unbatched and not self.batch_first:
-            # One copy into the caller's time-major layout.
-            return torch.cat([o.transpose(0, 1) for o in outputs], 2), (h_n, c_n)
-        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
-        if packing is not None:
-            output = PackedSequence(packing.pack(x), input.batch_sizes, input.sorted_indices,
-                                    input.unsorted_indices)
-        elif unbatched:
-            output, h_n, c_n = x[0], h_n[:, 0], c_n[:, 0]
-        else:
-            output = x
-        return output, (h_n, c_n)
+        return packing, x, unbatched, h0, c0
 
     def _stack(self, x, h0, c0, packing):
         """A unidirectional stack as one call of the stack kernels (pipelined
@@ -613,6 +622,25 @@ class LSTM(torch.nn.Module):
             check_shape(state, name, shape, meaning)
             states.append(state.unsqueeze(1) if unbatched else state)
         return states
+
+
+class _ArgumentValueError(ValueError, RuntimeError):
+    """A bad argument's value or shape: a ValueError, as fastlstm raises it,
+    and a RuntimeError, as ``torch.nn.LSTM`` raises most of them, so that
+    code written for either class catches it."""
+
+
+class _ArgumentTypeError(TypeError, ValueError, RuntimeError):
+    """A bad argument's kind or dtype: a TypeError, as fastlstm raises it,
+    and what ``torch.nn.LSTM`` raises for it (a ValueError for the input's
+    dtype, a RuntimeError for the states')."""
+
+
+def _as_torch_error(error):
+    """``error`` (a TypeError or ValueError of the argument checks) as the
+    class above of its kind, with its message and traceback."""
+    kind = _ArgumentTypeError if isinstance(error, TypeError) else _ArgumentValueError
+    return kind(*error.args).with_traceback(error.__traceback__)
 
 
 def _keep_cache(*tensors):

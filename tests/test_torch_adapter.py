@@ -454,6 +454,42 @@ def test_bad_hx_raises(hx, error, message):
         _module()(torch.zeros(2, 3, INPUT_SIZE), hx())
 
 
+def _states(layers=2, batch=2, hidden=HIDDEN_SIZE, dtype=torch.float32):
+    return torch.zeros(layers, batch, hidden, dtype=dtype)
+
+
+# (input, hx) of calls torch.nn.LSTM(3, 4, num_layers=2) refuses.
+_BAD_CALLS = {
+    "input_rank_4": lambda: (torch.zeros(1, 2, 3, INPUT_SIZE), None),
+    "input_rank_1": lambda: (torch.zeros(INPUT_SIZE), None),
+    "input_size": lambda: (torch.zeros(5, 2, INPUT_SIZE + 2), None),
+    "no_steps": lambda: (torch.zeros(0, 2, INPUT_SIZE), None),
+    "input_dtype": lambda: (torch.zeros(5, 2, INPUT_SIZE, dtype=torch.float64), None),
+    "input_int": lambda: (torch.zeros(5, 2, INPUT_SIZE, dtype=torch.int64), None),
+    "hx_tensor": lambda: (torch.zeros(5, 2, INPUT_SIZE), _states()),
+    "hx_three": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(),) * 3),
+    "h0_batch": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(batch=3), _states())),
+    "c0_hidden": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(), _states(hidden=5))),
+    "h0_layers": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(layers=1), _states())),
+    "h0_rank": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states()[:, 0], _states())),
+    "h0_dtype": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(dtype=torch.float64),
+                                                         _states())),
+    "c0_dtype": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(),
+                                                         _states(dtype=torch.float64))),
+    "unbatched_with_batched_hx": lambda: (torch.zeros(5, INPUT_SIZE), (_states(batch=1),) * 2),
+    "batched_with_unbatched_hx": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states()[:, 0],) * 2),
+}
+
+
+@pytest.mark.parametrize("call", _BAD_CALLS.values(), ids=_BAD_CALLS.keys())
+def test_bad_call_raises_what_torch_raises(call):
+    with pytest.raises(Exception) as expected:
+        torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2)(*call())
+    assert type(expected.value) in (RuntimeError, ValueError)
+    with pytest.raises(type(expected.value)):
+        fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2)(*call())
+
+
 def test_unbatched_input_needs_unbatched_hx():
     hx = (torch.zeros(1, 1, HIDDEN_SIZE), torch.zeros(1, 1, HIDDEN_SIZE))
     with pytest.raises(ValueError, match=r"shape \(1, 4\) .* for unbatched input, got \(1, 1, 4\)"):
