@@ -13,7 +13,7 @@ graph. A unidirectional module runs all its layers as one call of
 a bidirectional one runs layer after layer, each direction a stack of one.
 The forward operator keeps the kernels' cache in ``fastlstm/_handles.py``
 and returns its handle as a 0-d int64 tensor, which autograd saves for the
-backward operator. Calls with nothing to differentiate, run eagerly, go
+backward operator. Eager calls with nothing to differentiate go
 through a :class:`~fastlstm.PackedLSTM` per layer and direction, kept until
 a weight changes. In an ONNX export the module records
 ``torch.nn.LSTM``'s own operator over the same parameters, so that both of
