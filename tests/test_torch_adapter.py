@@ -250,8 +250,9 @@ def test_adam_training_gives_torch_weights():
         assert error <= TOLERANCE[torch.float64], name
 
 
-def test_dropout_matches_torch_under_the_same_seed():
-    got, expected = pair(num_layers=3, dropout=0.4, bidirectional=True)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_dropout_matches_torch_under_the_same_seed(bidirectional):
+    got, expected = pair(num_layers=3, dropout=0.4, bidirectional=bidirectional)
     x = random_input((5, 3, INPUT_SIZE))
     torch.manual_seed(11)
     found = results(got, x)
@@ -280,6 +281,51 @@ def test_dropout_only_in_training_mode():
     assert torch.equal(got(x)[0], without(x)[0])
     got.train()
     assert not torch.equal(got(x)[0], without(x)[0])
+
+
+def test_a_unidirectional_stack_is_one_call_of_the_stack_kernels(monkeypatch):
+    got, _ = pair(num_layers=3, batch_first=True)
+    calls = []
+    lstm_stack_forward = fltorch.lstm_stack_forward
+
+    def recording(x_array, layers, **kwargs):
+        calls.append(len(layers))
+        return lstm_stack_forward(x_array, layers, **kwargs)
+
+    monkeypatch.setattr(fltorch, "lstm_stack_forward", recording)
+    got(random_input((2, 4, INPUT_SIZE)))[0].sum().backward()
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("case", ["hx", "dropout", "packed"])
+def test_pipelined_stack_matches_torch(case, monkeypatch):
+    # The planner pipelines larger stacks on two threads; here it is told to.
+    from fastlstm import _plan
+
+    monkeypatch.setattr(_plan, "pipeline_stack", lambda *args: True)
+    pipelined = []
+    lstm_stack_forward = fltorch.lstm_stack_forward
+
+    def recording(*args, **kwargs):
+        returned = lstm_stack_forward(*args, **kwargs)
+        pipelined.append(returned[2].pipelined)
+        return returned
+
+    monkeypatch.setattr(fltorch, "lstm_stack_forward", recording)
+    options = dict(dropout=0.3) if case == "dropout" else {}
+    got, expected = pair(num_layers=3, **options)
+    x = random_input((5, 3, INPUT_SIZE))
+    if case == "packed":
+        assert_close(packed_results(got, x.transpose(0, 1), [2, 5, 4], False),
+                     packed_results(expected, x.transpose(0, 1), [2, 5, 4], False),
+                     torch.float64)
+    else:
+        hx = initial_state(got, 3) if case == "hx" else None
+        torch.manual_seed(13)
+        found = results(got, x, hx)
+        torch.manual_seed(13)
+        assert_close(found, results(expected, x, hx), torch.float64)
+    assert pipelined == [True]
 
 
 def test_batch_first_input_and_output_share_memory(monkeypatch):
