@@ -64,8 +64,6 @@ __all__ = ["LSTM"]
 
 _DTYPES = (torch.float32, torch.float64)
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-# Rows and columns of the tiles in which _c_order copies a transposed weight.
-_TILE = 128
 _NO_DOUBLE_BACKWARD = (
     "fastlstm.torch.LSTM computes first-order gradients only: its backward pass cannot be "
     "differentiated again (a gradient penalty, double backward, Hessian-vector products). "
@@ -85,23 +83,19 @@ def _numpy(tensor):
 
 
 def _c_order(matrix):
-    """A 2-D array in C order: itself, or a copy made tile by tile.
+    """A 2-D array in C order: itself, or a copy made by PyTorch.
 
     PyTorch's weights are the transposes of fastlstm's, and so are the
     gradients. Copied in one pass, a transposed matrix is read with the
     stride of a whole row of its own layout (input_size, hidden_size or
     4 * hidden_size values), often a power of two that maps the reads to few
-    cache sets: about 3x slower than by tiles at input_size = hidden_size =
-    512. A tile's rows stay in the cache until it is copied.
+    cache sets. PyTorch copies a transposed matrix by blocks, on its
+    threads: 2x faster than NumPy's tile by tile at (256, 1024) and
+    (512, 2048) on two threads, 2.5x to 4x faster than NumPy's one pass.
     """
     if matrix.flags.c_contiguous:
         return matrix
-    result = np.empty(matrix.shape, matrix.dtype)
-    rows, columns = matrix.shape
-    for i in range(0, rows, _TILE):
-        for j in range(0, columns, _TILE):
-            result[i:i + _TILE, j:j + _TILE] = matrix[i:i + _TILE, j:j + _TILE]
-    return result
+    return torch.from_numpy(matrix).contiguous().numpy()
 
 
 def _layers(weights, has_bias):

@@ -159,8 +159,8 @@ def test_packed_sequence_matches_torch_float32():
                                                                         False), torch.float32)
 
 
-def test_weights_wider_than_a_copy_tile_match_torch():
-    # 4 * 33 = 132 gate rows and 130 inputs: two tiles each way, the second partial.
+def test_wide_weights_match_torch():
+    # 4 * 33 = 132 gate rows and 130 inputs: copied into fastlstm's layout by blocks.
     expected = torch.nn.LSTM(130, 33, batch_first=True, dtype=torch.float64)
     got = fltorch.LSTM(130, 33, batch_first=True, dtype=torch.float64)
     got.load_state_dict(expected.state_dict())
@@ -169,7 +169,7 @@ def test_weights_wider_than_a_copy_tile_match_torch():
     assert_close(results(got, x), results(expected, x), torch.float64)
 
 
-def test_c_order_copies_by_tiles_exactly():
+def test_c_order_copies_a_transposed_matrix_exactly():
     matrix = np.arange(300 * 200, dtype=np.float32).reshape(300, 200)
     copied = fltorch._c_order(matrix.T)
     assert copied.flags.c_contiguous
