@@ -13,9 +13,10 @@ graph. A unidirectional module runs all its layers as one call of
 a bidirectional one runs layer after layer, each direction a stack of one.
 The forward operator keeps the kernels' cache in ``fastlstm/_handles.py``
 and returns its handle as a 0-d int64 tensor, which autograd saves for the
-backward operator. Eager calls with nothing to differentiate go
-through a :class:`~fastlstm.PackedLSTM` per layer and direction, kept until
-a weight changes. In an ONNX export the module records
+backward operator. Calls with nothing to differentiate, eager or
+compiled, go through a :class:`~fastlstm.PackedLSTM` per layer and
+direction, kept by the module until a weight changes (the operator finds the
+module's by a number). In an ONNX export the module records
 ``torch.nn.LSTM``'s own operator over the same parameters, so that both of
 PyTorch's exporters write the ONNX ``LSTM`` nodes they write for
 ``torch.nn.LSTM``, and the exported graph never needs fastlstm.
@@ -39,6 +40,7 @@ each sequence's own last valid step, where it starts, as PyTorch's does.
 Importing :mod:`fastlstm` never imports PyTorch; this module needs it
 (``pip install "fastlstm[torch]"``).
 """
+import itertools
 import math
 from typing import Optional
 import warnings
@@ -98,6 +100,47 @@ def _c_order(matrix):
     return torch.from_numpy(matrix).contiguous().numpy()
 
 
+class _InferenceCache:
+    """A module's :class:`~fastlstm.PackedLSTM` per layer and direction, for
+    calls with nothing to differentiate, each kept until one of its weights
+    changes: each tensor's ``_version`` counts its in-place changes, so an
+    optimizer step, ``load_state_dict`` or ``copy_`` is seen."""
+
+    def __init__(self):
+        self._packed = {}
+
+    def run(self, index, x, h0, c0, weights, mask, reverse):
+        """Layer and direction ``index`` over ``x``: the outputs (in time
+        order), ``h_n`` and ``c_n`` as ``(1, batch, hidden_size)`` tensors,
+        as from a stack of one."""
+        weights = (*weights, *(None,) * (len(_KINDS) - len(weights)))
+        key = tuple(None if w is None else (w.data_ptr(), w._version, w.dtype)
+                    for w in weights)
+        cached = self._packed.get(index)
+        if cached is None or cached[0] != key:
+            views = [_numpy(w) for w in weights]
+            # The views keep the weights' memory alive while they are the
+            # key, so that no other tensor can take their addresses.
+            cached = self._packed[index] = (key, PackedLSTM(*_keras_weights(views)), views)
+        initial_state = None if h0 is None else [_numpy(h0[0]), _numpy(c0[0])]
+        outputs, h_n, c_n = cached[1](_numpy(x), initial_state=initial_state,
+                                      mask=_numpy(mask), go_backwards=reverse)
+        return (_as_tensors(outputs, reverse), torch.from_numpy(h_n)[None],
+                torch.from_numpy(c_n)[None])
+
+
+# Each module's _InferenceCache under a number that the operator takes: a
+# compiled or exported graph cannot carry the module itself.
+_INFERENCE_CACHES = weakref.WeakValueDictionary()
+_inference_numbers = itertools.count(1)
+
+
+def _register(cache):
+    number = next(_inference_numbers)
+    _INFERENCE_CACHES[number] = cache
+    return number
+
+
 def _layers(weights, has_bias):
     """Each layer's ``(weight_ih, weight_hh, bias_ih, bias_hh)`` from the
     flat list the operators take (the biases None without them)."""
@@ -123,8 +166,9 @@ def _run_stack(x, h0, c0, weights, has_bias, mask, dropout, reverse, keep_cache)
 @torch.library.custom_op("fastlstm::lstm_stack", mutates_args=(), device_types="cpu")
 def _lstm_stack(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
                 weights: list[torch.Tensor], has_bias: bool, mask: Optional[torch.Tensor],
-                dropout: Optional[torch.Tensor], reverse: bool,
-                keep_cache: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                dropout: Optional[torch.Tensor], reverse: bool, keep_cache: bool,
+                inference_cache: int, first_index: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A stack of unidirectional layers, or one direction of one layer:
     ``(outputs, h_n, c_n, handle)``.
 
@@ -135,8 +179,15 @@ def _lstm_stack(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.
     ``dropout`` (layers - 1, batch, timesteps, hidden_size) multiplies the
     input of every layer but the first; ``reverse`` runs one layer from the
     last step (its outputs still in time order). ``handle`` names the cache
-    kept for the backward operator (0: none).
+    kept for the backward operator (0: none). Without ``keep_cache``, the
+    layers run through the module's ``_InferenceCache`` numbered
+    ``inference_cache`` (0: none), as its layers ``first_index`` onwards.
     """
+    cache = _INFERENCE_CACHES.get(inference_cache)
+    if cache is not None and not keep_cache:
+        outputs, h_n, c_n = _run_inference(cache, first_index, x, h0, c0,
+                                           _layers(weights, has_bias), mask, dropout, reverse)
+        return outputs, h_n, c_n, torch.tensor(0, dtype=torch.int64)
     outputs, h_n, c_n, cache = _run_stack(x, h0, c0, weights, has_bias, mask, dropout, reverse,
                                           keep_cache)
     handle = _handles.keep(cache) if keep_cache else 0
@@ -148,8 +199,24 @@ def _lstm_stack(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.
     return outputs, h_n, c_n, handle_tensor
 
 
+def _run_inference(cache, first_index, x, h0, c0, layers, mask, dropout, reverse):
+    """The layers one after the other through ``cache``: the outputs and the
+    stacked ``h_n`` and ``c_n``, as :func:`_run_stack` returns them."""
+    h_n, c_n = [], []
+    for i, layer in enumerate(layers):
+        if i and dropout is not None:
+            x = x * dropout[i - 1]
+        state = (None, None) if h0 is None else (h0[i:i + 1], c0[i:i + 1])
+        x, h, c = cache.run(first_index + i, x, *state,
+                            [w for w in layer if w is not None], mask, reverse)
+        h_n.append(h)
+        c_n.append(c)
+    return x, torch.cat(h_n), torch.cat(c_n)
+
+
 @_lstm_stack.register_fake
-def _lstm_stack_fake(x, h0, c0, weights, has_bias, mask, dropout, reverse, keep_cache):
+def _lstm_stack_fake(x, h0, c0, weights, has_bias, mask, dropout, reverse, keep_cache,
+                     inference_cache, first_index):
     batch, timesteps, _ = x.shape
     hidden = weights[1].shape[1]
     states = (len(_layers(weights, has_bias)), batch, hidden)
@@ -199,7 +266,7 @@ def _lstm_stack_backward_fake(handle, grad_outputs, grad_h, grad_c, x, h0, c0, w
 
 
 def _setup_context(ctx, inputs, output):
-    x, h0, c0, weights, has_bias, mask, dropout, reverse, _ = inputs
+    x, h0, c0, weights, has_bias, mask, dropout, reverse, *_ = inputs
     ctx.has_bias, ctx.reverse = has_bias, reverse
     ctx.save_for_backward(output[3], x, h0, c0, mask, dropout, *weights)
 
@@ -225,7 +292,7 @@ def _stack_gradients(ctx, grad_outputs, grad_h, grad_c, _grad_handle):
         grads = error(*[None if g is None else g.detach().requires_grad_(True)
                         for g in grads])
     dx, dh0, dc0, *dweights = grads
-    return dx, dh0, dc0, list(dweights), None, None, None, None, None
+    return dx, dh0, dc0, list(dweights), None, None, None, None, None, None, None
 
 
 _lstm_stack.register_autograd(_stack_gradients, setup_context=_setup_context)
@@ -376,9 +443,8 @@ class LSTM(torch.nn.Module):
                     self.register_parameter(kind + suffix, torch.nn.Parameter(
                         torch.empty(shapes[kind], dtype=dtype)))
         self._parameter_names = names
-        # Per layer and direction: the PackedLSTM of inference calls and
-        # what its weights were made from (see _infer).
-        self._packed = {}
+        self._inference = _InferenceCache()
+        self._inference_number = _register(self._inference)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -392,6 +458,11 @@ class LSTM(torch.nn.Module):
     def flatten_parameters(self):
         """Nothing to do: the CPU kernels read the parameters as they are.
         Kept so that code written for ``torch.nn.LSTM`` runs unchanged."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A copy (pickle, copy.deepcopy) has its own cache, under its own number.
+        self._inference_number = _register(self._inference)
 
     def __prepare_scriptable__(self):
         """Refuse ``torch.jit.script``, which compiles a module's Python
@@ -444,7 +515,7 @@ class LSTM(torch.nn.Module):
                 raise ValueError("input must be a tensor in an ONNX export, got a "
                                  "PackedSequence; export the module with padded sequences")
             outputs, h_n, c_n = self._torch_lstm(x, h0, c0)
-        elif self.bidirectional or (not _keep_cache(x, h0, c0, *self.parameters()) and _eager()):
+        elif self.bidirectional:
             outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
         else:
             outputs, h_n, c_n = self._stack(x, h0, c0, packing)
@@ -502,36 +573,42 @@ class LSTM(torch.nn.Module):
                                                        packing)
                                    for _ in range(self.num_layers - 1)])
         mask = None if packing is None else packing.mask
-        output, h_n, c_n, _ = _lstm_stack(x, h0, c0, weights, self.bias, mask, dropout, False,
-                                          _keep_cache(x, h0, c0, *weights))
+        keep_cache = _keep_cache(x, h0, c0, *weights)
+        if not keep_cache and _eager():
+            output, h_n, c_n = _run_inference(self._inference, 0, x, h0, c0,
+                                              _layers(weights, self.bias), mask, dropout, False)
+        else:
+            output, h_n, c_n, _ = _lstm_stack(x, h0, c0, weights, self.bias, mask, dropout,
+                                              False, keep_cache, self._inference_number, 0)
         return [output], h_n, c_n
 
     def _by_layer(self, x, h0, c0, packing):
-        """Layer after layer, each direction as a stack of one, or through
-        :meth:`_infer` when nothing is differentiated; the last layer's
-        outputs as a list of one tensor per direction."""
-        directions = 2 if self.bidirectional else 1
+        """A bidirectional module, layer after layer, each direction a stack
+        of one (each layer reads both directions of the one below); the last
+        layer's outputs as a list of one tensor per direction."""
         kinds = _KINDS if self.bias else _KINDS[:2]
         mask = None if packing is None else packing.mask
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             if layer:
-                x = outputs[0] if directions == 1 else torch.cat(outputs, 2)
+                x = torch.cat(outputs, 2)
                 if self.training and self.dropout > 0:
                     x = x * self._dropout_noise(x.shape, x, packing)
             outputs = []
-            for direction in range(directions):
-                index = layer * directions + direction
+            for direction in range(2):
+                index = 2 * layer + direction
                 suffix = f"_l{layer}{'_reverse' if direction else ''}"
                 weights = [getattr(self, kind + suffix) for kind in kinds]
                 state = (None, None) if h0 is None else (h0[index:index + 1],
                                                          c0[index:index + 1])
                 keep_cache = _keep_cache(x, *state, *weights)
-                if keep_cache or not _eager():
-                    output, h, c, _ = _lstm_stack(x, *state, weights, self.bias, mask, None,
-                                                  bool(direction), keep_cache)
+                if not keep_cache and _eager():
+                    output, h, c = self._inference.run(index, x, *state, weights, mask,
+                                                       bool(direction))
                 else:
-                    output, h, c = self._infer(index, x, *state, weights, mask, bool(direction))
+                    output, h, c, _ = _lstm_stack(x, *state, weights, self.bias, mask, None,
+                                                  bool(direction), keep_cache,
+                                                  self._inference_number, index)
                 outputs.append(output)
                 h_n.append(h)
                 c_n.append(c)
@@ -549,27 +626,6 @@ class LSTM(torch.nn.Module):
                                       self.bias, self.num_layers, self.dropout, self.training,
                                       self.bidirectional, True)
         return [output], h_n, c_n
-
-    def _infer(self, index, x, h0, c0, weights, mask, reverse):
-        """One layer and direction with nothing to differentiate: through a
-        :class:`~fastlstm.PackedLSTM` of its weights, kept until a weight
-        changes (each tensor's ``_version`` counts its in-place changes, so an
-        optimizer step, ``load_state_dict`` or ``copy_`` is seen). ``h_n``
-        and ``c_n`` come as ``(1, batch, hidden_size)``, as from a stack of one."""
-        weights = (*weights, *(None,) * (len(_KINDS) - len(weights)))
-        key = tuple(None if w is None else (w.data_ptr(), w._version, w.dtype)
-                    for w in weights)
-        cached = self._packed.get(index)
-        if cached is None or cached[0] != key:
-            views = [_numpy(w) for w in weights]
-            # The views keep the weights' memory alive while they are the
-            # key, so that no other tensor can take their addresses.
-            cached = self._packed[index] = (key, PackedLSTM(*_keras_weights(views)), views)
-        initial_state = None if h0 is None else [_numpy(h0[0]), _numpy(c0[0])]
-        outputs, h_n, c_n = cached[1](_numpy(x), initial_state=initial_state,
-                                      mask=_numpy(mask), go_backwards=reverse)
-        return (_as_tensors(outputs, reverse), torch.from_numpy(h_n)[None],
-                torch.from_numpy(c_n)[None])
 
     def _dropout_noise(self, shape, like, packing):
         """The multipliers of inverted dropout over a layer's output of
@@ -648,8 +704,8 @@ def _keep_cache(*tensors):
 
 def _eager():
     """Whether the module runs eagerly, not traced by ``torch.compile``,
-    ``torch.export`` or ``torch.jit.trace``, so that it may keep NumPy state
-    between calls (the packed weights of :meth:`LSTM._infer`)."""
+    ``torch.export`` or ``torch.jit.trace``, so that it may call its
+    ``_InferenceCache`` itself rather than through the operator."""
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 

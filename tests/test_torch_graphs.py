@@ -146,3 +146,28 @@ def test_jit_script_raises_and_names_the_alternatives():
                                            r"fastlstm.torch.LSTM.*torch.compile\(model\), "
                                            r"torch.export.export"):
         torch.jit.script(model)
+
+
+@pytest.mark.parametrize("options", MODULES.values(), ids=MODULES.keys())
+def test_compiled_inference_keeps_the_packed_weights_until_a_weight_changes(options,
+                                                                            monkeypatch):
+    packed = []
+    packed_lstm = fltorch.PackedLSTM
+
+    def counting(*args, **kwargs):
+        packed.append(args[0].shape)
+        return packed_lstm(*args, **kwargs)
+
+    monkeypatch.setattr(fltorch, "PackedLSTM", counting)
+    lstm = module(**options).eval()
+    x, hx = example(lstm)
+    compiled = torch.compile(lstm, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        first = flat(compiled(x, hx))
+        assert_float32_close(flat(compiled(x, hx)), first)
+        assert len(packed) == 2                  # one per layer and direction, once
+        lstm.weight_hh_l0.add_(0.1)
+        changed = flat(compiled(x, hx))
+        assert len(packed) == 3                  # that layer's again
+        assert_float32_close(changed, flat(lstm(x, hx)))
+    assert not torch.equal(changed[0], first[0])
