@@ -14,7 +14,7 @@ import numpy as np
 
 from .functional import lstm_backward, run_lstm_forward
 
-__all__ = ["forward", "backward", "release", "pending"]
+__all__ = ["forward", "backward", "keep", "take", "release", "pending"]
 
 _caches = {}
 _lock = threading.Lock()
@@ -61,10 +61,7 @@ def forward(x, kernel, recurrent_kernel, bias, h0, c0, mask, recurrent_dropout_m
         bool(keep_cache), recurrent_dropout_mask, activation, recurrent_activation)
     if cache is None:
         return outputs, h, c, 0
-    with _lock:
-        handle = next(_handles)
-        _caches[handle] = (cache, bias is not None)
-    return outputs, h, c, handle
+    return outputs, h, c, keep((cache, bias is not None))
 
 
 def backward(handle, grad_outputs, grad_h, grad_c, input_gradient=True):
@@ -86,8 +83,7 @@ def backward(handle, grad_outputs, grad_h, grad_c, input_gradient=True):
     LSTMGradients
         ``bias`` is zeros when the forward pass ran without one.
     """
-    with _lock:
-        entry = _caches.pop(int(handle), None)
+    entry = take(handle)
     if entry is None:
         raise RuntimeError(
             f"no LSTM cache for handle {int(handle)}: the forward pass ran without recording "
@@ -100,11 +96,25 @@ def backward(handle, grad_outputs, grad_h, grad_c, input_gradient=True):
     return grads
 
 
+def keep(entry):
+    """Keep ``entry`` (a cache, or what a caller's backward pass needs with
+    it) until :func:`take` or :func:`release`; returns its handle."""
+    with _lock:
+        handle = next(_handles)
+        _caches[handle] = entry
+    return handle
+
+
+def take(handle):
+    """The entry kept under ``handle``, forgotten here; None if there is none."""
+    with _lock:
+        return _caches.pop(int(handle), None)
+
+
 def release(handle):
     """Forget the cache of ``handle``, if a backward pass has not used it: for
     a framework that frees a recorded forward pass without backpropagating."""
-    with _lock:
-        _caches.pop(int(handle), None)
+    take(handle)
 
 
 def pending():

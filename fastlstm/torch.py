@@ -2,17 +2,32 @@
 
 :class:`LSTM` takes ``torch.nn.LSTM``'s arguments, holds the same parameters
 under the same names and shapes, and returns what it returns, so a training
-script swaps the class and keeps its checkpoints. Each layer and direction
-runs as one ``torch.autograd.Function`` whose forward and backward passes are
-:func:`fastlstm.lstm_forward` and :func:`fastlstm.lstm_backward`.
+script swaps the class and keeps its checkpoints.
+
+Operators. The kernels run as two ``torch.library`` custom operators,
+``torch.ops.fastlstm.lstm_stack`` and ``lstm_stack_backward``, with an
+autograd formula and fake (shape-only) implementations, so that
+``torch.compile`` and ``torch.export`` see each call as one node of their
+graph. A unidirectional module runs all its layers as one call of
+:func:`fastlstm.lstm_stack_forward` (pipelined where the planner says so);
+a bidirectional one runs layer after layer, each direction a stack of one.
+The forward operator keeps the kernels' cache in ``fastlstm/_handles.py``
+and returns its handle as a 0-d int64 tensor, which autograd saves for the
+backward operator. Calls with nothing to differentiate, eager or
+compiled, go through a :class:`~fastlstm.PackedLSTM` per layer and
+direction, kept by the module until a weight changes (the operator finds the
+module's by a number). In an ONNX export the module records
+``torch.nn.LSTM``'s own operator over the same parameters, so that both of
+PyTorch's exporters write the ONNX ``LSTM`` nodes they write for
+``torch.nn.LSTM``, and the exported graph never needs fastlstm.
 
 Layout. fastlstm computes batch-major, ``(batch, timesteps, features)``
 C-contiguous, so with ``batch_first=True`` the input and the outputs share
 memory with the NumPy arrays the kernels read and write. With
 ``batch_first=False`` the input is copied once into batch-major order, and
-the output once back into time-major order. The weights are read through
-transposed views (``kernel = weight_ih.T``); the kernels stack them into their
-own workspace on each call, as they do for fastlstm's own layers.
+the output once back into time-major order. The weights are copied once a
+call into fastlstm's layout (``kernel = weight_ih.T``), as the kernels stack
+them into their own workspace on each call.
 
 Variable lengths. A ``PackedSequence`` is laid out padded, batch-major, and
 runs on the masked kernels (a step ``t`` of a sequence of length ``n`` is kept
@@ -25,8 +40,11 @@ each sequence's own last valid step, where it starts, as PyTorch's does.
 Importing :mod:`fastlstm` never imports PyTorch; this module needs it
 (``pip install "fastlstm[torch]"``).
 """
+import itertools
 import math
+from typing import Optional
 import warnings
+import weakref
 
 try:
     import torch
@@ -39,16 +57,15 @@ import numpy as np
 
 from ._validation import (check_bool, check_features, check_not_empty, check_shape,
                           check_state_list, describe)
+from . import _handles
 from .convert import _keras_from_torch, _torch_gradients_from_keras
-from .functional import lstm_backward, lstm_forward
 from ._packed import PackedLSTM
+from ._stack import lstm_stack_backward, lstm_stack_forward
 
 __all__ = ["LSTM"]
 
 _DTYPES = (torch.float32, torch.float64)
 _KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-# Rows and columns of the tiles in which _c_order copies a transposed weight.
-_TILE = 128
 _NO_DOUBLE_BACKWARD = (
     "fastlstm.torch.LSTM computes first-order gradients only: its backward pass cannot be "
     "differentiated again (a gradient penalty, double backward, Hessian-vector products). "
@@ -68,52 +85,203 @@ def _numpy(tensor):
 
 
 def _c_order(matrix):
-    """A 2-D array in C order: itself, or a copy made tile by tile.
+    """A 2-D array in C order: itself, or a copy made by PyTorch.
 
     PyTorch's weights are the transposes of fastlstm's, and so are the
     gradients. Copied in one pass, a transposed matrix is read with the
     stride of a whole row of its own layout (input_size, hidden_size or
     4 * hidden_size values), often a power of two that maps the reads to few
-    cache sets: about 3x slower than by tiles at input_size = hidden_size =
-    512. A tile's rows stay in the cache until it is copied.
+    cache sets. PyTorch copies a transposed matrix by blocks, on its
+    threads: 2x faster than NumPy's tile by tile at (256, 1024) and
+    (512, 2048) on two threads, 2.5x to 4x faster than NumPy's one pass.
     """
     if matrix.flags.c_contiguous:
         return matrix
-    result = np.empty(matrix.shape, matrix.dtype)
-    rows, columns = matrix.shape
-    for i in range(0, rows, _TILE):
-        for j in range(0, columns, _TILE):
-            result[i:i + _TILE, j:j + _TILE] = matrix[i:i + _TILE, j:j + _TILE]
+    return torch.from_numpy(matrix).contiguous().numpy()
+
+
+class _InferenceCache:
+    """A module's :class:`~fastlstm.PackedLSTM` per layer and direction, for
+    calls with nothing to differentiate, each kept until one of its weights
+    changes: each tensor's ``_version`` counts its in-place changes, so an
+    optimizer step, ``load_state_dict`` or ``copy_`` is seen."""
+
+    def __init__(self):
+        self._packed = {}
+
+    def run(self, index, x, h0, c0, weights, mask, reverse):
+        """Layer and direction ``index`` over ``x``: the outputs (in time
+        order), ``h_n`` and ``c_n`` as ``(1, batch, hidden_size)`` tensors,
+        as from a stack of one."""
+        weights = (*weights, *(None,) * (len(_KINDS) - len(weights)))
+        key = tuple(None if w is None else (w.data_ptr(), w._version, w.dtype)
+                    for w in weights)
+        cached = self._packed.get(index)
+        if cached is None or cached[0] != key:
+            views = [_numpy(w) for w in weights]
+            # The views keep the weights' memory alive while they are the
+            # key, so that no other tensor can take their addresses.
+            cached = self._packed[index] = (key, PackedLSTM(*_keras_weights(views)), views)
+        initial_state = None if h0 is None else [_numpy(h0[0]), _numpy(c0[0])]
+        outputs, h_n, c_n = cached[1](_numpy(x), initial_state=initial_state,
+                                      mask=_numpy(mask), go_backwards=reverse)
+        return (_as_tensors(outputs, reverse), torch.from_numpy(h_n)[None],
+                torch.from_numpy(c_n)[None])
+
+
+# Each module's _InferenceCache under a number that the operator takes: a
+# compiled or exported graph cannot carry the module itself.
+_INFERENCE_CACHES = weakref.WeakValueDictionary()
+_inference_numbers = itertools.count(1)
+
+
+def _register(cache):
+    number = next(_inference_numbers)
+    _INFERENCE_CACHES[number] = cache
+    return number
+
+
+def _layers(weights, has_bias):
+    """Each layer's ``(weight_ih, weight_hh, bias_ih, bias_hh)`` from the
+    flat list the operators take (the biases None without them)."""
+    count = 4 if has_bias else 2
+    return [(*weights[i:i + count], *(None,) * (4 - count))
+            for i in range(0, len(weights), count)]
+
+
+def _run_stack(x, h0, c0, weights, has_bias, mask, dropout, reverse, keep_cache):
+    """:func:`fastlstm.lstm_stack_forward` on tensors: the outputs (in time
+    order), ``h_n`` and ``c_n`` (layers, batch, hidden) as tensors, and the
+    cache."""
+    layers = [_keras_weights([_numpy(w) for w in layer]) for layer in _layers(weights, has_bias)]
+    states = None if h0 is None else [list(s) for s in zip(_numpy(h0), _numpy(c0))]
+    outputs, final, cache = lstm_stack_forward(
+        _numpy(x), layers, initial_states=states, mask=_numpy(mask), go_backwards=reverse,
+        dropout_masks=None if dropout is None else list(_numpy(dropout)),
+        return_cache=keep_cache)
+    h_n, c_n = (torch.from_numpy(np.stack(s)) for s in zip(*final))
+    return _as_tensors(outputs, reverse), h_n, c_n, cache
+
+
+@torch.library.custom_op("fastlstm::lstm_stack", mutates_args=(), device_types="cpu")
+def _lstm_stack(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
+                weights: list[torch.Tensor], has_bias: bool, mask: Optional[torch.Tensor],
+                dropout: Optional[torch.Tensor], reverse: bool, keep_cache: bool,
+                inference_cache: int, first_index: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A stack of unidirectional layers, or one direction of one layer:
+    ``(outputs, h_n, c_n, handle)``.
+
+    ``x`` is batch-major ``(batch, timesteps, input_size)``; ``h0`` and
+    ``c0`` are ``(layers, batch, hidden_size)`` or None for zeros;
+    ``weights`` are the layers' parameters in ``torch.nn.LSTM``'s order;
+    ``mask`` (batch, timesteps) keeps the steps of packed sequences;
+    ``dropout`` (layers - 1, batch, timesteps, hidden_size) multiplies the
+    input of every layer but the first; ``reverse`` runs one layer from the
+    last step (its outputs still in time order). ``handle`` names the cache
+    kept for the backward operator (0: none). Without ``keep_cache``, the
+    layers run through the module's ``_InferenceCache`` numbered
+    ``inference_cache`` (0: none), as its layers ``first_index`` onwards.
+    """
+    cache = _INFERENCE_CACHES.get(inference_cache)
+    if cache is not None and not keep_cache:
+        outputs, h_n, c_n = _run_inference(cache, first_index, x, h0, c0,
+                                           _layers(weights, has_bias), mask, dropout, reverse)
+        return outputs, h_n, c_n, torch.tensor(0, dtype=torch.int64)
+    outputs, h_n, c_n, cache = _run_stack(x, h0, c0, weights, has_bias, mask, dropout, reverse,
+                                          keep_cache)
+    handle = _handles.keep(cache) if keep_cache else 0
+    handle_tensor = torch.tensor(handle, dtype=torch.int64)
+    if handle:
+        # The cache lives as long as the handle, which autograd keeps until
+        # the backward pass or until it frees a graph never backpropagated.
+        weakref.finalize(handle_tensor, _handles.release, handle)
+    return outputs, h_n, c_n, handle_tensor
+
+
+def _run_inference(cache, first_index, x, h0, c0, layers, mask, dropout, reverse):
+    """The layers one after the other through ``cache``: the outputs and the
+    stacked ``h_n`` and ``c_n``, as :func:`_run_stack` returns them."""
+    h_n, c_n = [], []
+    for i, layer in enumerate(layers):
+        if i and dropout is not None:
+            x = x * dropout[i - 1]
+        state = (None, None) if h0 is None else (h0[i:i + 1], c0[i:i + 1])
+        x, h, c = cache.run(first_index + i, x, *state,
+                            [w for w in layer if w is not None], mask, reverse)
+        h_n.append(h)
+        c_n.append(c)
+    return x, torch.cat(h_n), torch.cat(c_n)
+
+
+@_lstm_stack.register_fake
+def _lstm_stack_fake(x, h0, c0, weights, has_bias, mask, dropout, reverse, keep_cache,
+                     inference_cache, first_index):
+    batch, timesteps, _ = x.shape
+    hidden = weights[1].shape[1]
+    states = (len(_layers(weights, has_bias)), batch, hidden)
+    return (x.new_empty((batch, timesteps, hidden)), x.new_empty(states), x.new_empty(states),
+            x.new_empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("fastlstm::lstm_stack_backward", mutates_args=(), device_types="cpu")
+def _lstm_stack_backward(handle: torch.Tensor, grad_outputs: torch.Tensor,
+                         grad_h: torch.Tensor, grad_c: torch.Tensor, x: torch.Tensor,
+                         h0: Optional[torch.Tensor], c0: Optional[torch.Tensor],
+                         weights: list[torch.Tensor], has_bias: bool,
+                         mask: Optional[torch.Tensor], dropout: Optional[torch.Tensor],
+                         reverse: bool, input_gradient: bool) -> list[torch.Tensor]:
+    """The gradients of ``fastlstm::lstm_stack``'s ``x`` (empty without
+    ``input_gradient``), ``h0``, ``c0`` and ``weights``, from its handle and
+    the gradients of its outputs; the forward pass's arguments serve only
+    when the cache is gone."""
+    cache = _handles.take(handle)
+    if cache is None:
+        # A second backward pass through a retained graph: the first wrote
+        # the gate gradients over the cached gates, so the forward runs again.
+        cache = _run_stack(x, h0, c0, weights, has_bias, mask, dropout, reverse, True)[3]
+    grad_outputs = _numpy(grad_outputs)
+    if reverse:
+        grad_outputs = grad_outputs[:, ::-1]
+    grads = lstm_stack_backward(cache, grad_outputs,
+                                [list(g) for g in zip(_numpy(grad_h), _numpy(grad_c))],
+                                input_gradient=input_gradient)
+    result = [x.new_empty(0) if grads.x is None else torch.from_numpy(grads.x)]
+    result += [torch.from_numpy(np.stack([getattr(layer, name) for layer in grads.layers]))
+               for name in ("h0", "c0")]
+    for layer in grads.layers:
+        layer_grads = _torch_gradients_from_keras(layer.kernel, layer.recurrent_kernel,
+                                                  layer.bias)
+        # In the parameters' layout, so that autograd takes them as they are.
+        result += [torch.from_numpy(_c_order(g) if g.ndim == 2 else g)
+                   for g in layer_grads[:4 if has_bias else 2]]
     return result
 
 
-class _LSTMDirection(torch.autograd.Function):
-    """One layer and direction: ``(x, h0, c0, weights) -> (outputs, h_n, c_n)``.
+@_lstm_stack_backward.register_fake
+def _lstm_stack_backward_fake(handle, grad_outputs, grad_h, grad_c, x, h0, c0, weights, has_bias,
+                              mask, dropout, reverse, input_gradient):
+    return [x.new_empty(x.shape if input_gradient else 0), grad_h.new_empty(grad_h.shape),
+            grad_c.new_empty(grad_c.shape), *(w.new_empty(w.shape) for w in weights)]
 
-    ``x`` is batch-major ``(batch, timesteps, input_size)``; the outputs are
-    in time order for either direction.
-    """
 
-    @staticmethod
-    def forward(ctx, x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, mask, reverse,
-                keep_cache):
-        ctx.set_materialize_grads(False)
-        ctx.mask, ctx.reverse, ctx.has_h0 = mask, reverse, h0 is not None
-        outputs, h_n, c_n, ctx.cache = _run_direction(
-            x, h0, c0, (weight_ih, weight_hh, bias_ih, bias_hh), mask, reverse, keep_cache)
-        if keep_cache:
-            ctx.save_for_backward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh)
-        return outputs, h_n, c_n
+def _setup_context(ctx, inputs, output):
+    x, h0, c0, weights, has_bias, mask, dropout, reverse, *_ = inputs
+    ctx.has_bias, ctx.reverse = has_bias, reverse
+    ctx.save_for_backward(output[3], x, h0, c0, mask, dropout, *weights)
 
-    @staticmethod
-    def backward(ctx, grad_outputs, grad_h, grad_c):
-        with torch.no_grad():
-            grads = _LSTMDirection._gradients(ctx, grad_outputs, grad_h, grad_c)
-        create_graph = torch.is_grad_enabled()
-        if not (create_graph and any(t is not None and t.requires_grad
-                                     for t in (*ctx.saved_tensors, grad_outputs, grad_h,
-                                               grad_c))):
-            return grads
+
+def _stack_gradients(ctx, grad_outputs, grad_h, grad_c, _grad_handle):
+    handle, x, h0, c0, mask, dropout, *weights = ctx.saved_tensors
+    needs_x, needs_h0, needs_c0, needs_weights = ctx.needs_input_grad[:4]
+    with torch.no_grad():
+        grads = _lstm_stack_backward(handle, grad_outputs, grad_h, grad_c, x, h0, c0, weights,
+                                     ctx.has_bias, mask, dropout, ctx.reverse, needs_x)
+    needed = [needs_x, needs_h0, needs_c0, *needs_weights]
+    grads = [g if need else None for g, need in zip(grads, needed)]
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (*ctx.saved_tensors, grad_outputs, grad_h, grad_c)):
         # The gradients are right, but the kernels' backward pass has no
         # derivative of its own: with create_graph=True they lead to a node
         # that raises if anything differentiates through them, rather than
@@ -121,31 +289,13 @@ class _LSTMDirection(torch.autograd.Function):
         # gradient penalty, say). torch.autograd.function.once_differentiable
         # does the same, but looks only at the incoming gradients.
         error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(grads))
-        return error(*[None if g is None else g.detach().requires_grad_(True)
-                       for g in grads])
+        grads = error(*[None if g is None else g.detach().requires_grad_(True)
+                        for g in grads])
+    dx, dh0, dc0, *dweights = grads
+    return dx, dh0, dc0, list(dweights), None, None, None, None, None, None, None
 
-    @staticmethod
-    def _gradients(ctx, grad_outputs, grad_h, grad_c):
-        x, h0, c0, *weights = ctx.saved_tensors
-        if ctx.cache.used:
-            # A second backward through a retained graph: the first wrote the
-            # gate gradients over the cached gates, so the forward runs again.
-            ctx.cache = _run_direction(x, h0, c0, weights, ctx.mask, ctx.reverse, True)[3]
-        grad_outputs = _numpy(grad_outputs)
-        if grad_outputs is not None and ctx.reverse:
-            grad_outputs = grad_outputs[:, ::-1]
-        grads = lstm_backward(ctx.cache, grad_outputs, _numpy(grad_h), _numpy(grad_c),
-                              input_gradient=ctx.needs_input_grad[0])
-        weight_grads = _torch_gradients_from_keras(grads.kernel, grads.recurrent_kernel,
-                                                   grads.bias)
-        # In the parameters' layout, so that autograd takes them as they are.
-        weight_grads = [_c_order(g) if g is not None and g.ndim == 2 else g
-                        for g in weight_grads]
-        state_grads = (grads.h0, grads.c0) if ctx.has_h0 else (None, None)
-        result = [grads.x, *state_grads, *weight_grads]
-        result = [None if g is None or not needed else torch.from_numpy(g)
-                  for g, needed in zip(result, ctx.needs_input_grad)]
-        return (*result, None, None, None)
+
+_lstm_stack.register_autograd(_stack_gradients, setup_context=_setup_context)
 
 
 def _keras_weights(views):
@@ -155,24 +305,14 @@ def _keras_weights(views):
     return _c_order(kernel), _c_order(recurrent_kernel), bias
 
 
-def _as_tensors(outputs, h_n, c_n, reverse):
-    """The results of a direction as tensors sharing their memory, the
-    outputs in time order: go_backwards returns them in processing order,
-    reversed here by a copy, since for one step the reversed view counts as
-    contiguous but keeps its negative stride, which torch.from_numpy refuses."""
+def _as_tensors(outputs, reverse):
+    """A direction's outputs as a tensor sharing their memory, in time
+    order: go_backwards returns them in processing order, reversed here by a
+    copy, since for one step the reversed view counts as contiguous but
+    keeps its negative stride, which torch.from_numpy refuses."""
     if reverse:
         outputs = outputs[:, ::-1].copy()
-    return torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n)
-
-
-def _run_direction(x, h0, c0, weights, mask, reverse, keep_cache):
-    """``lstm_forward`` on tensors: outputs (in time order), h_n, c_n as
-    tensors sharing the kernels' memory, and the cache."""
-    initial_state = None if h0 is None else [_numpy(h0), _numpy(c0)]
-    outputs, h_n, c_n, cache = lstm_forward(
-        _numpy(x), *_keras_weights([_numpy(w) for w in weights]), initial_state=initial_state,
-        mask=mask, go_backwards=reverse, return_cache=keep_cache)
-    return (*_as_tensors(outputs, h_n, c_n, reverse), cache)
+    return torch.from_numpy(outputs)
 
 
 class _Packing:
@@ -191,7 +331,7 @@ class _Packing:
         self.rows = (order[None, :] * self.timesteps + steps[:, None])[valid]
         lengths = torch.empty(self.batch, dtype=torch.int64)
         lengths[order] = valid.sum(0)
-        self.mask = (steps[None, :] < lengths[:, None]).numpy()
+        self.mask = steps[None, :] < lengths[:, None]
 
     def pad(self, data):
         padded = data.new_zeros((self.batch * self.timesteps, data.shape[1]))
@@ -303,9 +443,8 @@ class LSTM(torch.nn.Module):
                     self.register_parameter(kind + suffix, torch.nn.Parameter(
                         torch.empty(shapes[kind], dtype=dtype)))
         self._parameter_names = names
-        # Per layer and direction: the PackedLSTM of inference calls and
-        # what its weights were made from (see _infer).
-        self._packed = {}
+        self._inference = _InferenceCache()
+        self._inference_number = _register(self._inference)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -319,6 +458,20 @@ class LSTM(torch.nn.Module):
     def flatten_parameters(self):
         """Nothing to do: the CPU kernels read the parameters as they are.
         Kept so that code written for ``torch.nn.LSTM`` runs unchanged."""
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # A copy (pickle, copy.deepcopy) has its own cache, under its own number.
+        self._inference_number = _register(self._inference)
+
+    def __prepare_scriptable__(self):
+        """Refuse ``torch.jit.script``, which compiles a module's Python
+        source: this module's forward pass calls fastlstm's kernels from
+        Python, which TorchScript cannot compile."""
+        raise RuntimeError(
+            "torch.jit.script cannot compile fastlstm.torch.LSTM: its forward pass calls "
+            "fastlstm's kernels from Python. Use torch.compile(model), "
+            "torch.export.export(model, args) or torch.jit.trace(model, args) instead")
 
     def extra_repr(self):
         text = f"{self.input_size}, {self.hidden_size}"
@@ -353,6 +506,35 @@ class LSTM(torch.nn.Module):
             Each layer's and direction's states after its last step (for a
             packed sequence, each sequence's last valid step), shaped as ``hx``.
         """
+        try:
+            packing, x, unbatched, h0, c0 = self._checked(input, hx)
+        except (TypeError, ValueError) as error:
+            raise _as_torch_error(error) from None
+        if torch.onnx.is_in_onnx_export():
+            if packing is not None:
+                raise ValueError("input must be a tensor in an ONNX export, got a "
+                                 "PackedSequence; export the module with padded sequences")
+            outputs, h_n, c_n = self._torch_lstm(x, h0, c0)
+        elif self.bidirectional:
+            outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
+        else:
+            outputs, h_n, c_n = self._stack(x, h0, c0, packing)
+        if packing is None and not unbatched and not self.batch_first:
+            # One copy into the caller's time-major layout.
+            return torch.cat([o.transpose(0, 1) for o in outputs], 2), (h_n, c_n)
+        x = outputs[0] if len(outputs) == 1 else torch.cat(outputs, 2)
+        if packing is not None:
+            output = PackedSequence(packing.pack(x), input.batch_sizes, input.sorted_indices,
+                                    input.unsorted_indices)
+        elif unbatched:
+            output, h_n, c_n = x[0], h_n[:, 0], c_n[:, 0]
+        else:
+            output = x
+        return output, (h_n, c_n)
+
+    def _checked(self, input, hx):
+        """``input`` and ``hx`` checked: ``(packing, x, unbatched, h0, c0)``,
+        ``x`` batch-major and ``packing`` None for a tensor input."""
         dtype = self._check_parameters()
         packing = None
         if isinstance(input, PackedSequence):
@@ -379,77 +561,86 @@ class LSTM(torch.nn.Module):
                 x = input if self.batch_first else input.transpose(0, 1)
         batch = x.shape[0]
         h0, c0 = self._initial_state(hx, batch, unbatched, dtype)
-        mask = None if packing is None else packing.mask
+        return packing, x, unbatched, h0, c0
 
-        directions = 2 if self.bidirectional else 1
+    def _stack(self, x, h0, c0, packing):
+        """A unidirectional stack as one call of the stack kernels (pipelined
+        where the planner says so); the outputs as a list of one tensor."""
+        weights = [getattr(self, name) for name in self._parameter_names]
+        dropout = None
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            dropout = torch.stack([self._dropout_noise(x.shape[:2] + (self.hidden_size,), x,
+                                                       packing)
+                                   for _ in range(self.num_layers - 1)])
+        mask = None if packing is None else packing.mask
+        keep_cache = _keep_cache(x, h0, c0, *weights)
+        if not keep_cache and _eager():
+            output, h_n, c_n = _run_inference(self._inference, 0, x, h0, c0,
+                                              _layers(weights, self.bias), mask, dropout, False)
+        else:
+            output, h_n, c_n, _ = _lstm_stack(x, h0, c0, weights, self.bias, mask, dropout,
+                                              False, keep_cache, self._inference_number, 0)
+        return [output], h_n, c_n
+
+    def _by_layer(self, x, h0, c0, packing):
+        """A bidirectional module, layer after layer, each direction a stack
+        of one (each layer reads both directions of the one below); the last
+        layer's outputs as a list of one tensor per direction."""
+        kinds = _KINDS if self.bias else _KINDS[:2]
+        mask = None if packing is None else packing.mask
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outputs = []
-            for direction in range(directions):
-                index = layer * directions + direction
+            for direction in range(2):
+                index = 2 * layer + direction
                 suffix = f"_l{layer}{'_reverse' if direction else ''}"
-                weights = [getattr(self, kind + suffix, None) for kind in _KINDS]
-                state = (None, None) if h0 is None else (h0[index], c0[index])
-                inputs = (x, *state, *weights)
-                keep_cache = torch.is_grad_enabled() and any(
-                    t is not None and t.requires_grad for t in inputs)
-                if keep_cache:
-                    output, h, c = _LSTMDirection.apply(*inputs, mask, bool(direction), True)
+                weights = [getattr(self, kind + suffix) for kind in kinds]
+                state = (None, None) if h0 is None else (h0[index:index + 1],
+                                                         c0[index:index + 1])
+                keep_cache = _keep_cache(x, *state, *weights)
+                if not keep_cache and _eager():
+                    output, h, c = self._inference.run(index, x, *state, weights, mask,
+                                                       bool(direction))
                 else:
-                    output, h, c = self._infer(index, x, *state, weights, mask, bool(direction))
+                    output, h, c, _ = _lstm_stack(x, *state, weights, self.bias, mask, None,
+                                                  bool(direction), keep_cache,
+                                                  self._inference_number, index)
                 outputs.append(output)
                 h_n.append(h)
                 c_n.append(c)
-            last = layer == self.num_layers - 1
-            if last and packing is None and not unbatched and not self.batch_first:
-                # One copy into the caller's time-major layout.
-                return (torch.cat([o.transpose(0, 1) for o in outputs], 2),
-                        (torch.stack(h_n), torch.stack(c_n)))
-            x = outputs[0] if directions == 1 else torch.cat(outputs, 2)
-            if not last and self.training and self.dropout > 0:
-                x = self._drop(x, packing)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if packing is not None:
-            output = PackedSequence(packing.pack(x), input.batch_sizes, input.sorted_indices,
-                                    input.unsorted_indices)
-        elif unbatched:
-            output, h_n, c_n = x[0], h_n[:, 0], c_n[:, 0]
-        else:
-            output = x
-        return output, (h_n, c_n)
+            if layer + 1 < self.num_layers:
+                x = torch.cat(outputs, 2)
+                if self.training and self.dropout > 0:
+                    x = x * self._dropout_noise(x.shape, x, packing)
+        return outputs, torch.cat(h_n), torch.cat(c_n)
 
-    def _infer(self, index, x, h0, c0, weights, mask, reverse):
-        """One layer and direction with nothing to differentiate: through a
-        :class:`~fastlstm.PackedLSTM` of its weights, kept until a weight
-        changes (each tensor's ``_version`` counts its in-place changes, so an
-        optimizer step, ``load_state_dict`` or ``copy_`` is seen)."""
-        key = tuple(None if w is None else (w.data_ptr(), w._version, w.dtype)
-                    for w in weights)
-        cached = self._packed.get(index)
-        if cached is None or cached[0] != key:
-            views = [_numpy(w) for w in weights]
-            # The views keep the weights' memory alive while they are the
-            # key, so that no other tensor can take their addresses.
-            cached = self._packed[index] = (key, PackedLSTM(*_keras_weights(views)), views)
-        initial_state = None if h0 is None else [_numpy(h0), _numpy(c0)]
-        return _as_tensors(*cached[1](_numpy(x), initial_state=initial_state, mask=mask,
-                                      go_backwards=reverse), reverse)
+    def _torch_lstm(self, x, h0, c0):
+        """``torch.nn.LSTM``'s own operator over the same parameters: what an
+        ONNX export records, so that the graph holds the ONNX ``LSTM`` nodes
+        both of PyTorch's exporters write for ``torch.nn.LSTM``."""
+        if h0 is None:
+            directions = 2 if self.bidirectional else 1
+            h0 = c0 = x.new_zeros((directions * self.num_layers, x.shape[0], self.hidden_size))
+        output, h_n, c_n = torch.lstm(x, (h0, c0), [getattr(self, name)
+                                                    for name in self._parameter_names],
+                                      self.bias, self.num_layers, self.dropout, self.training,
+                                      self.bidirectional, True)
+        return [output], h_n, c_n
 
-    def _drop(self, x, packing):
-        """Inverted dropout with the draws torch.nn.LSTM makes: one Bernoulli
-        draw per value of the layer output in its own layout (time-major, or
-        the packed rows), so that ``torch.manual_seed`` gives both classes the
-        same masks."""
+    def _dropout_noise(self, shape, like, packing):
+        """The multipliers of inverted dropout over a layer's output of
+        ``shape`` (batch-major), drawn as torch.nn.LSTM draws them: one
+        Bernoulli draw per value in its own layout (time-major, or the packed
+        rows), so that ``torch.manual_seed`` gives both classes the same
+        masks."""
         if self.dropout == 1:
-            return x * torch.zeros((), dtype=x.dtype)
-        batch, timesteps, features = x.shape
+            return like.new_zeros(shape)
+        batch, timesteps, features = shape
         if packing is None:
-            noise = x.new_empty((timesteps, batch, features)).bernoulli_(1 - self.dropout)
-            noise = noise.div_(1 - self.dropout).transpose(0, 1)
-        else:
-            noise = x.new_empty((len(packing.rows), features)).bernoulli_(1 - self.dropout)
-            noise = packing.pad(noise.div_(1 - self.dropout))
-        return x * noise
+            noise = like.new_empty((timesteps, batch, features)).bernoulli_(1 - self.dropout)
+            return noise.div_(1 - self.dropout).transpose(0, 1)
+        noise = like.new_empty((len(packing.rows), features)).bernoulli_(1 - self.dropout)
+        return packing.pad(noise.div_(1 - self.dropout))
 
     def _check_parameters(self):
         """The parameters' dtype, after checking they can run here."""
@@ -481,6 +672,41 @@ class LSTM(torch.nn.Module):
             check_shape(state, name, shape, meaning)
             states.append(state.unsqueeze(1) if unbatched else state)
         return states
+
+
+class _ArgumentValueError(ValueError, RuntimeError):
+    """A bad argument's value or shape: a ValueError, as fastlstm raises it,
+    and a RuntimeError, as ``torch.nn.LSTM`` raises most of them, so that
+    code written for either class catches it."""
+
+
+class _ArgumentTypeError(TypeError, ValueError, RuntimeError):
+    """A bad argument's kind or dtype: a TypeError, as fastlstm raises it,
+    and what ``torch.nn.LSTM`` raises for it (a ValueError for the input's
+    dtype, a RuntimeError for the states')."""
+
+
+def _as_torch_error(error):
+    """``error`` (a TypeError or ValueError of the argument checks) as the
+    class above of its kind, with its message and traceback."""
+    kind = _ArgumentTypeError if isinstance(error, TypeError) else _ArgumentValueError
+    return kind(*error.args).with_traceback(error.__traceback__)
+
+
+def _keep_cache(*tensors):
+    """Whether a call on ``tensors`` (None entries allowed) keeps the kernels'
+    cache for a backward pass: when autograd records it, and always in
+    ``torch.jit.trace``, whose graph serves training and inference alike
+    (a cache no backward pass takes is freed with its handle)."""
+    return torch.jit.is_tracing() or (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in tensors))
+
+
+def _eager():
+    """Whether the module runs eagerly, not traced by ``torch.compile``,
+    ``torch.export`` or ``torch.jit.trace``, so that it may call its
+    ``_InferenceCache`` itself rather than through the operator."""
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing())
 
 
 def _check_tensor(value, name, dtype):

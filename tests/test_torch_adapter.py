@@ -159,8 +159,8 @@ def test_packed_sequence_matches_torch_float32():
                                                                         False), torch.float32)
 
 
-def test_weights_wider_than_a_copy_tile_match_torch():
-    # 4 * 33 = 132 gate rows and 130 inputs: two tiles each way, the second partial.
+def test_wide_weights_match_torch():
+    # 4 * 33 = 132 gate rows and 130 inputs: copied into fastlstm's layout by blocks.
     expected = torch.nn.LSTM(130, 33, batch_first=True, dtype=torch.float64)
     got = fltorch.LSTM(130, 33, batch_first=True, dtype=torch.float64)
     got.load_state_dict(expected.state_dict())
@@ -169,7 +169,7 @@ def test_weights_wider_than_a_copy_tile_match_torch():
     assert_close(results(got, x), results(expected, x), torch.float64)
 
 
-def test_c_order_copies_by_tiles_exactly():
+def test_c_order_copies_a_transposed_matrix_exactly():
     matrix = np.arange(300 * 200, dtype=np.float32).reshape(300, 200)
     copied = fltorch._c_order(matrix.T)
     assert copied.flags.c_contiguous
@@ -250,8 +250,9 @@ def test_adam_training_gives_torch_weights():
         assert error <= TOLERANCE[torch.float64], name
 
 
-def test_dropout_matches_torch_under_the_same_seed():
-    got, expected = pair(num_layers=3, dropout=0.4, bidirectional=True)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_dropout_matches_torch_under_the_same_seed(bidirectional):
+    got, expected = pair(num_layers=3, dropout=0.4, bidirectional=bidirectional)
     x = random_input((5, 3, INPUT_SIZE))
     torch.manual_seed(11)
     found = results(got, x)
@@ -282,18 +283,63 @@ def test_dropout_only_in_training_mode():
     assert not torch.equal(got(x)[0], without(x)[0])
 
 
+def test_a_unidirectional_stack_is_one_call_of_the_stack_kernels(monkeypatch):
+    got, _ = pair(num_layers=3, batch_first=True)
+    calls = []
+    lstm_stack_forward = fltorch.lstm_stack_forward
+
+    def recording(x_array, layers, **kwargs):
+        calls.append(len(layers))
+        return lstm_stack_forward(x_array, layers, **kwargs)
+
+    monkeypatch.setattr(fltorch, "lstm_stack_forward", recording)
+    got(random_input((2, 4, INPUT_SIZE)))[0].sum().backward()
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("case", ["hx", "dropout", "packed"])
+def test_pipelined_stack_matches_torch(case, monkeypatch):
+    # The planner pipelines larger stacks on two threads; here it is told to.
+    from fastlstm import _plan
+
+    monkeypatch.setattr(_plan, "pipeline_stack", lambda *args: True)
+    pipelined = []
+    lstm_stack_forward = fltorch.lstm_stack_forward
+
+    def recording(*args, **kwargs):
+        returned = lstm_stack_forward(*args, **kwargs)
+        pipelined.append(returned[2].pipelined)
+        return returned
+
+    monkeypatch.setattr(fltorch, "lstm_stack_forward", recording)
+    options = dict(dropout=0.3) if case == "dropout" else {}
+    got, expected = pair(num_layers=3, **options)
+    x = random_input((5, 3, INPUT_SIZE))
+    if case == "packed":
+        assert_close(packed_results(got, x.transpose(0, 1), [2, 5, 4], False),
+                     packed_results(expected, x.transpose(0, 1), [2, 5, 4], False),
+                     torch.float64)
+    else:
+        hx = initial_state(got, 3) if case == "hx" else None
+        torch.manual_seed(13)
+        found = results(got, x, hx)
+        torch.manual_seed(13)
+        assert_close(found, results(expected, x, hx), torch.float64)
+    assert pipelined == [True]
+
+
 def test_batch_first_input_and_output_share_memory(monkeypatch):
     module = fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, batch_first=True, dtype=torch.float64)
     x = random_input((2, 5, INPUT_SIZE)).requires_grad_(True)
     seen = {}
-    lstm_forward = fltorch.lstm_forward
+    lstm_stack_forward = fltorch.lstm_stack_forward
 
     def recording(x_array, *args, **kwargs):
-        returned = lstm_forward(x_array, *args, **kwargs)
+        returned = lstm_stack_forward(x_array, *args, **kwargs)
         seen["x"], seen["outputs"] = x_array, returned[0]
         return returned
 
-    monkeypatch.setattr(fltorch, "lstm_forward", recording)
+    monkeypatch.setattr(fltorch, "lstm_stack_forward", recording)
     output, _ = module(x)
     assert np.shares_memory(seen["x"], x.detach().numpy())
     assert output.data_ptr() == seen["outputs"].ctypes.data
@@ -303,17 +349,17 @@ def test_input_gradient_is_skipped_when_the_input_needs_none(monkeypatch):
     got, expected = pair(num_layers=2, batch_first=True)
     x = random_input((3, 4, INPUT_SIZE))
     asked = []
-    lstm_backward = fltorch.lstm_backward
+    lstm_stack_backward = fltorch.lstm_stack_backward
 
     def recording(*args, input_gradient=True, **kwargs):
         asked.append(input_gradient)
-        return lstm_backward(*args, input_gradient=input_gradient, **kwargs)
+        return lstm_stack_backward(*args, input_gradient=input_gradient, **kwargs)
 
-    monkeypatch.setattr(fltorch, "lstm_backward", recording)
+    monkeypatch.setattr(fltorch, "lstm_stack_backward", recording)
     for module in (got, expected):
         module(x)[0].sum().backward()
-    # The second layer's input is the first layer's output, which needs one.
-    assert asked == [True, False]
+    # One call for the stack, whose input is data.
+    assert asked == [False]
     for name, parameter in expected.named_parameters():
         error = (getattr(got, name).grad - parameter.grad).abs().max() / parameter.grad.abs().max()
         assert error <= TOLERANCE[torch.float64], name
@@ -452,6 +498,42 @@ def test_bad_input_raises(make_input, error, message):
 def test_bad_hx_raises(hx, error, message):
     with pytest.raises(error, match=message):
         _module()(torch.zeros(2, 3, INPUT_SIZE), hx())
+
+
+def _states(layers=2, batch=2, hidden=HIDDEN_SIZE, dtype=torch.float32):
+    return torch.zeros(layers, batch, hidden, dtype=dtype)
+
+
+# (input, hx) of calls torch.nn.LSTM(3, 4, num_layers=2) refuses.
+_BAD_CALLS = {
+    "input_rank_4": lambda: (torch.zeros(1, 2, 3, INPUT_SIZE), None),
+    "input_rank_1": lambda: (torch.zeros(INPUT_SIZE), None),
+    "input_size": lambda: (torch.zeros(5, 2, INPUT_SIZE + 2), None),
+    "no_steps": lambda: (torch.zeros(0, 2, INPUT_SIZE), None),
+    "input_dtype": lambda: (torch.zeros(5, 2, INPUT_SIZE, dtype=torch.float64), None),
+    "input_int": lambda: (torch.zeros(5, 2, INPUT_SIZE, dtype=torch.int64), None),
+    "hx_tensor": lambda: (torch.zeros(5, 2, INPUT_SIZE), _states()),
+    "hx_three": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(),) * 3),
+    "h0_batch": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(batch=3), _states())),
+    "c0_hidden": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(), _states(hidden=5))),
+    "h0_layers": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(layers=1), _states())),
+    "h0_rank": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states()[:, 0], _states())),
+    "h0_dtype": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(dtype=torch.float64),
+                                                         _states())),
+    "c0_dtype": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states(),
+                                                         _states(dtype=torch.float64))),
+    "unbatched_with_batched_hx": lambda: (torch.zeros(5, INPUT_SIZE), (_states(batch=1),) * 2),
+    "batched_with_unbatched_hx": lambda: (torch.zeros(5, 2, INPUT_SIZE), (_states()[:, 0],) * 2),
+}
+
+
+@pytest.mark.parametrize("call", _BAD_CALLS.values(), ids=_BAD_CALLS.keys())
+def test_bad_call_raises_what_torch_raises(call):
+    with pytest.raises(Exception) as expected:
+        torch.nn.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2)(*call())
+    assert type(expected.value) in (RuntimeError, ValueError)
+    with pytest.raises(type(expected.value)):
+        fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, num_layers=2)(*call())
 
 
 def test_unbatched_input_needs_unbatched_hx():
