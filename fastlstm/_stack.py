@@ -257,20 +257,21 @@ def _layer_masks(mask, go_backwards):
     return masks
 
 
-def served_stack_forward(x, served, mask, go_backwards):
+def served_stack_forward(x, served, mask, go_backwards, initial_states=None):
     """A pipelined inference pass of a stack whose layers are
     :class:`~fastlstm.PackedLSTM` objects: their copies of the weights and
     their packed panels are read as they are, not copied and packed again.
-    ``x`` and ``mask`` are checked; only the first layer may go backwards.
-    Returns the top layer's outputs."""
+    ``x``, ``mask`` and ``initial_states`` (None, or ``[h0, c0]`` or None per
+    layer) are checked; only the first layer may go backwards. Returns the
+    top layer's outputs and each layer's final ``[h, c]``."""
     count = len(served)
     go_backwards = [go_backwards] + [False] * (count - 1)
-    outputs, _, _ = _pipelined_forward(
+    outputs, final, _ = _pipelined_forward(
         x, [(layer.kernel, layer.recurrent_kernel, layer.bias) for layer in served],
-        [None] * count, _layer_masks(mask, go_backwards), go_backwards, [None] * count,
-        [None] * count, [(layer.activation, layer.recurrent_activation) for layer in served],
-        False, served)
-    return outputs
+        initial_states or [None] * count, _layer_masks(mask, go_backwards), go_backwards,
+        [None] * count, [None] * count,
+        [(layer.activation, layer.recurrent_activation) for layer in served], False, served)
+    return outputs, final
 
 
 def _pipeline_obstacle(backend, go_backwards, between, training):

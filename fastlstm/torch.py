@@ -55,12 +55,12 @@ from torch.nn.utils.rnn import PackedSequence
 
 import numpy as np
 
-from ._validation import (check_bool, check_features, check_not_empty, check_shape,
+from ._validation import (as_mask, check_bool, check_features, check_not_empty, check_shape,
                           check_state_list, describe)
-from . import _handles
+from . import _handles, _plan
 from .convert import _keras_from_torch, _torch_gradients_from_keras
 from ._packed import PackedLSTM
-from ._stack import lstm_stack_backward, lstm_stack_forward
+from ._stack import lstm_stack_backward, lstm_stack_forward, served_stack_forward
 
 __all__ = ["LSTM"]
 
@@ -109,10 +109,9 @@ class _InferenceCache:
     def __init__(self):
         self._packed = {}
 
-    def run(self, index, x, h0, c0, weights, mask, reverse):
-        """Layer and direction ``index`` over ``x``: the outputs (in time
-        order), ``h_n`` and ``c_n`` as ``(1, batch, hidden_size)`` tensors,
-        as from a stack of one."""
+    def packed(self, index, weights):
+        """The :class:`~fastlstm.PackedLSTM` of layer and direction
+        ``index``, whose parameters are ``weights``."""
         weights = (*weights, *(None,) * (len(_KINDS) - len(weights)))
         key = tuple(None if w is None else (w.data_ptr(), w._version, w.dtype)
                     for w in weights)
@@ -122,9 +121,15 @@ class _InferenceCache:
             # The views keep the weights' memory alive while they are the
             # key, so that no other tensor can take their addresses.
             cached = self._packed[index] = (key, PackedLSTM(*_keras_weights(views)), views)
+        return cached[1]
+
+    def run(self, index, x, h0, c0, weights, mask, reverse):
+        """Layer and direction ``index`` over ``x``: the outputs (in time
+        order), ``h_n`` and ``c_n`` as ``(1, batch, hidden_size)`` tensors,
+        as from a stack of one."""
         initial_state = None if h0 is None else [_numpy(h0[0]), _numpy(c0[0])]
-        outputs, h_n, c_n = cached[1](_numpy(x), initial_state=initial_state,
-                                      mask=_numpy(mask), go_backwards=reverse)
+        outputs, h_n, c_n = self.packed(index, weights)(
+            _numpy(x), initial_state=initial_state, mask=_numpy(mask), go_backwards=reverse)
         return (_as_tensors(outputs, reverse), torch.from_numpy(h_n)[None],
                 torch.from_numpy(c_n)[None])
 
@@ -200,8 +205,22 @@ def _lstm_stack(x: torch.Tensor, h0: Optional[torch.Tensor], c0: Optional[torch.
 
 
 def _run_inference(cache, first_index, x, h0, c0, layers, mask, dropout, reverse):
-    """The layers one after the other through ``cache``: the outputs and the
-    stacked ``h_n`` and ``c_n``, as :func:`_run_stack` returns them."""
+    """The layers through ``cache``: the outputs and the stacked ``h_n`` and
+    ``c_n``, as :func:`_run_stack` returns them. A unidirectional stack the
+    planner pipelines runs as one pipelined call on the layers' packed
+    weights; otherwise the layers run one after the other."""
+    batch, timesteps, features = x.shape
+    units = [layer[1].shape[1] for layer in layers]
+    if (len(layers) >= 2 and dropout is None and not reverse
+            and _plan.pipeline_stack(batch, timesteps, features, units)):
+        served = [cache.packed(first_index + i, [w for w in layer if w is not None])
+                  for i, layer in enumerate(layers)]
+        states = None if h0 is None else [[h, c] for h, c in zip(_numpy(h0), _numpy(c0))]
+        keep = None if mask is None else as_mask(_numpy(mask), "mask", (batch, timesteps))
+        outputs, final = served_stack_forward(
+            np.ascontiguousarray(_numpy(x), served[0].dtype), served, keep, False, states)
+        h_n, c_n = (torch.from_numpy(np.stack(s)) for s in zip(*final))
+        return torch.from_numpy(outputs), h_n, c_n
     h_n, c_n = [], []
     for i, layer in enumerate(layers):
         if i and dropout is not None:

@@ -328,6 +328,41 @@ def test_pipelined_stack_matches_torch(case, monkeypatch):
     assert pipelined == [True]
 
 
+@pytest.mark.parametrize("case", ["zeros", "hx", "packed"])
+def test_pipelined_inference_reads_the_packed_weights_and_matches_torch(case, monkeypatch):
+    # Inference of a stack the planner pipelines is one pipelined call on the
+    # layers' kept PackedLSTMs (no copy or packing per call).
+    from fastlstm import _plan
+
+    monkeypatch.setattr(_plan, "pipeline_stack", lambda *args: True)
+    calls = []
+    served_stack_forward = fltorch.served_stack_forward
+
+    def recording(x, served, *args):
+        calls.append([id(layer) for layer in served])
+        return served_stack_forward(x, served, *args)
+
+    monkeypatch.setattr(fltorch, "served_stack_forward", recording)
+    got, expected = pair(num_layers=3)
+    x = random_input((5, 3, INPUT_SIZE))
+    hx = initial_state(got, 3) if case == "hx" else None
+    with torch.no_grad():
+        for _ in range(2):
+            if case == "packed":
+                packed = pack_padded_sequence(x.transpose(0, 1), [2, 5, 4], batch_first=True,
+                                              enforce_sorted=False)
+                found, expect = got(packed), expected(packed)
+                found = (found[0].data, *found[1])
+                expect = (expect[0].data, *expect[1])
+            else:
+                found, expect = got(x, hx), expected(x, hx)
+                found, expect = (found[0], *found[1]), (expect[0], *expect[1])
+            for value, reference in zip(found, expect, strict=True):
+                scale = reference.abs().max().item()
+                assert (value - reference).abs().max().item() <= TOLERANCE[torch.float64] * scale
+    assert len(calls) == 2 and calls[0] == calls[1]
+
+
 def test_batch_first_input_and_output_share_memory(monkeypatch):
     module = fltorch.LSTM(INPUT_SIZE, HIDDEN_SIZE, batch_first=True, dtype=torch.float64)
     x = random_input((2, 5, INPUT_SIZE)).requires_grad_(True)

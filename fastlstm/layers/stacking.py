@@ -146,7 +146,7 @@ class LSTMStackCall:
         else:
             # The layers' packed weights, kept between calls as each layer's own.
             outputs = served_stack_forward(x, [layer.packed_lstm() for layer in self.lstms], keep,
-                                           first.go_backwards)
+                                           first.go_backwards)[0]
         for layer in self.layers:
             layer.drop_record(_IN_STACK if record else _INSIDE_NO_GRAD)
         last = self.lstms[-1]
