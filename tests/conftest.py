@@ -1,7 +1,12 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the folders pytest leaves alone."""
 import pytest
 
 from fastlstm import _kernels
+
+# The scripts under these folders run in subprocesses (under mpiexec too),
+# launched by the tests; collecting them (for doctests) would import them
+# inside pytest itself.
+collect_ignore_glob = ["backup/*.py", "distributed/*.py"]
 
 
 @pytest.fixture(params=_kernels.available())
