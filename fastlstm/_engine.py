@@ -206,7 +206,7 @@ class FastBackend:
         with _config.single_threaded_blas(plan.single_threaded_blas):
             kernels.forward(x, weights, bias, mask_bytes, dropout, go_backwards, outputs, h, c,
                             work.gates, work.states, work.c_prev, work.h_last, return_cache,
-                            plan.hoist, *codes, plan.threads)
+                            plan.hoist, *codes, plan.threads, split_units=plan.split_units)
         cache = None
         if not return_cache:
             SPARES.give(weights, *work.buffers())

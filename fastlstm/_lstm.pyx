@@ -62,7 +62,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 from ._blas cimport gemm, NoTrans, Trans
-from ._pool cimport run_blocks
+from ._pool cimport report_held_up, run_blocks
 
 # The C helpers, each header compiled with this build's flags.
 cdef extern from "_fl_math.h":
@@ -87,6 +87,11 @@ cdef extern from "_fl_sync.h":
     const int FL_OPENMP
     void fl_publish(long* done, long value) noexcept nogil
     void fl_wait_for(long* done, long target) noexcept nogil
+    long fl_load(long* value) noexcept nogil
+    bint fl_claim(long* word, long expected, long desired) noexcept nogil
+    void fl_count(long* done) noexcept nogil
+    double fl_now() noexcept nogil
+    double fl_wait_counted(long* done, long target) noexcept nogil
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -763,12 +768,29 @@ def _packed_product(const floating[:, ::1] a, const floating[:, ::1] weights,
     return stop - start
 
 
+cdef enum:
+    # The most blocks a step's units are split into.
+    MAX_UNIT_BLOCKS = 64
+
+# A thread of the unit split that waits for a block another thread is
+# running longer than this many seconds, plus twice its own last block's
+# time, takes that for a preempted thread: it runs the rest of the call
+# alone (see _forward_units).
+cdef double UNIT_SPLIT_PATIENCE = 100e-6
+
+
 # What the blocks of one single-layer call read (see forward and backward):
 # the part of the call they run, its sizes and split, and its buffers, of
-# the call's dtype.
+# the call's dtype; for the unit split, the blocks of units of each step
+# and how far the threads have got.
 ctypedef struct _RowsJob:
     int part
-    Py_ssize_t B, T, I, H, gate_slots, nchunks, ncolumns
+    Py_ssize_t B, T, I, H, gate_slots, nchunks, ncolumns, unit_blocks
+    # Blocks of units done, over all steps; the thread that runs the rest
+    # alone (-1: none yet); the last step each block of units was claimed for.
+    long finished
+    long alone
+    long claims[MAX_UNIT_BLOCKS]
     int activation, recurrent_activation
     bint go_backwards, training, hoist, double_precision
     const unsigned char* mask
@@ -798,12 +820,15 @@ cdef enum _RowsPart:
     FORWARD_ROWS = 0
     BACKWARD_ROWS = 1
     WEIGHT_GRADS = 2
+    FORWARD_PROLOGUE = 3
+    FORWARD_UNITS = 4
 
 
 cdef void _rows_block(void* ctx, Py_ssize_t k) noexcept nogil:
     """Block k of the part of a single-layer call that the job names: the
-    batch rows of chunk k (forward, backward through time) or the gate
-    columns of block k (weight gradients)."""
+    batch rows of chunk k (forward, its prologue, backward through time),
+    the gate columns of block k (weight gradients) or the thread k of the
+    unit split's time loop."""
     if (<_RowsJob*>ctx).double_precision:
         _rows_part(<_RowsJob*>ctx, k, <double*>NULL)
     else:
@@ -822,6 +847,13 @@ cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept n
                       job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
                       <floating*>job.c, <floating*>job.gates, job.gate_slots,
                       <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
+    elif job.part == FORWARD_PROLOGUE:
+        _forward_prologue(b0, b1, job.T, job.I, job.H, <const floating*>job.x,
+                          <const floating*>job.weights, <const floating*>job.h,
+                          <const floating*>job.dropout, job.go_backwards, job.training,
+                          job.hoist, <floating*>job.gates, <floating*>job.states)
+    elif job.part == FORWARD_UNITS:
+        _forward_units(job, k, dtype_of)
     elif job.part == BACKWARD_ROWS:
         _backward_rows(b0, b1, job.T, job.I, job.H, <const floating*>job.weights,
                        <const floating*>job.packed, job.mask, <const floating*>job.dropout,
@@ -836,6 +868,61 @@ cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept n
                               job.H, <const floating*>job.states, <const floating*>job.gates,
                               <floating*>job.dweights, <floating*>job.dbias)
     fl_restore_denormals(csr)
+
+
+cdef void _forward_units(_RowsJob* job, Py_ssize_t p, floating* dtype_of) noexcept nogil:
+    """Thread p's share of the time loop of a forward pass split by units:
+    every batch row, the gate panels of the step's blocks this thread claims.
+
+    Each step's panels are job.unit_blocks blocks; a thread prefers block p
+    (so that, two threads each taking their own, each reads the same half
+    of the weights at every step, which stays in its cache) and takes any
+    block left unclaimed. A block of step s starts once every block of step
+    s - 1 is done, and a thread that finds no block of a step left goes on
+    to the next and waits there, only for blocks other threads are running.
+    A thread joins at the step the call has reached, so a pool worker that
+    the operating system schedules late (or never) holds no one up: the
+    caller alone runs every step. Whichever thread runs block 0 of a step
+    also copies the input of the next step into its state slot (inference
+    with the input product per step), which the step's tiles do not read
+    and the previous step's, done by then, did.
+
+    A thread that waits longer than UNIT_SPLIT_PATIENCE plus twice its own
+    block's time for a block in progress takes it for a preempted thread:
+    once that block is done, it runs the remaining steps alone (the others
+    leave after their current block) and tells the pool, which then runs
+    the next calls on their caller alone for a while, as after any job a
+    busy core held up.
+    """
+    cdef Py_ssize_t n = job.unit_blocks, T = job.T, H = job.H
+    cdef Py_ssize_t panels = (H + _lanes(dtype_of) - 1) // _lanes(dtype_of)
+    cdef Py_ssize_t i, j
+    cdef long s = fl_load(&job.finished) // n
+    cdef double own = 0, started
+    while s < T:
+        if fl_load(&job.alone) >= 0 and fl_load(&job.alone) != p:
+            return
+        if (fl_wait_counted(&job.finished, s * n) > UNIT_SPLIT_PATIENCE + 2 * own
+                and fl_claim(&job.alone, -1, p)):
+            report_held_up()
+        for i in range(n):
+            j = (p + i) % n
+            if not fl_claim(&job.claims[j], s - 1, s):
+                continue
+            started = fl_now()
+            _forward_step(0, job.B, _chunk_start(j, n, panels), _chunk_start(j + 1, n, panels),
+                          s, T, job.I, H, <const floating*>job.packed,
+                          <const floating*>job.bias, job.mask, <const floating*>job.dropout,
+                          job.go_backwards, job.training, job.hoist, job.activation,
+                          job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
+                          <floating*>job.c, <floating*>job.gates, job.gate_slots,
+                          <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
+            if j == 0 and not job.hoist and not job.training:
+                _next_inputs(0, job.B, s, T, job.I, H, <const floating*>job.x,
+                             job.go_backwards, <floating*>job.states)
+            own = fl_now() - started
+            fl_count(&job.finished)
+        s = max(s + 1, fl_load(&job.finished) // n)
 
 
 def forward(const floating[:, :, ::1] x,
@@ -856,7 +943,8 @@ def forward(const floating[:, :, ::1] x,
             int activation,
             int recurrent_activation,
             int num_threads,
-            floating[::1] packed_weights=None):
+            floating[::1] packed_weights=None,
+            bint split_units=False):
     """Run the forward kernel into caller-allocated buffers.
 
     x (B, T, I); weights (I + H, 4H), kernel stacked on recurrent_kernel;
@@ -869,7 +957,9 @@ def forward(const floating[:, :, ::1] x,
     _forward_rows). The weights the steps read are packed into a workspace
     of this call, unless ``packed_weights`` holds them already
     (pack_gate_panels of the rows the steps read: recurrent_kernel's with
-    ``hoist``, all otherwise). The caller has made BLAS single-threaded.
+    ``hoist``, all otherwise). split_units: the threads share each step's
+    units instead of the batch (_forward_units), where the units make at
+    least two blocks. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef Py_ssize_t G = 4 * H
@@ -877,6 +967,9 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t gate_slots = gates.shape[1]
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B))
     cdef Py_ssize_t depth = H if hoist else I + H
+    cdef Py_ssize_t panels = (H + _lanes(&h[0, 0]) - 1) // _lanes(&h[0, 0])
+    cdef Py_ssize_t unit_blocks = min(num_threads, panels, MAX_UNIT_BLOCKS) if split_units else 1
+    cdef Py_ssize_t j
     cdef void* raw
     cdef floating* packed
     cdef _RowsJob job
@@ -914,12 +1007,23 @@ def forward(const floating[:, :, ::1] x,
     job.bias, job.dropout, job.outputs = &bias[0], &dropout[0, 0], &outputs[0, 0, 0]
     job.h, job.c, job.gates, job.states = &h[0, 0], &c[0, 0], &gates[0, 0, 0], &states[0, 0, 0]
     job.c_prev, job.h_last = &c_prev[0, 0, 0], &h_last[0, 0]
+    job.unit_blocks, job.finished, job.alone = unit_blocks, 0, -1
+    for j in range(unit_blocks):
+        job.claims[j] = -1
     try:
         with nogil:
             if raw != NULL:
                 _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
-            job.part = FORWARD_ROWS
-            run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            if unit_blocks >= 2:
+                # The prologue in the batch split's chunks, so that its
+                # products are the batch split's, then the steps by units.
+                job.part = FORWARD_PROLOGUE
+                run_blocks(_rows_block, &job, job.nchunks, num_threads)
+                job.part = FORWARD_UNITS
+                run_blocks(_rows_block, &job, unit_blocks, num_threads)
+            else:
+                job.part = FORWARD_ROWS
+                run_blocks(_rows_block, &job, job.nchunks, num_threads)
     finally:
         free(raw)
 
