@@ -1017,8 +1017,16 @@ def forward(const floating[:, :, ::1] x,
             if unit_blocks >= 2:
                 # The prologue in the batch split's chunks, so that its
                 # products are the batch split's, then the steps by units.
+                # Without the input product of all steps, the prologue is a
+                # few rows' copies, which the caller makes sooner than a
+                # worker would start (and a job of blocks that short would
+                # count as one a busy core held up, half the time).
                 job.part = FORWARD_PROLOGUE
-                run_blocks(_rows_block, &job, job.nchunks, num_threads)
+                if hoist:
+                    run_blocks(_rows_block, &job, job.nchunks, num_threads)
+                else:
+                    for j in range(job.nchunks):
+                        _rows_block(&job, j)
                 job.part = FORWARD_UNITS
                 run_blocks(_rows_block, &job, unit_blocks, num_threads)
             else:

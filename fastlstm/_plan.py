@@ -25,10 +25,11 @@ PARALLEL_MIN_FLOPS = 20_000_000
 HOIST_MIN_MULTIPLY_ADDS = 1_000_000
 
 # The forward pass splits each step's units among the threads, instead of
-# the batch, when the batch split would give each thread at most this many
-# rows and the units give each thread at least UNIT_SPLIT_MIN_UNITS.
+# the batch, when the batch split would give each thread at most
+# UNIT_SPLIT_MAX_ROWS rows, and the unit split would give each thread at
+# least UNIT_SPLIT_UNITS_PER_ROW units for each of those rows.
 UNIT_SPLIT_MAX_ROWS = 2
-UNIT_SPLIT_MIN_UNITS = 64
+UNIT_SPLIT_UNITS_PER_ROW = 32
 
 # A stack of layers runs as one pipelined call (a thread per layer) when the
 # batch split would give each thread at most this many rows.
@@ -87,10 +88,11 @@ def hoist_input_product(rows, input_dim, units):
 def split_units(batch, units, threads):
     """Whether a forward pass on ``threads`` threads shares each step's
     units among them rather than the batch: when the batch split would give
-    each thread at most ``UNIT_SPLIT_MAX_ROWS`` rows and each thread gets
-    at least ``UNIT_SPLIT_MIN_UNITS`` units."""
-    return (threads >= 2 and -(-batch // threads) <= UNIT_SPLIT_MAX_ROWS
-            and units >= threads * UNIT_SPLIT_MIN_UNITS)
+    each thread at most ``UNIT_SPLIT_MAX_ROWS`` rows, and each thread's
+    share of the units is at least ``UNIT_SPLIT_UNITS_PER_ROW`` per row."""
+    rows = -(-batch // max(1, threads))
+    return (threads >= 2 and rows <= UNIT_SPLIT_MAX_ROWS
+            and units >= threads * rows * UNIT_SPLIT_UNITS_PER_ROW)
 
 
 def forward_plan(batch, timesteps, input_dim, units):

@@ -100,12 +100,13 @@ def test_unit_split_gives_the_bits_of_the_batch_split_for_other_activations(
 
 
 def test_the_planner_splits_units_for_few_rows_of_many_units():
+    """The bench's one (B=1) and few (B=4) of 256 units on two threads split
+    by units; eight rows, or four rows of 64 units, by batch."""
     split = fastlstm._plan.split_units
-    rows, units = fastlstm._plan.UNIT_SPLIT_MAX_ROWS, fastlstm._plan.UNIT_SPLIT_MIN_UNITS
-    assert split(2 * rows, 2 * units, 2)
-    assert not split(2 * rows + 1, 2 * units, 2)
-    assert not split(1, 2 * units - 1, 2)
-    assert not split(1, 2 * units, 1)
+    assert split(1, 256, 2) and split(4, 256, 2) and split(4, 128, 2) and split(1, 64, 2)
+    assert not split(8, 512, 2)
+    assert not split(4, 64, 2)
+    assert not split(1, 256, 1)
 
 
 def _timed_on_one_core(queue):
