@@ -41,6 +41,9 @@ with BLAS, which runs them at its full speed.
 
 Threads. The recurrence of one sequence never reads another's, so the batch is
 split across threads for the whole time loop: no synchronisation per step.
+A forward pass of too few rows to share that way splits each step's gate
+panels instead, the threads meeting at every step (_forward_units; the
+planner, fastlstm/_plan.py, chooses).
 The threads are fastlstm's pool (_fl_pool.h): each parallel part of a call is
 a job of blocks the calling thread and the idle workers claim in order, and
 the caller waits only for blocks already running, so on a busy machine it
