@@ -242,7 +242,8 @@ class FastBackend:
                                         cache.go_backwards, grad_outputs, cache.gates,
                                         cache.states, cache.c_prev, dh_rec, dh_pass, dc,
                                         carry, dx, dweights, dbias,
-                                        *cache.activation_codes, threads)
+                                        *cache.activation_codes, threads,
+                                        split_units=_plan.split_units(batch, units, threads))
         # The record is used once: its buffers serve the next call.
         SPARES.give(weights, cache.gates, cache.states, cache.c_prev)
         cache.weights = cache.gates = cache.states = cache.c_prev = None

@@ -41,9 +41,9 @@ with BLAS, which runs them at its full speed.
 
 Threads. The recurrence of one sequence never reads another's, so the batch is
 split across threads for the whole time loop: no synchronisation per step.
-A forward pass of too few rows to share that way splits each step's gate
-panels instead, the threads meeting at every step (_forward_units; the
-planner, fastlstm/_plan.py, chooses).
+A pass of too few rows to share that way splits each step's units instead,
+the threads meeting at every step (_split_units; the planner,
+fastlstm/_plan.py, chooses).
 The threads are fastlstm's pool (_fl_pool.h): each parallel part of a call is
 a job of blocks the calling thread and the idle workers claim in order, and
 the caller waits only for blocks already running, so on a busy machine it
@@ -359,15 +359,16 @@ cdef inline void _step_forward(
 
 
 cdef inline void _step_backward(
-    Py_ssize_t H, floating* z, const floating* cp, const floating* dhr, floating* dhp,
-    floating* dcb, floating* cry, const floating* dy, const floating* drop,
+    Py_ssize_t n, Py_ssize_t H, floating* z, const floating* cp, const floating* dhr,
+    floating* dhp, floating* dcb, floating* cry, const floating* dy, const floating* drop,
     int activation, int recurrent_activation,
 ) noexcept nogil:
-    """The fused element-wise backward step of one sequence: the activated
-    gates in z become dZ, the gradients of the pre-activations."""
+    """The fused element-wise backward step for n units of one sequence:
+    the activated gates in z, their gate blocks H apart, become dZ, the
+    gradients of the pre-activations."""
     cdef Py_ssize_t j
     cdef floating gi, gf, gg, go, cell_prev, cell, act_cell, grad_h, grad_cell
-    for j in range(H):
+    for j in range(n):
         grad_h = dhr[j] * drop[j] + dhp[j] + cry[j] + dy[j]
         gi = z[j]
         gf = z[H + j]
@@ -562,12 +563,29 @@ cdef void _backward_step(
     floating* dh_rec, floating* dh_pass, floating* dc, floating* carry,
 ) noexcept nogil:
     """Processing step s of the backward pass through time, batch rows
-    [b0, b1). See _backward_rows for the buffers; grad_outputs[b, s] is the
-    gradient of the output of step s."""
-    cdef Py_ssize_t G = 4 * H
+    [b0, b1), every unit. See _backward_rows for the buffers; grad_outputs[b, s]
+    is the gradient of the output of step s."""
     cdef Py_ssize_t W = 4 * _lanes(gates)
+    _backward_gates(b0, b1, 0, H, s, T, H, mask, dropout, go_backwards, activation,
+                    recurrent_activation, grad_outputs, gates, c_prev, dh_rec, dh_pass, dc,
+                    carry)
+    _backward_product(b0, b1, 0, (H + W - 1) // W, s, T, H, packed_transpose, go_backwards,
+                      gates, dh_rec)
+
+
+cdef void _backward_gates(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t s, Py_ssize_t T,
+    Py_ssize_t H, const unsigned char* mask, const floating* dropout, bint go_backwards,
+    int activation, int recurrent_activation, const floating* grad_outputs, floating* gates,
+    const floating* c_prev, floating* dh_rec, floating* dh_pass, floating* dc,
+    floating* carry,
+) noexcept nogil:
+    """The element-wise part of backward step s for batch rows [b0, b1) and
+    units [j0, j1): their activated gates become dZ_t. It reads dh_rec of
+    those units only, which the product of the step after wrote."""
+    cdef Py_ssize_t G = 4 * H, n = j1 - j0
     cdef Py_ssize_t t = _time(s, T, go_backwards)
-    cdef Py_ssize_t b, j, p, n, r0, nr
+    cdef Py_ssize_t b, j, g
     cdef floating* z
     cdef floating* dhr
     cdef floating* dhp
@@ -577,29 +595,44 @@ cdef void _backward_step(
     cdef const floating* dy
     cdef const floating* drop
     for b in range(b0, b1):
-        z = gates + (b * T + t) * G
-        cp = c_prev + (b * T + t) * H
-        dhr = dh_rec + b * H
-        dhp = dh_pass + b * H
-        dcb = dc + b * H
-        cry = carry + b * H
-        dy = grad_outputs + (b * T + s) * H
-        drop = dropout + b * H
+        z = gates + (b * T + t) * G + j0
+        cp = c_prev + (b * T + t) * H + j0
+        dhr = dh_rec + b * H + j0
+        dhp = dh_pass + b * H + j0
+        dcb = dc + b * H + j0
+        cry = carry + b * H + j0
+        dy = grad_outputs + (b * T + s) * H + j0
+        drop = dropout + b * H + j0
         if mask == NULL or mask[b * T + t]:
             if activation == TANH and recurrent_activation == SIGMOID:
-                _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
+                _step_backward(n, H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
             else:
-                _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop,
+                _step_backward(n, H, z, cp, dhr, dhp, dcb, cry, dy, drop,
                                activation, recurrent_activation)
         else:
             # Masked step: h and c passed through unchanged, so their
             # gradients do too; the output was a copy of the previous one.
-            for j in range(H):
+            for j in range(n):
                 dhp[j] = dhr[j] * drop[j] + dhp[j]
                 cry[j] = cry[j] + dy[j]
-            memset(z, 0, G * sizeof(floating))
+            for g in range(4):
+                memset(z + g * H, 0, n * sizeof(floating))
+
+
+cdef void _backward_product(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t s, Py_ssize_t T,
+    Py_ssize_t H, const floating* packed_transpose, bint go_backwards,
+    const floating* gates, floating* dh_rec,
+) noexcept nogil:
+    """The recurrent product of backward step s for batch rows [b0, b1) and
+    the columns of dh of column panels [p0, p1): it reads dZ_t of every
+    unit of those rows."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t W = 4 * _lanes(gates)
+    cdef Py_ssize_t t = _time(s, T, go_backwards)
+    cdef Py_ssize_t p, n, r0, nr
     # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
-    for p in range((H + W - 1) // W):
+    for p in range(p0, p1):
         n = min(W, H - p * W)
         r0 = b0
         while r0 < b1:
@@ -778,7 +811,7 @@ cdef enum:
 # A thread of the unit split that waits for a block another thread is
 # running longer than this many seconds, plus twice its own last block's
 # time, takes that for a preempted thread: it runs the rest of the call
-# alone (see _forward_units).
+# alone (see _split_units).
 cdef double UNIT_SPLIT_PATIENCE = 100e-6
 
 
@@ -825,13 +858,15 @@ cdef enum _RowsPart:
     WEIGHT_GRADS = 2
     FORWARD_PROLOGUE = 3
     FORWARD_UNITS = 4
+    BACKWARD_UNITS = 5
+    INPUT_GRADIENT = 6
 
 
 cdef void _rows_block(void* ctx, Py_ssize_t k) noexcept nogil:
     """Block k of the part of a single-layer call that the job names: the
-    batch rows of chunk k (forward, its prologue, backward through time),
-    the gate columns of block k (weight gradients) or the thread k of the
-    unit split's time loop."""
+    batch rows of chunk k (forward, its prologue, backward through time, the
+    input gradient), the gate columns of block k (weight gradients) or the
+    thread k of a time loop split by units."""
     if (<_RowsJob*>ctx).double_precision:
         _rows_part(<_RowsJob*>ctx, k, <double*>NULL)
     else:
@@ -855,8 +890,11 @@ cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept n
                           <const floating*>job.weights, <const floating*>job.h,
                           <const floating*>job.dropout, job.go_backwards, job.training,
                           job.hoist, <floating*>job.gates, <floating*>job.states)
-    elif job.part == FORWARD_UNITS:
-        _forward_units(job, k, dtype_of)
+    elif job.part == FORWARD_UNITS or job.part == BACKWARD_UNITS:
+        _split_units(job, k)
+    elif job.part == INPUT_GRADIENT:
+        _input_gradient(b0, b1, job.T, job.I, job.H, <const floating*>job.weights,
+                        <const floating*>job.gates, <floating*>job.dx)
     elif job.part == BACKWARD_ROWS:
         _backward_rows(b0, b1, job.T, job.I, job.H, <const floating*>job.weights,
                        <const floating*>job.packed, job.mask, <const floating*>job.dropout,
@@ -873,36 +911,33 @@ cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept n
     fl_restore_denormals(csr)
 
 
-cdef void _forward_units(_RowsJob* job, Py_ssize_t p, floating* dtype_of) noexcept nogil:
-    """Thread p's share of the time loop of a forward pass split by units:
-    every batch row, the gate panels of the step's blocks this thread claims.
+cdef void _split_units(_RowsJob* job, Py_ssize_t p) noexcept nogil:
+    """Thread p's share of a time loop split by units: every batch row, the
+    blocks of units of each phase (a step) that this thread claims.
 
-    Each step's panels are job.unit_blocks blocks; a thread prefers block p
-    (so that, two threads each taking their own, each reads the same half
-    of the weights at every step, which stays in its cache) and takes any
-    block left unclaimed. A block of step s starts once every block of step
-    s - 1 is done, and a thread that finds no block of a step left goes on
-    to the next and waits there, only for blocks other threads are running.
-    A thread joins at the step the call has reached, so a pool worker that
-    the operating system schedules late (or never) holds no one up: the
-    caller alone runs every step. Whichever thread runs block 0 of a step
-    also copies the input of the next step into its state slot (inference
-    with the input product per step), which the step's tiles do not read
-    and the previous step's, done by then, did.
+    Each phase is job.unit_blocks blocks; a thread prefers block p (so
+    that, two threads each taking their own, each reads the same part of
+    the weights at every step, which stays in its cache) and takes any
+    block left unclaimed. A block of phase s starts once every block of
+    phase s - 1 is done, and a thread that finds no block of a phase left
+    goes on to the next and waits there, only for blocks other threads are
+    running. A thread joins at the phase the call has reached, so a pool
+    worker that the operating system schedules late (or never) holds no one
+    up: the caller alone runs every phase.
 
     A thread that waits longer than UNIT_SPLIT_PATIENCE plus twice its own
     block's time for a block in progress takes it for a preempted thread:
-    once that block is done, it runs the remaining steps alone (the others
+    once that block is done, it runs the remaining phases alone (the others
     leave after their current block) and tells the pool, which then runs
     the next calls on their caller alone for a while, as after any job a
     busy core held up.
     """
-    cdef Py_ssize_t n = job.unit_blocks, T = job.T, H = job.H
-    cdef Py_ssize_t panels = (H + _lanes(dtype_of) - 1) // _lanes(dtype_of)
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t n = job.unit_blocks, i, j
+    # The backward pass's last phase is the product of its first step.
+    cdef long phases = job.T + (job.part == BACKWARD_UNITS)
     cdef long s = fl_load(&job.finished) // n
     cdef double own = 0, started
-    while s < T:
+    while s < phases:
         if fl_load(&job.alone) >= 0 and fl_load(&job.alone) != p:
             return
         if (fl_wait_counted(&job.finished, s * n) > UNIT_SPLIT_PATIENCE + 2 * own
@@ -913,20 +948,54 @@ cdef void _forward_units(_RowsJob* job, Py_ssize_t p, floating* dtype_of) noexce
             if not fl_claim(&job.claims[j], s - 1, s):
                 continue
             started = fl_now()
-            _forward_step(0, job.B, _chunk_start(j, n, panels), _chunk_start(j + 1, n, panels),
-                          s, T, job.I, H, <const floating*>job.packed,
-                          <const floating*>job.bias, job.mask, <const floating*>job.dropout,
-                          job.go_backwards, job.training, job.hoist, job.activation,
-                          job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
-                          <floating*>job.c, <floating*>job.gates, job.gate_slots,
-                          <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
-            if j == 0 and not job.hoist and not job.training:
-                _next_inputs(0, job.B, s, T, job.I, H, <const floating*>job.x,
-                             job.go_backwards, <floating*>job.states)
+            if job.double_precision:
+                _unit_block(job, j, s, <double*>NULL)
+            else:
+                _unit_block(job, j, s, <float*>NULL)
             own = fl_now() - started
             fl_count(&job.finished)
         s = max(s + 1, fl_load(&job.finished) // n)
 
+
+cdef void _unit_block(_RowsJob* job, Py_ssize_t j, Py_ssize_t phase,
+                      floating* dtype_of) noexcept nogil:
+    """Block j of the units of one phase of a time loop split by units.
+
+    Forward, phase s is step s, block j its gate panels [u0, u1) for every
+    row; the thread that runs block 0 also copies the input of the next step
+    into its state slot (inference with the input product per step), which
+    the step's tiles do not read and the previous step's, done by then, did.
+    Backward, phase q holds the product of step s + 1 (s = T - 1 - q) for
+    the columns of dh of column panels [u0, u1), then the element-wise part
+    of step s for the same units, which reads their dh only: one meeting
+    per step, after the element-wise parts, which the products read whole.
+    """
+    cdef Py_ssize_t n = job.unit_blocks, T = job.T, H = job.H, s
+    cdef Py_ssize_t width = _lanes(dtype_of) * (4 if job.part == BACKWARD_UNITS else 1)
+    cdef Py_ssize_t panels = (H + width - 1) // width
+    cdef Py_ssize_t u0 = _chunk_start(j, n, panels), u1 = _chunk_start(j + 1, n, panels)
+    if job.part == FORWARD_UNITS:
+        _forward_step(0, job.B, u0, u1, phase, T, job.I, H, <const floating*>job.packed,
+                      <const floating*>job.bias, job.mask, <const floating*>job.dropout,
+                      job.go_backwards, job.training, job.hoist, job.activation,
+                      job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
+                      <floating*>job.c, <floating*>job.gates, job.gate_slots,
+                      <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
+        if j == 0 and not job.hoist and not job.training:
+            _next_inputs(0, job.B, phase, T, job.I, H, <const floating*>job.x,
+                         job.go_backwards, <floating*>job.states)
+        return
+    s = T - 1 - phase
+    if s + 1 < T:
+        _backward_product(0, job.B, u0, u1, s + 1, T, H, <const floating*>job.packed,
+                          job.go_backwards, <const floating*>job.gates, <floating*>job.dh_rec)
+    if s >= 0:
+        _backward_gates(0, job.B, u0 * width, min(u1 * width, H), s, T, H, job.mask,
+                        <const floating*>job.dropout, job.go_backwards, job.activation,
+                        job.recurrent_activation, <const floating*>job.grad_outputs,
+                        <floating*>job.gates, <const floating*>job.c_prev,
+                        <floating*>job.dh_rec, <floating*>job.dh_pass, <floating*>job.dc,
+                        <floating*>job.carry)
 
 def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] weights,
@@ -961,7 +1030,7 @@ def forward(const floating[:, :, ::1] x,
     of this call, unless ``packed_weights`` holds them already
     (pack_gate_panels of the rows the steps read: recurrent_kernel's with
     ``hoist``, all otherwise). split_units: the threads share each step's
-    units instead of the batch (_forward_units), where the units make at
+    units instead of the batch (_split_units), where the units make at
     least two blocks. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
@@ -1056,7 +1125,8 @@ def backward(const floating[:, ::1] weights,
              floating[::1] dbias,
              int activation,
              int recurrent_activation,
-             int num_threads):
+             int num_threads,
+             bint split_units=False):
     """Run the backward kernel into caller-allocated buffers.
 
     weights, gates, states and c_prev are those of a training ``forward``;
@@ -1065,7 +1135,9 @@ def backward(const floating[:, ::1] weights,
     dx (B, T, I) receives the input gradient; None skips its product.
     dweights (I + H, 4H) receives dkernel stacked on drecurrent_kernel.
     dropout is all ones for no dropout. recurrent_kernel.T is packed into
-    a workspace of this call.
+    a workspace of this call. split_units: the threads share each step's
+    units instead of the batch (_split_units), where the units make at least
+    two column panels.
     """
     cdef Py_ssize_t B = gates.shape[0], T = gates.shape[1], H = dc.shape[1]
     cdef Py_ssize_t I = states.shape[2] - H
@@ -1074,6 +1146,10 @@ def backward(const floating[:, ::1] weights,
     cdef floating* dx_ptr = &dx[0, 0, 0] if dx is not None else NULL
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B))
     cdef Py_ssize_t ncolumns = max(1, min(num_threads, (G + 15) // 16))
+    cdef Py_ssize_t W = 4 * _lanes(&dc[0, 0])
+    cdef Py_ssize_t unit_blocks = (min(num_threads, (H + W - 1) // W, MAX_UNIT_BLOCKS)
+                                   if split_units else 1)
+    cdef Py_ssize_t j
     cdef void* raw
     cdef floating* packed
     cdef _RowsJob job
@@ -1109,11 +1185,22 @@ def backward(const floating[:, ::1] weights,
     job.dh_rec, job.dh_pass = &dh_rec[0, 0], &dh_pass[0, 0]
     job.dc, job.carry = &dc[0, 0], &carry[0, 0]
     job.dx, job.dweights, job.dbias = dx_ptr, &dweights[0, 0], &dbias[0]
+    job.unit_blocks, job.finished, job.alone = unit_blocks, 0, -1
+    for j in range(unit_blocks):
+        job.claims[j] = -1
     try:
         with nogil:
             _pack_transposed_panels(&weights[I, 0], H, G, packed)
-            job.part = BACKWARD_ROWS
-            run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            if unit_blocks >= 2:
+                job.part = BACKWARD_UNITS
+                run_blocks(_rows_block, &job, unit_blocks, num_threads)
+                if dx_ptr != NULL:
+                    # In the batch split's chunks, so that the products are its own.
+                    job.part = INPUT_GRADIENT
+                    run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            else:
+                job.part = BACKWARD_ROWS
+                run_blocks(_rows_block, &job, job.nchunks, num_threads)
             job.part = WEIGHT_GRADS
             run_blocks(_rows_block, &job, job.ncolumns, num_threads)
     finally:

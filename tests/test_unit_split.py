@@ -1,7 +1,7 @@
-"""The forward pass split by units (each step's gate panels shared among the
-threads) against the batch split: the same bits, whatever the build, dtype,
-thread count, mask, direction and input product, and a call that finishes at
-one thread's speed when the pool's worker cannot run."""
+"""Passes split by units (each step's units shared among the threads) against
+the batch split: the same bits, forward and backward, whatever the build,
+dtype, thread count, mask, direction and input product, and a call that
+finishes at one thread's speed when the pool's worker cannot run."""
 import dataclasses
 import multiprocessing
 import os
@@ -19,8 +19,10 @@ pytestmark = pytest.mark.skipif(not _pool.threaded(), reason="built without a th
 
 @pytest.fixture
 def forced_split(monkeypatch):
-    """A function that sets how the next calls split their steps (True: by
-    units), on the thread count set, however small the call."""
+    """A function that sets how the next forward and backward passes split
+    their steps (``split_units``: True by units) and, if given, whether the
+    forward pass hoists its input product, on the thread count set, however
+    small the call."""
     monkeypatch.setattr(fastlstm._plan, "PARALLEL_MIN_FLOPS", 0)
     plan = fastlstm._plan.forward_plan
     choice = {}
@@ -29,6 +31,7 @@ def forced_split(monkeypatch):
         return dataclasses.replace(plan(*shape), **choice)
 
     monkeypatch.setattr(fastlstm._plan, "forward_plan", forced)
+    monkeypatch.setattr(fastlstm._plan, "split_units", lambda *args: choice["split_units"])
     yield lambda **fields: choice.update(fields)
     fastlstm.set_num_threads(None)
 
@@ -44,7 +47,7 @@ def _masked_at_start_middle_and_end(batch, timesteps):
 
 def _forward_and_backward(forward, backward, training, go_backwards):
     """Outputs and states, and when training what the backward pass reads
-    and its gradients."""
+    and its gradients (the backward pass split as the forward pass was)."""
     outputs, h, c, cache = fastlstm.lstm_forward(**forward, go_backwards=go_backwards,
                                                  return_cache=training)
     results = {"outputs": outputs, "h": h, "c": c}
@@ -66,14 +69,16 @@ def _forward_and_backward(forward, backward, training, go_backwards):
 def test_unit_split_gives_the_bits_of_the_batch_split(kernel_build, forced_split, dtype,
                                                       threads, hoist, training, go_backwards,
                                                       batch, mask):
-    """40 units make three gate panels of AVX-512's float32 lanes (the last
-    one partial) and more of narrower vectors: every block count the
-    threads share, with recurrent dropout and all four gates' activations."""
+    """140 units make nine gate panels of AVX-512's float32 lanes and
+    three column panels of the backward product (the last of each partial),
+    and more of narrower vectors: every block count the threads share, with
+    recurrent dropout."""
     fastlstm.set_num_threads(threads)
     timesteps = 9
     if mask == "edges":
         mask = _masked_at_start_middle_and_end(batch, timesteps)
-    forward, backward = make_problem(batch, timesteps, 5, 40, dtype, mask=mask, dropout=True)
+    forward, backward = make_problem(batch, timesteps, 5, 140, dtype, mask=mask,
+                                     dropout=True)
     results = []
     for split_units in (False, True):
         forced_split(split_units=split_units, hoist=hoist)
