@@ -140,7 +140,9 @@ def test_unit_split_with_a_worker_that_cannot_run_finishes_at_one_threads_speed(
     """Pinned to one core, the worker runs only when the caller yields: the
     caller must run the steps itself rather than wait for the worker at
     each of the 64 steps (a scheduler time slice, milliseconds, each)."""
-    context = multiprocessing.get_context("fork")
+    # A new interpreter: forking a process whose other tests started threads
+    # (JAX's) may leave the child a lock no thread will release.
+    context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_timed_on_one_core, args=(queue,))
     child.start()
