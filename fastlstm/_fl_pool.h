@@ -308,8 +308,8 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
 }
 
 /* Called by a block of the running job that waited long for a block
-   another thread was running (a step of the forward pass split by units,
-   whose threads meet at every step): the job counts as one whose caller
+   another thread was running (a step of a pass split by units, whose
+   threads meet at every step): the job counts as one whose caller
    waited for its workers, so the next jobs run on the caller alone for a
    while, as after any job a busy core held up. */
 static void fl_pool_held_up(void) {

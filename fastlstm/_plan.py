@@ -24,8 +24,8 @@ PARALLEL_MIN_FLOPS = 20_000_000
 # [x_t, h_{t-1}] by [kernel; recurrent_kernel] in its register tiles.
 HOIST_MIN_MULTIPLY_ADDS = 1_000_000
 
-# The forward pass splits each step's units among the threads, instead of
-# the batch, when the batch split would give each thread at most
+# The forward and backward passes split each step's units among the
+# threads, instead of the batch, when the batch split would give each thread at most
 # UNIT_SPLIT_MAX_ROWS rows, and the unit split would give each thread at
 # least UNIT_SPLIT_UNITS_PER_ROW units for each of those rows.
 UNIT_SPLIT_MAX_ROWS = 2
@@ -51,7 +51,7 @@ class ForwardPlan:
     threads: int
     single_threaded_blas: bool
     hoist: bool
-    split_units: bool = False
+    split_units: bool
 
 
 def forward_flops(x_shape, units):
@@ -86,8 +86,8 @@ def hoist_input_product(rows, input_dim, units):
 
 
 def split_units(batch, units, threads):
-    """Whether a forward pass on ``threads`` threads shares each step's
-    units among them rather than the batch: when the batch split would give
+    """Whether a forward or backward pass on ``threads`` threads shares
+    each step's units among them rather than the batch: when the batch split would give
     each thread at most ``UNIT_SPLIT_MAX_ROWS`` rows, and each thread's
     share of the units is at least ``UNIT_SPLIT_UNITS_PER_ROW`` per row."""
     rows = -(-batch // max(1, threads))
