@@ -206,7 +206,7 @@ class FastBackend:
         with _config.single_threaded_blas(plan.single_threaded_blas):
             kernels.forward(x, weights, bias, mask_bytes, dropout, go_backwards, outputs, h, c,
                             work.gates, work.states, work.c_prev, work.h_last, return_cache,
-                            plan.hoist, *codes, plan.threads)
+                            plan.hoist, *codes, plan.threads, split_units=plan.split_units)
         cache = None
         if not return_cache:
             SPARES.give(weights, *work.buffers())
@@ -242,7 +242,8 @@ class FastBackend:
                                         cache.go_backwards, grad_outputs, cache.gates,
                                         cache.states, cache.c_prev, dh_rec, dh_pass, dc,
                                         carry, dx, dweights, dbias,
-                                        *cache.activation_codes, threads)
+                                        *cache.activation_codes, threads,
+                                        split_units=_plan.split_units(batch, units, threads))
         # The record is used once: its buffers serve the next call.
         SPARES.give(weights, cache.gates, cache.states, cache.c_prev)
         cache.weights = cache.gates = cache.states = cache.c_prev = None

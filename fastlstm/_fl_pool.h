@@ -95,6 +95,7 @@ typedef struct {
     Py_ssize_t n;
     int helpers;               /* workers 0 .. helpers-1 may join */
     Py_ssize_t finished;       /* blocks of the job done */
+    int held_up;               /* a block waited long for another's progress */
     uint32_t epoch;            /* the last generation; workers sleep on it */
     int sleepers;              /* workers asleep (or going to sleep) */
     int limit;                 /* workers at or past this index stop */
@@ -271,6 +272,7 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     __atomic_store_n(&fl_pool.n, n, __ATOMIC_RELAXED);
     __atomic_store_n(&fl_pool.helpers, helpers, __ATOMIC_RELAXED);
     __atomic_store_n(&fl_pool.finished, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&fl_pool.held_up, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&fl_pool.claim, generation << 32, __ATOMIC_RELEASE);
     /* A worker that was asleep takes a while to wake up: that is no sign
        of a busy core, so such a job does not count towards backing off. */
@@ -294,7 +296,8 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
     double done = fl_pool_now();
     if (fl_pool.backoff < FL_POOL_MIN_BACKOFF)
         fl_pool.backoff = FL_POOL_MIN_BACKOFF;
-    if (!woken && done - helped > helped - start) {
+    if (__atomic_load_n(&fl_pool.held_up, __ATOMIC_ACQUIRE)
+            || (!woken && done - helped > helped - start)) {
         fl_pool.skip_until = done + fl_pool.backoff;
         if (fl_pool.backoff < FL_POOL_MAX_BACKOFF)
             fl_pool.backoff *= 2;
@@ -302,6 +305,15 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
         fl_pool.backoff /= 2;
     }
     pthread_mutex_unlock(&fl_pool_job_lock);
+}
+
+/* Called by a block of the running job that waited long for a block
+   another thread was running (a step of a pass split by units, whose
+   threads meet at every step): the job counts as one whose caller
+   waited for its workers, so the next jobs run on the caller alone for a
+   while, as after any job a busy core held up. */
+static void fl_pool_held_up(void) {
+    __atomic_store_n(&fl_pool.held_up, 1, __ATOMIC_RELEASE);
 }
 
 /* Keep at most threads - 1 workers: stop and join the ones past that; the
@@ -342,6 +354,8 @@ static void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) {
 }
 
 static void fl_pool_resize(int threads) { (void)threads; }
+
+static void fl_pool_held_up(void) {}
 
 static int fl_pool_workers(void) { return 0; }
 

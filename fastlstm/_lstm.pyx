@@ -41,6 +41,9 @@ with BLAS, which runs them at its full speed.
 
 Threads. The recurrence of one sequence never reads another's, so the batch is
 split across threads for the whole time loop: no synchronisation per step.
+A pass of too few rows to share that way splits each step's units instead,
+the threads meeting at every step (_split_units; the planner,
+fastlstm/_plan.py, chooses).
 The threads are fastlstm's pool (_fl_pool.h): each parallel part of a call is
 a job of blocks the calling thread and the idle workers claim in order, and
 the caller waits only for blocks already running, so on a busy machine it
@@ -62,7 +65,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 from ._blas cimport gemm, NoTrans, Trans
-from ._pool cimport run_blocks
+from ._pool cimport report_held_up, run_blocks
 
 # The C helpers, each header compiled with this build's flags.
 cdef extern from "_fl_math.h":
@@ -87,6 +90,11 @@ cdef extern from "_fl_sync.h":
     const int FL_OPENMP
     void fl_publish(long* done, long value) noexcept nogil
     void fl_wait_for(long* done, long target) noexcept nogil
+    long fl_load(long* value) noexcept nogil
+    bint fl_claim(long* word, long expected, long desired) noexcept nogil
+    void fl_count(long* done) noexcept nogil
+    double fl_now() noexcept nogil
+    double fl_wait_counted(long* done, long target) noexcept nogil
 
 
 cdef inline floating _sigmoid(floating x) noexcept nogil:
@@ -363,15 +371,16 @@ cdef inline void _step_forward(
 
 
 cdef inline void _step_backward(
-    Py_ssize_t H, floating* z, const floating* cp, const floating* dhr, floating* dhp,
-    floating* dcb, floating* cry, const floating* dy, const floating* drop,
+    Py_ssize_t n, Py_ssize_t H, floating* z, const floating* cp, const floating* dhr,
+    floating* dhp, floating* dcb, floating* cry, const floating* dy, const floating* drop,
     int activation, int recurrent_activation,
 ) noexcept nogil:
-    """The fused element-wise backward step of one sequence: the activated
-    gates in z become dZ, the gradients of the pre-activations."""
+    """The fused element-wise backward step for n units of one sequence:
+    the activated gates in z, their gate blocks H apart, become dZ, the
+    gradients of the pre-activations."""
     cdef Py_ssize_t j
     cdef floating gi, gf, gg, go, cell_prev, cell, act_cell, grad_h, grad_cell
-    for j in range(H):
+    for j in range(n):
         grad_h = dhr[j] * drop[j] + dhp[j] + cry[j] + dy[j]
         gi = z[j]
         gf = z[H + j]
@@ -566,12 +575,29 @@ cdef void _backward_step(
     floating* dh_rec, floating* dh_pass, floating* dc, floating* carry,
 ) noexcept nogil:
     """Processing step s of the backward pass through time, batch rows
-    [b0, b1). See _backward_rows for the buffers; grad_outputs[b, s] is the
-    gradient of the output of step s."""
-    cdef Py_ssize_t G = 4 * H
+    [b0, b1), every unit. See _backward_rows for the buffers; grad_outputs[b, s]
+    is the gradient of the output of step s."""
     cdef Py_ssize_t W = 4 * _lanes(gates)
+    _backward_gates(b0, b1, 0, H, s, T, H, mask, dropout, go_backwards, activation,
+                    recurrent_activation, grad_outputs, gates, c_prev, dh_rec, dh_pass, dc,
+                    carry)
+    _backward_product(b0, b1, 0, (H + W - 1) // W, s, T, H, packed_transpose, go_backwards,
+                      gates, dh_rec)
+
+
+cdef void _backward_gates(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t s, Py_ssize_t T,
+    Py_ssize_t H, const unsigned char* mask, const floating* dropout, bint go_backwards,
+    int activation, int recurrent_activation, const floating* grad_outputs, floating* gates,
+    const floating* c_prev, floating* dh_rec, floating* dh_pass, floating* dc,
+    floating* carry,
+) noexcept nogil:
+    """The element-wise part of backward step s for batch rows [b0, b1) and
+    units [j0, j1): their activated gates become dZ_t. It reads dh_rec of
+    those units only, which the product of the step after wrote."""
+    cdef Py_ssize_t G = 4 * H, n = j1 - j0
     cdef Py_ssize_t t = _time(s, T, go_backwards)
-    cdef Py_ssize_t b, j, p, n, r0, nr
+    cdef Py_ssize_t b, j, g
     cdef floating* z
     cdef floating* dhr
     cdef floating* dhp
@@ -581,29 +607,44 @@ cdef void _backward_step(
     cdef const floating* dy
     cdef const floating* drop
     for b in range(b0, b1):
-        z = gates + (b * T + t) * G
-        cp = c_prev + (b * T + t) * H
-        dhr = dh_rec + b * H
-        dhp = dh_pass + b * H
-        dcb = dc + b * H
-        cry = carry + b * H
-        dy = grad_outputs + (b * T + s) * H
-        drop = dropout + b * H
+        z = gates + (b * T + t) * G + j0
+        cp = c_prev + (b * T + t) * H + j0
+        dhr = dh_rec + b * H + j0
+        dhp = dh_pass + b * H + j0
+        dcb = dc + b * H + j0
+        cry = carry + b * H + j0
+        dy = grad_outputs + (b * T + s) * H + j0
+        drop = dropout + b * H + j0
         if mask == NULL or mask[b * T + t]:
             if activation == TANH and recurrent_activation == SIGMOID:
-                _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
+                _step_backward(n, H, z, cp, dhr, dhp, dcb, cry, dy, drop, TANH, SIGMOID)
             else:
-                _step_backward(H, z, cp, dhr, dhp, dcb, cry, dy, drop,
+                _step_backward(n, H, z, cp, dhr, dhp, dcb, cry, dy, drop,
                                activation, recurrent_activation)
         else:
             # Masked step: h and c passed through unchanged, so their
             # gradients do too; the output was a copy of the previous one.
-            for j in range(H):
+            for j in range(n):
                 dhp[j] = dhr[j] * drop[j] + dhp[j]
                 cry[j] = cry[j] + dy[j]
-            memset(z, 0, G * sizeof(floating))
+            for g in range(4):
+                memset(z + g * H, 0, n * sizeof(floating))
+
+
+cdef void _backward_product(
+    Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t s, Py_ssize_t T,
+    Py_ssize_t H, const floating* packed_transpose, bint go_backwards,
+    const floating* gates, floating* dh_rec,
+) noexcept nogil:
+    """The recurrent product of backward step s for batch rows [b0, b1) and
+    the columns of dh of column panels [p0, p1): it reads dZ_t of every
+    unit of those rows."""
+    cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t W = 4 * _lanes(gates)
+    cdef Py_ssize_t t = _time(s, T, go_backwards)
+    cdef Py_ssize_t p, n, r0, nr
     # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, H) = (rows, 4H)(4H, H)
-    for p in range((H + W - 1) // W):
+    for p in range(p0, p1):
         n = min(W, H - p * W)
         r0 = b0
         while r0 < b1:
@@ -775,12 +816,29 @@ def _packed_product(const floating[:, ::1] a, const floating[:, ::1] weights,
     return stop - start
 
 
+cdef enum:
+    # The most blocks a step's units are split into.
+    MAX_UNIT_BLOCKS = 64
+
+# A thread of the unit split that waits for a block another thread is
+# running longer than this many seconds, plus twice its own last block's
+# time, takes that for a preempted thread: it runs the rest of the call
+# alone (see _split_units).
+cdef double UNIT_SPLIT_PATIENCE = 100e-6
+
+
 # What the blocks of one single-layer call read (see forward and backward):
 # the part of the call they run, its sizes and split, and its buffers, of
-# the call's dtype.
+# the call's dtype; for the unit split, the blocks of units of each step
+# and how far the threads have got.
 ctypedef struct _RowsJob:
     int part
-    Py_ssize_t B, T, I, H, gate_slots, nchunks, ncolumns
+    Py_ssize_t B, T, I, H, gate_slots, nchunks, ncolumns, unit_blocks
+    # Blocks of units done, over all steps; the thread that runs the rest
+    # alone (-1: none yet); the last step each block of units was claimed for.
+    long finished
+    long alone
+    long claims[MAX_UNIT_BLOCKS]
     int activation, recurrent_activation
     bint go_backwards, training, hoist, double_precision
     const unsigned char* mask
@@ -810,12 +868,17 @@ cdef enum _RowsPart:
     FORWARD_ROWS = 0
     BACKWARD_ROWS = 1
     WEIGHT_GRADS = 2
+    FORWARD_PROLOGUE = 3
+    FORWARD_UNITS = 4
+    BACKWARD_UNITS = 5
+    INPUT_GRADIENT = 6
 
 
 cdef void _rows_block(void* ctx, Py_ssize_t k) noexcept nogil:
     """Block k of the part of a single-layer call that the job names: the
-    batch rows of chunk k (forward, backward through time) or the gate
-    columns of block k (weight gradients)."""
+    batch rows of chunk k (forward, its prologue, backward through time, the
+    input gradient), the gate columns of block k (weight gradients) or the
+    thread k of a time loop split by units."""
     if (<_RowsJob*>ctx).double_precision:
         _rows_part(<_RowsJob*>ctx, k, <double*>NULL)
     else:
@@ -834,6 +897,16 @@ cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept n
                       job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
                       <floating*>job.c, <floating*>job.gates, job.gate_slots,
                       <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
+    elif job.part == FORWARD_PROLOGUE:
+        _forward_prologue(b0, b1, job.T, job.I, job.H, <const floating*>job.x,
+                          <const floating*>job.weights, <const floating*>job.h,
+                          <const floating*>job.dropout, job.go_backwards, job.training,
+                          job.hoist, <floating*>job.gates, <floating*>job.states)
+    elif job.part == FORWARD_UNITS or job.part == BACKWARD_UNITS:
+        _split_units(job, k)
+    elif job.part == INPUT_GRADIENT:
+        _input_gradient(b0, b1, job.T, job.I, job.H, <const floating*>job.weights,
+                        <const floating*>job.gates, <floating*>job.dx)
     elif job.part == BACKWARD_ROWS:
         _backward_rows(b0, b1, job.T, job.I, job.H, <const floating*>job.weights,
                        <const floating*>job.packed, job.mask, <const floating*>job.dropout,
@@ -849,6 +922,92 @@ cdef void _rows_part(_RowsJob* job, Py_ssize_t k, floating* dtype_of) noexcept n
                               <floating*>job.dweights, <floating*>job.dbias)
     fl_restore_denormals(csr)
 
+
+cdef void _split_units(_RowsJob* job, Py_ssize_t p) noexcept nogil:
+    """Thread p's share of a time loop split by units: every batch row, the
+    blocks of units of each phase (a step) that this thread claims.
+
+    Each phase is job.unit_blocks blocks; a thread prefers block p (so
+    that, two threads each taking their own, each reads the same part of
+    the weights at every step, which stays in its cache) and takes any
+    block left unclaimed. A block of phase s starts once every block of
+    phase s - 1 is done, and a thread that finds no block of a phase left
+    goes on to the next and waits there, only for blocks other threads are
+    running. A thread joins at the phase the call has reached, so a pool
+    worker that the operating system schedules late (or never) holds no one
+    up: the caller alone runs every phase.
+
+    A thread that waits longer than UNIT_SPLIT_PATIENCE plus twice its own
+    block's time for a block in progress takes it for a preempted thread:
+    once that block is done, it runs the remaining phases alone (the others
+    leave after their current block) and tells the pool, which then runs
+    the next calls on their caller alone for a while, as after any job a
+    busy core held up.
+    """
+    cdef Py_ssize_t n = job.unit_blocks, i, j
+    # The backward pass's last phase is the product of its first step.
+    cdef long phases = job.T + (job.part == BACKWARD_UNITS)
+    cdef long s = fl_load(&job.finished) // n
+    cdef double own = 0, started
+    while s < phases:
+        if fl_load(&job.alone) >= 0 and fl_load(&job.alone) != p:
+            return
+        if (fl_wait_counted(&job.finished, s * n) > UNIT_SPLIT_PATIENCE + 2 * own
+                and fl_claim(&job.alone, -1, p)):
+            report_held_up()
+        for i in range(n):
+            j = (p + i) % n
+            if not fl_claim(&job.claims[j], s - 1, s):
+                continue
+            started = fl_now()
+            if job.double_precision:
+                _unit_block(job, j, s, <double*>NULL)
+            else:
+                _unit_block(job, j, s, <float*>NULL)
+            own = fl_now() - started
+            fl_count(&job.finished)
+        s = max(s + 1, fl_load(&job.finished) // n)
+
+
+cdef void _unit_block(_RowsJob* job, Py_ssize_t j, Py_ssize_t phase,
+                      floating* dtype_of) noexcept nogil:
+    """Block j of the units of one phase of a time loop split by units.
+
+    Forward, phase s is step s, block j its gate panels [u0, u1) for every
+    row; the thread that runs block 0 also copies the input of the next step
+    into its state slot (inference with the input product per step), which
+    the step's tiles do not read and the previous step's, done by then, did.
+    Backward, phase q holds the product of step s + 1 (s = T - 1 - q) for
+    the columns of dh of column panels [u0, u1), then the element-wise part
+    of step s for the same units, which reads their dh only: one meeting
+    per step, after the element-wise parts, which the products read whole.
+    """
+    cdef Py_ssize_t n = job.unit_blocks, T = job.T, H = job.H, s
+    cdef Py_ssize_t width = _lanes(dtype_of) * (4 if job.part == BACKWARD_UNITS else 1)
+    cdef Py_ssize_t panels = (H + width - 1) // width
+    cdef Py_ssize_t u0 = _chunk_start(j, n, panels), u1 = _chunk_start(j + 1, n, panels)
+    if job.part == FORWARD_UNITS:
+        _forward_step(0, job.B, u0, u1, phase, T, job.I, H, <const floating*>job.packed,
+                      <const floating*>job.bias, job.mask, <const floating*>job.dropout,
+                      job.go_backwards, job.training, job.hoist, job.activation,
+                      job.recurrent_activation, <floating*>job.outputs, <floating*>job.h,
+                      <floating*>job.c, <floating*>job.gates, job.gate_slots,
+                      <floating*>job.states, <floating*>job.c_prev, <floating*>job.h_last)
+        if j == 0 and not job.hoist and not job.training:
+            _next_inputs(0, job.B, phase, T, job.I, H, <const floating*>job.x,
+                         job.go_backwards, <floating*>job.states)
+        return
+    s = T - 1 - phase
+    if s + 1 < T:
+        _backward_product(0, job.B, u0, u1, s + 1, T, H, <const floating*>job.packed,
+                          job.go_backwards, <const floating*>job.gates, <floating*>job.dh_rec)
+    if s >= 0:
+        _backward_gates(0, job.B, u0 * width, min(u1 * width, H), s, T, H, job.mask,
+                        <const floating*>job.dropout, job.go_backwards, job.activation,
+                        job.recurrent_activation, <const floating*>job.grad_outputs,
+                        <floating*>job.gates, <const floating*>job.c_prev,
+                        <floating*>job.dh_rec, <floating*>job.dh_pass, <floating*>job.dc,
+                        <floating*>job.carry)
 
 def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] weights,
@@ -868,7 +1027,8 @@ def forward(const floating[:, :, ::1] x,
             int activation,
             int recurrent_activation,
             int num_threads,
-            floating[::1] packed_weights=None):
+            floating[::1] packed_weights=None,
+            bint split_units=False):
     """Run the forward kernel into caller-allocated buffers.
 
     x (B, T, I); weights (I + H, 4H), kernel stacked on recurrent_kernel;
@@ -881,7 +1041,9 @@ def forward(const floating[:, :, ::1] x,
     _forward_rows). The weights the steps read are packed into a workspace
     of this call, unless ``packed_weights`` holds them already
     (pack_gate_panels of the rows the steps read: recurrent_kernel's with
-    ``hoist``, all otherwise). The caller has made BLAS single-threaded.
+    ``hoist``, all otherwise). split_units: the threads share each step's
+    units instead of the batch (_split_units), where the units make at
+    least two blocks. The caller has made BLAS single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2], H = h.shape[1]
     cdef Py_ssize_t G = 4 * H
@@ -889,6 +1051,9 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t gate_slots = gates.shape[1]
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B))
     cdef Py_ssize_t depth = H if hoist else I + H
+    cdef Py_ssize_t panels = (H + _lanes(&h[0, 0]) - 1) // _lanes(&h[0, 0])
+    cdef Py_ssize_t unit_blocks = min(num_threads, panels, MAX_UNIT_BLOCKS) if split_units else 1
+    cdef Py_ssize_t j
     cdef void* raw
     cdef floating* packed
     cdef _RowsJob job
@@ -926,12 +1091,31 @@ def forward(const floating[:, :, ::1] x,
     job.bias, job.dropout, job.outputs = &bias[0], &dropout[0, 0], &outputs[0, 0, 0]
     job.h, job.c, job.gates, job.states = &h[0, 0], &c[0, 0], &gates[0, 0, 0], &states[0, 0, 0]
     job.c_prev, job.h_last = &c_prev[0, 0, 0], &h_last[0, 0]
+    job.unit_blocks, job.finished, job.alone = unit_blocks, 0, -1
+    for j in range(unit_blocks):
+        job.claims[j] = -1
     try:
         with nogil:
             if raw != NULL:
                 _pack_gate_panels(&weights[I if hoist else 0, 0], depth, H, packed)
-            job.part = FORWARD_ROWS
-            run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            if unit_blocks >= 2:
+                # The prologue in the batch split's chunks, so that its
+                # products are the batch split's, then the steps by units.
+                # Without the input product of all steps, the prologue is a
+                # few rows' copies, which the caller makes sooner than a
+                # worker would start (and a job of blocks that short would
+                # count as one a busy core held up, half the time).
+                job.part = FORWARD_PROLOGUE
+                if hoist:
+                    run_blocks(_rows_block, &job, job.nchunks, num_threads)
+                else:
+                    for j in range(job.nchunks):
+                        _rows_block(&job, j)
+                job.part = FORWARD_UNITS
+                run_blocks(_rows_block, &job, unit_blocks, num_threads)
+            else:
+                job.part = FORWARD_ROWS
+                run_blocks(_rows_block, &job, job.nchunks, num_threads)
     finally:
         free(raw)
 
@@ -953,7 +1137,8 @@ def backward(const floating[:, ::1] weights,
              floating[::1] dbias,
              int activation,
              int recurrent_activation,
-             int num_threads):
+             int num_threads,
+             bint split_units=False):
     """Run the backward kernel into caller-allocated buffers.
 
     weights, gates, states and c_prev are those of a training ``forward``;
@@ -962,7 +1147,9 @@ def backward(const floating[:, ::1] weights,
     dx (B, T, I) receives the input gradient; None skips its product.
     dweights (I + H, 4H) receives dkernel stacked on drecurrent_kernel.
     dropout is all ones for no dropout. recurrent_kernel.T is packed into
-    a workspace of this call.
+    a workspace of this call. split_units: the threads share each step's
+    units instead of the batch (_split_units), where the units make at least
+    two column panels.
     """
     cdef Py_ssize_t B = gates.shape[0], T = gates.shape[1], H = dc.shape[1]
     cdef Py_ssize_t I = states.shape[2] - H
@@ -971,6 +1158,10 @@ def backward(const floating[:, ::1] weights,
     cdef floating* dx_ptr = &dx[0, 0, 0] if dx is not None else NULL
     cdef Py_ssize_t nchunks = max(1, min(num_threads, B))
     cdef Py_ssize_t ncolumns = max(1, min(num_threads, (G + 15) // 16))
+    cdef Py_ssize_t W = 4 * _lanes(&dc[0, 0])
+    cdef Py_ssize_t unit_blocks = (min(num_threads, (H + W - 1) // W, MAX_UNIT_BLOCKS)
+                                   if split_units else 1)
+    cdef Py_ssize_t j
     cdef void* raw
     cdef floating* packed
     cdef _RowsJob job
@@ -1006,11 +1197,22 @@ def backward(const floating[:, ::1] weights,
     job.dh_rec, job.dh_pass = &dh_rec[0, 0], &dh_pass[0, 0]
     job.dc, job.carry = &dc[0, 0], &carry[0, 0]
     job.dx, job.dweights, job.dbias = dx_ptr, &dweights[0, 0], &dbias[0]
+    job.unit_blocks, job.finished, job.alone = unit_blocks, 0, -1
+    for j in range(unit_blocks):
+        job.claims[j] = -1
     try:
         with nogil:
             _pack_transposed_panels(&weights[I, 0], H, G, packed)
-            job.part = BACKWARD_ROWS
-            run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            if unit_blocks >= 2:
+                job.part = BACKWARD_UNITS
+                run_blocks(_rows_block, &job, unit_blocks, num_threads)
+                if dx_ptr != NULL:
+                    # In the batch split's chunks, so that the products are its own.
+                    job.part = INPUT_GRADIENT
+                    run_blocks(_rows_block, &job, job.nchunks, num_threads)
+            else:
+                job.part = BACKWARD_ROWS
+                run_blocks(_rows_block, &job, job.nchunks, num_threads)
             job.part = WEIGHT_GRADS
             run_blocks(_rows_block, &job, job.ncolumns, num_threads)
     finally:

@@ -182,7 +182,7 @@ class PackedLSTM:
                 kernels.forward(x, self._weights, self._bias, mask_bytes, ones, go_backwards,
                                 outputs, h, c, work.gates, work.states, work.c_prev,
                                 work.h_last, False, hoist, *self._codes, threads,
-                                packed_weights=packed)
+                                packed_weights=packed, split_units=plan.split_units)
         finally:
             if owned:
                 self._lock.release()

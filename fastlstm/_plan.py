@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from . import _config
 
 __all__ = ["ForwardPlan", "forward_plan", "call_threads", "forward_flops", "stack_flops",
-           "hoist_input_product", "pipeline_stack", "stack_span"]
+           "hoist_input_product", "split_units", "pipeline_stack", "stack_span"]
 
 # A call of fewer floating-point operations runs on one thread: it takes well
 # under a millisecond alone, while waking a second thread costs tens of
@@ -23,6 +23,13 @@ PARALLEL_MIN_FLOPS = 20_000_000
 # product is more than this many multiply-adds; below, each step multiplies
 # [x_t, h_{t-1}] by [kernel; recurrent_kernel] in its register tiles.
 HOIST_MIN_MULTIPLY_ADDS = 1_000_000
+
+# The forward and backward passes split each step's units among the
+# threads, instead of the batch, when the batch split would give each thread at most
+# UNIT_SPLIT_MAX_ROWS rows, and the unit split would give each thread at
+# least UNIT_SPLIT_UNITS_PER_ROW units for each of those rows.
+UNIT_SPLIT_MAX_ROWS = 2
+UNIT_SPLIT_UNITS_PER_ROW = 32
 
 # A stack of layers runs as one pipelined call (a thread per layer) when the
 # batch split would give each thread at most this many rows.
@@ -36,14 +43,15 @@ SPAN_ROWS = 16
 
 @dataclass(frozen=True)
 class ForwardPlan:
-    """How one forward pass runs: on ``threads`` threads (each a block of
-    the batch), with BLAS single-threaded inside them or not, and with the
-    input product of all steps hoisted into one product (``hoist``) or
-    computed step by step."""
+    """How one forward pass runs: on ``threads`` threads, each a block of
+    the batch or, with ``split_units``, of each step's units, with BLAS
+    single-threaded inside them or not, and with the input product of all
+    steps hoisted into one product (``hoist``) or computed step by step."""
 
     threads: int
     single_threaded_blas: bool
     hoist: bool
+    split_units: bool
 
 
 def forward_flops(x_shape, units):
@@ -77,12 +85,23 @@ def hoist_input_product(rows, input_dim, units):
     return rows * input_dim * 4 * units > HOIST_MIN_MULTIPLY_ADDS
 
 
+def split_units(batch, units, threads):
+    """Whether a forward or backward pass on ``threads`` threads shares
+    each step's units among them rather than the batch: when the batch split would give
+    each thread at most ``UNIT_SPLIT_MAX_ROWS`` rows, and each thread's
+    share of the units is at least ``UNIT_SPLIT_UNITS_PER_ROW`` per row."""
+    rows = -(-batch // max(1, threads))
+    return (threads >= 2 and rows <= UNIT_SPLIT_MAX_ROWS
+            and units >= threads * rows * UNIT_SPLIT_UNITS_PER_ROW)
+
+
 def forward_plan(batch, timesteps, input_dim, units):
     """The :class:`ForwardPlan` of a forward pass over x (batch, timesteps,
     input_dim) with ``units`` units."""
     threads, single_blas = call_threads(forward_flops((batch, timesteps, input_dim), units))
     rows = -(-batch // max(1, min(threads, batch)))
-    return ForwardPlan(threads, single_blas, hoist_input_product(rows, input_dim, units))
+    return ForwardPlan(threads, single_blas, hoist_input_product(rows, input_dim, units),
+                       split_units(batch, units, threads))
 
 
 def pipeline_stack(batch, timesteps, input_dim, units):

@@ -5,3 +5,6 @@ ctypedef void (*block_fn)(void* ctx, Py_ssize_t k) noexcept nogil
 
 
 cdef void run_blocks(block_fn fn, void* ctx, Py_ssize_t n, int threads) noexcept nogil
+
+
+cdef void report_held_up() noexcept nogil

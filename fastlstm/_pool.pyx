@@ -9,6 +9,7 @@ cdef extern from "_fl_pool.h":
     void fl_pool_run(fl_block_fn fn, void* ctx, Py_ssize_t n, int threads) noexcept nogil
     void fl_pool_resize(int threads) noexcept nogil
     int fl_pool_workers() noexcept nogil
+    void fl_pool_held_up() noexcept nogil
 
 
 cdef void run_blocks(block_fn fn, void* ctx, Py_ssize_t n, int threads) noexcept nogil:
@@ -16,6 +17,13 @@ cdef void run_blocks(block_fn fn, void* ctx, Py_ssize_t n, int threads) noexcept
     caller's included; blocks are claimed in index order, so a block may
     wait for a lower-numbered one."""
     fl_pool_run(fn, ctx, n, threads)
+
+
+cdef void report_held_up() noexcept nogil:
+    """Called by a block of the running job that waited long for another
+    thread's block: the next jobs run on their caller alone for a while, as
+    after a job whose caller waited long for its workers."""
+    fl_pool_held_up()
 
 
 def threaded():
