@@ -1009,6 +1009,7 @@ cdef void _unit_block(_RowsJob* job, Py_ssize_t j, Py_ssize_t phase,
                         <floating*>job.dh_rec, <floating*>job.dh_pass, <floating*>job.dc,
                         <floating*>job.carry)
 
+
 def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] weights,
             const floating[::1] bias,
