@@ -32,8 +32,11 @@ UNIT_SPLIT_MAX_ROWS = 2
 UNIT_SPLIT_UNITS_PER_ROW = 32
 
 # A stack of layers runs as one pipelined call (a thread per layer) when the
-# batch split would give each thread at most this many rows.
+# batch split would give each thread at most this many rows, and no layer
+# has more than PIPELINE_MAX_UNITS units (wider layers run faster one by one,
+# each split by units).
 PIPELINE_MAX_ROWS_PER_THREAD = 2
+PIPELINE_MAX_UNITS = 128
 
 # A pipelined layer above the first computes its input product for a span of
 # steps at once, so that each weight panel serves at least this many rows
@@ -108,11 +111,13 @@ def pipeline_stack(batch, timesteps, input_dim, units):
     """Whether a stack of layers of ``units`` (one entry per layer) over
     ``batch`` sequences of ``timesteps`` steps of ``input_dim`` features
     runs as one pipelined call, when nothing else rules it out: two or more
-    layers, two or more threads, and a batch the batch split would cut into
-    at most ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread."""
+    layers, two or more threads, a batch the batch split would cut into at
+    most ``PIPELINE_MAX_ROWS_PER_THREAD`` rows per thread, and layers of at
+    most ``PIPELINE_MAX_UNITS`` units."""
     threads = call_threads(stack_flops(batch, timesteps, input_dim, units))[0]
     return (len(units) >= 2 and threads >= 2
-            and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD)
+            and -(-batch // threads) <= PIPELINE_MAX_ROWS_PER_THREAD
+            and max(units) <= PIPELINE_MAX_UNITS)
 
 
 def stack_span(batch, timesteps):

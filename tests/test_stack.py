@@ -180,7 +180,9 @@ def test_the_rule_pipelines_small_batches_on_several_threads(monkeypatch):
     rule = fastlstm._plan.pipeline_stack
     fastlstm.set_num_threads(2)
     try:
-        assert rule(2 * rows, 10, 8, [16, 512])
+        widest = fastlstm._plan.PIPELINE_MAX_UNITS
+        assert rule(2 * rows, 10, 8, [16, widest])
+        assert not rule(2 * rows, 10, 8, [16, widest + 1])  # split by units instead
         assert rule(1, 10, 8, [16, 16, 16])
         assert not rule(2 * rows + 1, 10, 8, [16, 16])
         assert not rule(1, 10, 8, [16])  # one layer
