@@ -17,7 +17,14 @@ import numpy as np
 from . import _config, _kernels, _plan
 
 __all__ = ["ForwardWorkspace", "FastRecord", "FastBackend", "SpareBuffers", "SPARES",
-           "forward_nbytes"]
+           "forward_nbytes", "kernel_copy"]
+
+
+def kernel_copy(value, shape, dtype):
+    """A C-contiguous copy of ``value`` that a kernel may write over, or
+    zeros of ``shape`` for None: the states (and state gradients) a kernel
+    takes in and gives back in the same buffer."""
+    return np.zeros(shape, dtype) if value is None else np.array(value, dtype, order="C")
 
 
 class SpareBuffers:
@@ -174,12 +181,7 @@ class FastBackend:
         x = np.ascontiguousarray(x)
         has_bias = bias is not None
         bias = np.ascontiguousarray(bias) if has_bias else np.zeros(4 * units, dtype)
-        if initial_state is None:
-            h = np.zeros((batch, units), dtype)
-            c = np.zeros((batch, units), dtype)
-        else:
-            h = np.array(initial_state[0], dtype=dtype, order="C")
-            c = np.array(initial_state[1], dtype=dtype, order="C")
+        h, c = (kernel_copy(s, (batch, units), dtype) for s in (initial_state or (None, None)))
         mask_bytes = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
         has_dropout = recurrent_dropout_mask is not None
         dropout = (np.ascontiguousarray(recurrent_dropout_mask) if has_dropout
@@ -225,8 +227,8 @@ class FastBackend:
         batch, timesteps, input_dim = x_shape = cache.x_shape
         units = weights.shape[1] // 4
         state_shape = (batch, units)
-        dh_pass = np.zeros(state_shape, dtype) if grad_h is None else np.array(grad_h, dtype, order="C")
-        dc = np.zeros(state_shape, dtype) if grad_c is None else np.array(grad_c, dtype, order="C")
+        dh_pass = kernel_copy(grad_h, state_shape, dtype)
+        dc = kernel_copy(grad_c, state_shape, dtype)
         dh_rec = np.zeros(state_shape, dtype)
         carry = np.zeros(state_shape, dtype)
         dx = np.empty(x_shape, dtype) if input_gradient else None

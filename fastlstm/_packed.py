@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from . import _config, _kernels, _plan
-from ._engine import ForwardWorkspace
+from ._engine import ForwardWorkspace, kernel_copy
 from .functional import _check_weights, check_sizes
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
                           check_activation, check_bool, check_features, check_state_list)
@@ -220,12 +220,12 @@ class PackedLSTM:
         """Copies of h0 and c0 (the kernel writes the final states over
         them), or zeros."""
         shape = (batch, self.units)
-        if initial_state is None:
-            return np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)
-        return [np.array(as_state(value, name, self.dtype, shape, "(batch, units)"), order="C")
-                for value, name in zip(check_state_list(initial_state, "initial_state",
-                                                        "[h0, c0]"),
-                                       ("initial_state[0] (h0)", "initial_state[1] (c0)"))]
+        if initial_state is not None:
+            initial_state = [as_state(value, name, self.dtype, shape, "(batch, units)")
+                             for value, name in zip(
+                                 check_state_list(initial_state, "initial_state", "[h0, c0]"),
+                                 ("initial_state[0] (h0)", "initial_state[1] (c0)"))]
+        return [kernel_copy(s, shape, self.dtype) for s in (initial_state or (None, None))]
 
     def step(self, inputs, states):
         """One step, with Keras' ``LSTMCell`` interface: ``(h, [h, c])`` from

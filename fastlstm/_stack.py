@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _config, _kernels, _plan
-from ._engine import SPARES, ForwardWorkspace
+from ._engine import SPARES, ForwardWorkspace, kernel_copy
 from .functional import (LSTMGradients, _Cache, _check_weights, check_backend,
                          check_cache, check_sizes, lstm_backward, run_lstm_forward)
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, check_activation,
@@ -337,8 +337,8 @@ def _pipelined_forward(x, weights, states, masks, go_backwards, between, recurre
         buffers["dropouts"].append(np.ascontiguousarray(recurrent[i]) if recurrent[i] is not None
                                    else np.ones((batch, hidden), dtype))
         for j, name in enumerate(("h", "c")):
-            buffers[name].append(np.zeros((batch, hidden), dtype) if states[i] is None
-                                 else np.array(states[i][j], dtype, order="C"))
+            buffers[name].append(kernel_copy(None if states[i] is None else states[i][j],
+                                             (batch, hidden), dtype))
         buffers["outputs"].append(np.empty((batch, timesteps, hidden), dtype))
         # Layers above the first compute their input products by spans of
         # steps, as a hoisting layer does.
@@ -437,10 +437,8 @@ def _pipelined_backward(cache, grad_outputs, grads, input_gradient):
     below = [SPARES.empty(shape + (u,), dtype) for u in units[:-1]]
     if grad_outputs is None:
         grad_outputs = np.zeros(shape + (units[-1],), dtype)
-    dh_pass = [np.zeros((batch, u), dtype) if g[0] is None else np.array(g[0], dtype, order="C")
-               for g, u in zip(grads, units)]
-    dc = [np.zeros((batch, u), dtype) if g[1] is None else np.array(g[1], dtype, order="C")
-          for g, u in zip(grads, units)]
+    dh_pass = [kernel_copy(g[0], (batch, u), dtype) for g, u in zip(grads, units)]
+    dc = [kernel_copy(g[1], (batch, u), dtype) for g, u in zip(grads, units)]
     dh_rec = [np.zeros((batch, u), dtype) for u in units]
     carry = [np.zeros((batch, u), dtype) for u in units]
     dweights = [np.empty_like(w) for w in state.weights]

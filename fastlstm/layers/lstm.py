@@ -4,6 +4,7 @@ import inspect
 import numpy as np
 
 from .. import _kernels, initializers
+from .._engine import kernel_copy
 from .._packed import PackedLSTM
 from ..functional import check_sizes, lstm_backward, run_lstm_forward
 from .._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
@@ -296,8 +297,8 @@ class LSTM(Layer):
                 recurrent_dropout, self.activation, self.recurrent_activation)
         else:
             # Copies (or zeros): the kernel writes the final states over them.
-            h, c = (np.zeros((batch, self.units), self.dtype) if s is None
-                    else np.array(s, order="C") for s in (state or (None, None)))
+            h, c = (kernel_copy(s, (batch, self.units), self.dtype)
+                    for s in (state or (None, None)))
             outputs, h, c = self.packed_lstm()._forward(x, h, c, keep, self.go_backwards)
             cache = None
 
