@@ -74,6 +74,9 @@ def _bench(args):
         results["torch_adapter"] = run_adapter(sizes=args.sizes, repeat=args.repeat,
                                                dtype=args.dtype, threads=args.threads)
         checked += list(results["torch_adapter"]["sizes"].values())
+        graphs = results["torch_adapter"].get("graphs")
+        if graphs:
+            checked += [graphs["stack"], *graphs["compile"].values()]
         if args.json is not None:
             with open(args.json, "w") as stream:
                 json.dump(results, stream, indent=1)
@@ -164,7 +167,9 @@ def main(argv=None):
                             "'one' (--repeat applies)")
     bench.add_argument("--torch-adapter", action="store_true",
                        help="also time fastlstm.torch.LSTM in PyTorch training steps, padded "
-                            "and packed, against torch.nn.LSTM (needs PyTorch)")
+                            "and packed, against torch.nn.LSTM (needs PyTorch); without "
+                            "--sizes, also num_layers=2 against two chained layers and "
+                            "torch.compile against eager")
     bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     if args.command is None:

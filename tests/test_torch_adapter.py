@@ -649,3 +649,37 @@ def test_bench_has_rounds_for_every_size():
     from fastlstm.tools.sizes import SIZES
 
     assert set(torch_adapter.ROUNDS) == set(torch_adapter.PACKED_TORCH_ROUNDS) == set(SIZES)
+
+
+@pytest.mark.slow
+def test_bench_times_the_stacked_and_the_compiled_adapter(capsys):
+    from fastlstm.tools import torch_graphs
+
+    results = torch_graphs.run(repeat=2)
+    printed = capsys.readouterr().out
+    assert "ERROR" not in printed
+    stack = results["stack"]
+    assert stack["errors"] == []
+    assert set(stack["median_ms"]) == {"num_layers=2", "two layers chained"}
+    assert stack["ratio"] == stack["median_ms"]["num_layers=2"] / stack["median_ms"][
+        "two layers chained"]
+    assert set(results["compile"]) == set(torch_graphs.COMPILE_SIZES)
+    for result in results["compile"].values():
+        assert result["errors"] == []
+        assert set(result["median_ms"]) == {"eager", "compiled"}
+
+
+def test_bench_does_not_time_a_stack_that_disagrees(monkeypatch):
+    from fastlstm.tools import torch_graphs
+
+    chained = torch_graphs._Chained.__init__
+
+    def wrong_chain(self, stacked):
+        chained(self, stacked)
+        with torch.no_grad():
+            self.layers[1].weight_hh_l0.add_(0.1)
+
+    monkeypatch.setattr(torch_graphs._Chained, "__init__", wrong_chain)
+    result = torch_graphs._stack(torch.float64, 2, 1)
+    assert "num_layers=2 disagrees with two chained layers" in result["errors"][0]
+    assert "median_ms" not in result

@@ -177,7 +177,7 @@ def _print_size(name, shape, result, file):
         print(f"  {label:<44}{value:>10.2f}   {verdict}".rstrip(), file=file)
 
 
-def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None):
+def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None, graphs=None):
     """Time fastlstm.torch.LSTM in PyTorch training steps; print and return the results.
 
     Parameters
@@ -192,15 +192,22 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None):
         Threads for fastlstm and PyTorch; None keeps fastlstm's default.
     file : file-like or None
         Where to print; ``sys.stdout`` when None.
+    graphs : bool or None
+        Also time ``num_layers=2`` against two chained layers, and a model
+        compiled with ``torch.compile`` against the eager one
+        (:mod:`fastlstm.tools.torch_graphs`); None does when ``sizes`` is
+        None.
 
     Returns
     -------
     dict
-        Per size: median times of the five steps, ratios, errors.
+        Per size: median times of the five steps, ratios, errors; with
+        ``graphs``, its results under ``"graphs"``.
     """
     import torch
 
     file = sys.stdout if file is None else file
+    graphs = sizes is None if graphs is None else graphs
     sizes = list(SIZES) if sizes is None else list(sizes)
     unknown = [name for name in sizes if name not in SIZES]
     if unknown:
@@ -223,4 +230,9 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None):
         results["sizes"][name] = result
         _print_size(name, SIZES[name], result, file)
         file.flush()
+    if graphs:
+        from . import torch_graphs
+
+        results["graphs"] = torch_graphs.run(dtype=np.dtype(dtype).name, repeat=repeat,
+                                             file=file)
     return results
