@@ -91,6 +91,12 @@ def _check_exportable(layers):
                              f"float32 only: export a float32 model (the same layers with "
                              f"dtype='float32', the default, given the weights with "
                              f"set_weights(model.get_weights()))")
+        if getattr(layer, "quantization_mode", None):
+            raise ValueError(f"{label} is quantized to {layer.quantization_mode}, and export "
+                             f"writes float32 graphs: export the float32 model (before "
+                             f"quantize(), or loaded again from a file saved then), and "
+                             f"quantize the ONNX file with onnxruntime.quantization."
+                             f"quantize_dynamic")
         if getattr(layer, "stateful", False):
             raise ValueError(f"{label} is stateful: its states outlive a call, which an "
                              f"exported graph cannot carry; export the same layers with "
