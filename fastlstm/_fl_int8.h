@@ -84,14 +84,32 @@ static inline float fl_int8_round(float v) {
    output it touches is NaN, as in float arithmetic. */
 static void fl_quantize_row_u8(ptrdiff_t n, const float* a, ptrdiff_t padded,
                                uint8_t* u, float* scale, int32_t* zero) {
-    float low = 0.0f, high = 0.0f, finite = 0.0f;
-    for (ptrdiff_t k = 0; k < n; k++) {
+    /* The range in 16 lanes, element-wise (which vectorises; a running
+       minimum of floats does not, without -ffinite-math-only), then
+       across the lanes. */
+    float lows[16] = {0}, highs[16] = {0}, finite[16] = {0};
+    ptrdiff_t k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (int l = 0; l < 16; l++) {
+            const float v = a[k + l];
+            lows[l] = v < lows[l] ? v : lows[l];
+            highs[l] = v > highs[l] ? v : highs[l];
+            finite[l] += v - v;           /* NaN once any v is NaN or infinite */
+        }
+    for (int l = 0; k < n; k++, l++) {
         const float v = a[k];
-        low = v < low ? v : low;
-        high = v > high ? v : high;
-        finite += v - v;                  /* NaN once any v is NaN or infinite */
+        lows[l] = v < lows[l] ? v : lows[l];
+        highs[l] = v > highs[l] ? v : highs[l];
+        finite[l] += v - v;
     }
-    if (finite != 0.0f || high - low > 3.0e38f) {
+    float low = 0.0f, high = 0.0f, bad = 0.0f;
+    for (int l = 0; l < 16; l++) {
+        low = lows[l] < low ? lows[l] : low;
+        high = highs[l] > high ? highs[l] : high;
+        bad += finite[l];
+    }
+    const float finite_sum = bad;
+    if (finite_sum != 0.0f || high - low > 3.0e38f) {
         memset(u, 0, (size_t)padded);
         *scale = NAN;
         *zero = 0;
@@ -100,12 +118,12 @@ static void fl_quantize_row_u8(ptrdiff_t n, const float* a, ptrdiff_t padded,
     const float s = high > low ? (high - low) / 255.0f : 1.0f;
     float zp = fl_int8_round(-low / s);
     zp = zp < 0.0f ? 0.0f : (zp > 255.0f ? 255.0f : zp);
-    for (ptrdiff_t k = 0; k < n; k++) {
+    for (k = 0; k < n; k++) {
         float q = fl_int8_round(a[k] / s) + zp;
         q = q < 0.0f ? 0.0f : (q > 255.0f ? 255.0f : q);
-        u[k] = (uint8_t)q;
+        u[k] = (uint8_t)(int32_t)q;
     }
-    for (ptrdiff_t k = n; k < padded; k++) u[k] = 0;
+    for (k = n; k < padded; k++) u[k] = 0;
     *scale = s;
     *zero = (int32_t)zp;
 }
