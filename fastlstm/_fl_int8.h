@@ -96,8 +96,8 @@ static void fl_quantize_row_u8(ptrdiff_t n, const float* a, ptrdiff_t padded,
             highs[l] = v > highs[l] ? v : highs[l];
             finite[l] += v - v;           /* NaN once any v is NaN or infinite */
         }
-    for (int l = 0; k < n; k++, l++) {
-        const float v = a[k];
+    for (ptrdiff_t l = 0; l < n - k; l++) {
+        const float v = a[k + l];
         lows[l] = v < lows[l] ? v : lows[l];
         highs[l] = v > highs[l] ? v : highs[l];
         finite[l] += v - v;
@@ -182,30 +182,58 @@ static inline int32_t fl_int8_quad(const uint8_t* u, ptrdiff_t k4) {
     return v;
 }
 
+/* acc += the dot products of a (u8) and w (s8), four at a time: vpdpbusd
+   as an instruction whose accumulator is its destination, which GCC 12
+   cannot see through the intrinsic (it copies every accumulator at every
+   use, and spills them). */
+#define FL_DPBUSD(acc, a, w) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(w))
+#define FL_DPBUSD_AVX(acc, a, w) __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(w))
+
+/* R rows (a constant after inlining) by one group of 64 columns: 4R
+   accumulators, named (an array of vectors is kept on the stack by GCC). */
+#define FL_INT8_ROW512_DECLARE(r)                                                  \
+    __m512i s##r##0 = _mm512_setzero_si512(), s##r##1 = _mm512_setzero_si512();    \
+    __m512i s##r##2 = _mm512_setzero_si512(), s##r##3 = _mm512_setzero_si512();
+#define FL_INT8_ROW512_STEP(r)                                                     \
+    if (R > r) {                                                                   \
+        const __m512i a = _mm512_set1_epi32(fl_int8_quad(u + r * ldu, k4));        \
+        FL_DPBUSD(s##r##0, a, w0);                             \
+        FL_DPBUSD(s##r##1, a, w1);                             \
+        FL_DPBUSD(s##r##2, a, w2);                             \
+        FL_DPBUSD(s##r##3, a, w3);                             \
+    }
+#define FL_INT8_ROW512_STORE(r)                                                    \
+    if (R > r) {                                                                   \
+        _mm512_storeu_si512((void*)(acc + r * ldacc), s##r##0);                    \
+        _mm512_storeu_si512((void*)(acc + r * ldacc + 16), s##r##1);               \
+        _mm512_storeu_si512((void*)(acc + r * ldacc + 32), s##r##2);               \
+        _mm512_storeu_si512((void*)(acc + r * ldacc + 48), s##r##3);               \
+    }
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"), always_inline))
+static inline void fl_int8_tile512(const int R, const uint8_t* u, ptrdiff_t ldu,
+                                   const int8_t* p, ptrdiff_t K4, int32_t* acc,
+                                   ptrdiff_t ldacc) {
+    FL_INT8_ROW512_DECLARE(0) FL_INT8_ROW512_DECLARE(1) FL_INT8_ROW512_DECLARE(2)
+    FL_INT8_ROW512_DECLARE(3) FL_INT8_ROW512_DECLARE(4) FL_INT8_ROW512_DECLARE(5)
+    for (ptrdiff_t k4 = 0; k4 < K4; k4++) {
+        const int8_t* pk = p + k4 * 4 * FL_INT8_GROUP;
+        const __m512i w0 = _mm512_loadu_si512((const void*)pk);
+        const __m512i w1 = _mm512_loadu_si512((const void*)(pk + 64));
+        const __m512i w2 = _mm512_loadu_si512((const void*)(pk + 128));
+        const __m512i w3 = _mm512_loadu_si512((const void*)(pk + 192));
+        FL_INT8_ROW512_STEP(0) FL_INT8_ROW512_STEP(1) FL_INT8_ROW512_STEP(2)
+        FL_INT8_ROW512_STEP(3) FL_INT8_ROW512_STEP(4) FL_INT8_ROW512_STEP(5)
+    }
+    FL_INT8_ROW512_STORE(0) FL_INT8_ROW512_STORE(1) FL_INT8_ROW512_STORE(2)
+    FL_INT8_ROW512_STORE(3) FL_INT8_ROW512_STORE(4) FL_INT8_ROW512_STORE(5)
+}
+
 #define FL_INT8_TILE512(R)                                                         \
 __attribute__((target("avx512f,avx512bw,avx512vnni")))                             \
 static void fl_int8_tile512_##R(const uint8_t* u, ptrdiff_t ldu, const int8_t* p,  \
                                 ptrdiff_t K4, int32_t* acc, ptrdiff_t ldacc) {     \
-    __m512i sums[R][4];                                                            \
-    for (int r = 0; r < R; r++)                                                    \
-        for (int v = 0; v < 4; v++) sums[r][v] = _mm512_setzero_si512();           \
-    for (ptrdiff_t k4 = 0; k4 < K4; k4++) {                                        \
-        const int8_t* pk = p + k4 * 4 * FL_INT8_GROUP;                             \
-        const __m512i w0 = _mm512_loadu_si512((const void*)pk);                    \
-        const __m512i w1 = _mm512_loadu_si512((const void*)(pk + 64));             \
-        const __m512i w2 = _mm512_loadu_si512((const void*)(pk + 128));            \
-        const __m512i w3 = _mm512_loadu_si512((const void*)(pk + 192));            \
-        for (int r = 0; r < R; r++) {                                              \
-            const __m512i a = _mm512_set1_epi32(fl_int8_quad(u + r * ldu, k4));    \
-            sums[r][0] = _mm512_dpbusd_epi32(sums[r][0], a, w0);                   \
-            sums[r][1] = _mm512_dpbusd_epi32(sums[r][1], a, w1);                   \
-            sums[r][2] = _mm512_dpbusd_epi32(sums[r][2], a, w2);                   \
-            sums[r][3] = _mm512_dpbusd_epi32(sums[r][3], a, w3);                   \
-        }                                                                          \
-    }                                                                              \
-    for (int r = 0; r < R; r++)                                                    \
-        for (int v = 0; v < 4; v++)                                                \
-            _mm512_storeu_si512((void*)(acc + r * ldacc + 16 * v), sums[r][v]);    \
+    fl_int8_tile512(R, u, ldu, p, K4, acc, ldacc);                                 \
 }
 FL_INT8_TILE512(1)
 FL_INT8_TILE512(2)
@@ -238,27 +266,44 @@ static void fl_int8_product_avx512vnni(ptrdiff_t rows, const uint8_t* u, ptrdiff
 #if defined(__clang__) || __GNUC__ >= 11
 /* AVX-VNNI: 16 registers of 256 bits, so a tile is 2 rows by half a group
    (32 columns, four vectors of 8). */
+#define FL_INT8_ROW256_STEP(r)                                                     \
+    if (R > r) {                                                                   \
+        const __m256i a = _mm256_set1_epi32(fl_int8_quad(u + r * ldu, k4));        \
+        FL_DPBUSD_AVX(s##r##0, a, w0);                         \
+        FL_DPBUSD_AVX(s##r##1, a, w1);                         \
+        FL_DPBUSD_AVX(s##r##2, a, w2);                         \
+        FL_DPBUSD_AVX(s##r##3, a, w3);                         \
+    }
+#define FL_INT8_ROW256_STORE(r)                                                    \
+    if (R > r) {                                                                   \
+        _mm256_storeu_si256((__m256i*)(acc + r * ldacc), s##r##0);                 \
+        _mm256_storeu_si256((__m256i*)(acc + r * ldacc + 8), s##r##1);             \
+        _mm256_storeu_si256((__m256i*)(acc + r * ldacc + 16), s##r##2);            \
+        _mm256_storeu_si256((__m256i*)(acc + r * ldacc + 24), s##r##3);            \
+    }
+
+__attribute__((target("avx2,avxvnni"), always_inline))
+static inline void fl_int8_tile256(const int R, const uint8_t* u, ptrdiff_t ldu,
+                                   const int8_t* p, ptrdiff_t K4, int32_t* acc,
+                                   ptrdiff_t ldacc) {
+    __m256i s00 = _mm256_setzero_si256(), s01 = s00, s02 = s00, s03 = s00;
+    __m256i s10 = s00, s11 = s00, s12 = s00, s13 = s00;
+    for (ptrdiff_t k4 = 0; k4 < K4; k4++) {
+        const int8_t* pk = p + k4 * 4 * FL_INT8_GROUP;
+        const __m256i w0 = _mm256_loadu_si256((const __m256i*)pk);
+        const __m256i w1 = _mm256_loadu_si256((const __m256i*)(pk + 32));
+        const __m256i w2 = _mm256_loadu_si256((const __m256i*)(pk + 64));
+        const __m256i w3 = _mm256_loadu_si256((const __m256i*)(pk + 96));
+        FL_INT8_ROW256_STEP(0) FL_INT8_ROW256_STEP(1)
+    }
+    FL_INT8_ROW256_STORE(0) FL_INT8_ROW256_STORE(1)
+}
+
 #define FL_INT8_TILE256(R)                                                         \
 __attribute__((target("avx2,avxvnni")))                                            \
 static void fl_int8_tile256_##R(const uint8_t* u, ptrdiff_t ldu, const int8_t* p,  \
                                 ptrdiff_t K4, int32_t* acc, ptrdiff_t ldacc) {     \
-    __m256i sums[R][4];                                                            \
-    for (int r = 0; r < R; r++)                                                    \
-        for (int v = 0; v < 4; v++) sums[r][v] = _mm256_setzero_si256();           \
-    for (ptrdiff_t k4 = 0; k4 < K4; k4++) {                                        \
-        const int8_t* pk = p + k4 * 4 * FL_INT8_GROUP;                             \
-        __m256i w[4];                                                              \
-        for (int v = 0; v < 4; v++)                                                \
-            w[v] = _mm256_loadu_si256((const __m256i*)(pk + 32 * v));              \
-        for (int r = 0; r < R; r++) {                                              \
-            const __m256i a = _mm256_set1_epi32(fl_int8_quad(u + r * ldu, k4));    \
-            for (int v = 0; v < 4; v++)                                            \
-                sums[r][v] = _mm256_dpbusd_avx_epi32(sums[r][v], a, w[v]);         \
-        }                                                                          \
-    }                                                                              \
-    for (int r = 0; r < R; r++)                                                    \
-        for (int v = 0; v < 4; v++)                                                \
-            _mm256_storeu_si256((__m256i*)(acc + r * ldacc + 8 * v), sums[r][v]);  \
+    fl_int8_tile256(R, u, ldu, p, K4, acc, ldacc);                                 \
 }
 FL_INT8_TILE256(1)
 FL_INT8_TILE256(2)
