@@ -84,29 +84,37 @@ static inline float fl_int8_round(float v) {
    output it touches is NaN, as in float arithmetic. */
 static void fl_quantize_row_u8(ptrdiff_t n, const float* a, ptrdiff_t padded,
                                uint8_t* u, float* scale, int32_t* zero) {
-    /* The range in 16 lanes, element-wise (which vectorises; a running
-       minimum of floats does not, without -ffinite-math-only), then
-       across the lanes. */
-    float lows[16] = {0}, highs[16] = {0}, finite[16] = {0};
-    ptrdiff_t k = 0;
-    for (; k + 16 <= n; k += 16)
-        for (int l = 0; l < 16; l++) {
-            const float v = a[k + l];
-            lows[l] = v < lows[l] ? v : lows[l];
-            highs[l] = v > highs[l] ? v : highs[l];
-            finite[l] += v - v;           /* NaN once any v is NaN or infinite */
-        }
-    for (ptrdiff_t l = 0; l < n - k; l++) {
-        const float v = a[k + l];
-        lows[l] = v < lows[l] ? v : lows[l];
-        highs[l] = v > highs[l] ? v : highs[l];
-        finite[l] += v - v;
-    }
+    /* The range, and whether all is finite, in 16 lanes, then across them.
+       A running minimum of floats does not vectorise (without
+       -ffinite-math-only), so with GCC and Clang the lanes are a vector
+       type; elsewhere, an array. Either way the same values: a minimum and
+       a maximum are exact, and the sum of (v - v) is NaN exactly when some
+       v is NaN or infinite, in any order. */
     float low = 0.0f, high = 0.0f, bad = 0.0f;
+    ptrdiff_t k = 0;
+#if defined(__GNUC__) || defined(__clang__)
+    typedef float fl_v16f __attribute__((vector_size(64)));
+    typedef int32_t fl_v16i __attribute__((vector_size(64)));
+    fl_v16f lows = {0}, highs = {0}, sums = {0};
+    for (; k + 16 <= n; k += 16) {
+        fl_v16f v;
+        memcpy(&v, a + k, sizeof v);
+        const fl_v16i below = v < lows, above = v > highs;
+        lows = (fl_v16f)(((fl_v16i)v & below) | ((fl_v16i)lows & ~below));
+        highs = (fl_v16f)(((fl_v16i)v & above) | ((fl_v16i)highs & ~above));
+        sums += v - v;
+    }
     for (int l = 0; l < 16; l++) {
         low = lows[l] < low ? lows[l] : low;
         high = highs[l] > high ? highs[l] : high;
-        bad += finite[l];
+        bad += sums[l];
+    }
+#endif
+    for (; k < n; k++) {
+        const float v = a[k];
+        low = v < low ? v : low;
+        high = v > high ? v : high;
+        bad += v - v;
     }
     const float finite_sum = bad;
     if (finite_sum != 0.0f || high - low > 3.0e38f) {

@@ -104,7 +104,7 @@ def mark_quantized(layer, mode):
     if not hasattr(layer, "quantize"):
         raise ValueError(f"{layer._label()} cannot be quantized, but its configuration says "
                          f"quantization_mode={mode!r}")
-    for part in getattr(layer, "_sublayers")() or [layer]:
+    for part in layer._sublayers() or [layer]:
         part.quantization_mode = mode
 
 

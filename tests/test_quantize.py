@@ -373,3 +373,32 @@ def test_quantized_set_weights_checks_int8_values():
         layer.set_weights([kernel + 0.5, bias, scale])
     with pytest.raises(ValueError, match="int8 values"):
         layer.set_weights([kernel.astype(np.int32) * 300, bias, scale])
+
+
+def test_bench_int8_times_float_int8_and_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from fastlstm.tools.int8 import run
+
+    import io
+    import json
+
+    out = io.StringIO()
+    path = os.fspath(tmp_path / "int8.json")
+    results = run(sizes=["tiny"], repeat=3, threads=1, json_path=path, file=out)
+    tiny = results["sizes"]["tiny"]
+    assert set(tiny["ms"]) == {"float32", "int8", "ort_int8"}
+    assert tiny["int8_over_float32"] == tiny["ms"]["int8"] / tiny["ms"]["float32"]
+    # Both int8 models compute the float model's outputs to int8 accuracy.
+    assert 0 < tiny["max_abs_difference_from_float32"]["int8"] < 0.05
+    assert 0 < tiny["max_abs_difference_from_float32"]["ort_int8"] < 0.05
+    assert "tiny" in out.getvalue() and "int8/ORT" in out.getvalue()
+    with open(path) as stream:
+        assert json.load(stream)["sizes"]["tiny"]["ms"] == tiny["ms"]
+
+
+def test_show_config_names_the_int8_path():
+    import io
+
+    out = io.StringIO()
+    fl.show_config(file=out)
+    assert f"int8 products {_kernels.current().int8_path()}" in out.getvalue()
