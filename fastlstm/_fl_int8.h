@@ -17,9 +17,11 @@
      sum_k (u[k] - zp) q[k, n] = sum_k u[k] q[k, n] - zp colsum[n]
    exactly in int32 (|sum| < 255 * 127 * K < 2^31 for K < 66000), and
      y[n] = (float)(acc[n] - zp colsum[n]) * (s * ws[n])
-   in float32, by one function every path shares, so the VNNI kernels and
-   the portable loop (the same integers in another order: integer sums are
-   exact in any order) give the same bits.
+   in float32, by code every path shares (fl_int8_dequantize, and the LSTM's
+   element-wise step, which adds the recurrent product in the same
+   expression), so the VNNI kernels and the portable loop (the same
+   integers in another order: integer sums are exact in any order) give
+   the same bits.
 
    Packed weights. K is padded to a multiple of 4, the N columns to a
    multiple of 64 (zeros). Group g of 64 columns holds, for each k4 < K/4,

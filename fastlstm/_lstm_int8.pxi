@@ -7,8 +7,9 @@
 #      point), then, in chunks of rows,
 #        gates[b, t] = dequantize(u_x[b, t] @ kernel_q) + bias    int32 sums
 #   2. per step, in processing order: each h_{t-1}[b] is quantized, then
-#        gates[b, t] += dequantize(u_h[b] @ recurrent_kernel_q)
-#      and the float32 element-wise step runs: activations, c and h, mask.
+#        z = gates[b, t] + dequantize(u_h[b] @ recurrent_kernel_q)
+#      in the float32 element-wise step (activations, c and h, mask), one
+#      pass over each row.
 # Every buffer is allocated by the entry point (numpy arrays), one region
 # per thread; nothing is allocated inside the threads' loops.
 #
@@ -165,18 +166,38 @@ cdef struct _Int8Job:
     int32_t* acc
 
 
-cdef inline void _int8_step_units(Py_ssize_t H, const float* z, float* c, float* h,
+cdef inline float _int8_gate(const float* z, const int32_t* acc, int32_t zero,
+                             const int32_t* colsum, float scale,
+                             const float* column_scale) noexcept nogil:
+    """z + the dequantized recurrent product of one gate column: the
+    expression of fl_int8_dequantize."""
+    return z[0] + <float>(acc[0] - zero * colsum[0]) * (scale * column_scale[0])
+
+
+cdef inline void _int8_step_units(Py_ssize_t H, const float* z, const int32_t* acc,
+                                  int32_t zero, const int32_t* colsum, float scale,
+                                  const float* column_scale, float* c, float* h,
                                   int activation, int recurrent_activation) noexcept nogil:
-    """The element-wise step of one sequence: gates from z (gate blocks H
-    apart), c and h updated in place. Called with constant codes for the
-    default pair, so that copy is compiled branch-free and vectorised."""
-    cdef Py_ssize_t j
+    """The element-wise step of one sequence: its pre-activations are z (the
+    input product and bias, gate blocks H apart) plus the dequantized
+    recurrent product acc (row scale and zero point ``scale``, ``zero``);
+    c and h updated in place. Called with constant codes for the default
+    pair, so that copy is compiled branch-free and vectorised."""
+    cdef Py_ssize_t j, k
     cdef float gi, gf, gc, go, cn
     for j in range(H):
-        gi = _activate(z[j], recurrent_activation)
-        gf = _activate(z[H + j], recurrent_activation)
-        gc = _activate(z[2 * H + j], activation)
-        go = _activate(z[3 * H + j], recurrent_activation)
+        k = j
+        gi = _activate(_int8_gate(z + k, acc + k, zero, colsum + k, scale, column_scale + k),
+                       recurrent_activation)
+        k = H + j
+        gf = _activate(_int8_gate(z + k, acc + k, zero, colsum + k, scale, column_scale + k),
+                       recurrent_activation)
+        k = 2 * H + j
+        gc = _activate(_int8_gate(z + k, acc + k, zero, colsum + k, scale, column_scale + k),
+                       activation)
+        k = 3 * H + j
+        go = _activate(_int8_gate(z + k, acc + k, zero, colsum + k, scale, column_scale + k),
+                       recurrent_activation)
         cn = gf * c[j] + gi * gc
         c[j] = cn
         h[j] = go * _activate(cn, activation)
@@ -197,7 +218,7 @@ cdef void _int8_forward_rows(_Int8Job* job, Py_ssize_t k) noexcept nogil:
     cdef float* row_scale = job.row_scale + k * job.ws_rows
     cdef int32_t* row_zero = job.row_zero + k * job.ws_rows
     cdef int32_t* acc = job.acc + k * job.ws_rows * ld
-    cdef Py_ssize_t s, t, b
+    cdef Py_ssize_t s, t, b, r
     cdef float* z
     cdef float* out
     cdef float* h
@@ -214,10 +235,8 @@ cdef void _int8_forward_rows(_Int8Job* job, Py_ssize_t k) noexcept nogil:
             fl_quantize_row_u8(H, job.h + (b0 + b) * H, Hp, u + b * Hp, &row_scale[b],
                                &row_zero[b])
         # acc = u_h @ recurrent_kernel_q   (rows, ld) int32 = (rows, Hp) u8 @ (Hp, ld) s8
+        # (dequantized and added to gates[b, t] inside the element-wise step)
         fl_int8_product(job.path, rows, u, Hp, job.recurrent, Hp // 4, G, acc, ld)
-        # gates[b, t] += dequantized acc, rows b0..b1 (leading dimension T*4H)
-        fl_int8_dequantize(rows, G4, acc, ld, row_scale, row_zero, job.recurrent_colsum,
-                           job.recurrent_scale, NULL, job.gates + (b0 * T + t) * G4, T * G4, 1)
         for b in range(b0, b1):
             out = job.outputs + (b * T + s) * H
             if job.keep != NULL and not job.keep[b * T + t]:
@@ -230,10 +249,14 @@ cdef void _int8_forward_rows(_Int8Job* job, Py_ssize_t k) noexcept nogil:
             z = job.gates + (b * T + t) * G4
             h = job.h + b * H
             c = job.c + b * H
+            r = b - b0
             if job.activation == TANH and job.recurrent_activation == SIGMOID:
-                _int8_step_units(H, z, c, h, TANH, SIGMOID)
+                _int8_step_units(H, z, acc + r * ld, row_zero[r], job.recurrent_colsum,
+                                 row_scale[r], job.recurrent_scale, c, h, TANH, SIGMOID)
             else:
-                _int8_step_units(H, z, c, h, job.activation, job.recurrent_activation)
+                _int8_step_units(H, z, acc + r * ld, row_zero[r], job.recurrent_colsum,
+                                 row_scale[r], job.recurrent_scale, c, h, job.activation,
+                                 job.recurrent_activation)
             memcpy(out, h, H * sizeof(float))
 
 

@@ -397,7 +397,10 @@ class Sequential(Trainer):
         output is ``"output"``. Every ``LSTM`` (and ``Bidirectional``) is one
         ONNX ``LSTM`` node; masks (``Embedding(mask_zero=True)``,
         ``Masking``) give the outputs fastlstm gives, wherever the masked
-        steps lie. ``Dropout`` is the identity, as in inference.
+        steps lie. ``Dropout`` is the identity, as in inference. A model
+        after :meth:`quantize` is written with ONNX Runtime's quantized
+        operators (``DynamicQuantizeLSTM``, ``DynamicQuantizeMatMul``) and
+        its int8 weights.
 
         Parameters
         ----------
