@@ -50,6 +50,13 @@ def _bench(args):
                              batch_size=args.batch_size)
         return 1 if any(model["errors"] for model in results["models"].values()) else 0
 
+    if args.int8:
+        from .tools.int8 import run as run_int8
+
+        run_int8(sizes=args.sizes, repeat=args.repeat, threads=args.threads,
+                 json_path=args.json)
+        return 0
+
     if args.busy:
         from .tools.busy import run as run_busy
 
@@ -165,6 +172,11 @@ def main(argv=None):
                             "fastlstm and PyTorch on 2 threads and on 1 under that load: a "
                             "training step of a small model and at 'small', inference at "
                             "'one' (--repeat applies)")
+    bench.add_argument("--int8", action="store_true",
+                       help="instead, time int8 inference (model.quantize('int8')) against "
+                            "float32 inference and ONNX Runtime running the exported model "
+                            "quantized with quantize_dynamic, at each size (--sizes, "
+                            "--repeat, --threads and --json apply)")
     bench.add_argument("--torch-adapter", action="store_true",
                        help="also time fastlstm.torch.LSTM in PyTorch training steps, padded "
                             "and packed, against torch.nn.LSTM (needs PyTorch); without "

@@ -275,5 +275,6 @@ def show_config(file=None):
         f"  build         {_kernels.current_name()} (available: {', '.join(_kernels.available())})",
         f"  threads       {num_threads()} (fastlstm's own thread pool)",
         f"  cpu features  {simd}",
+        f"  int8 products {_kernels.current().int8_path()} (model.quantize('int8'))",
     ]
     print("\n".join(lines), file=file)

@@ -16,6 +16,12 @@ cdef extern from *:
     static int fl_has_avx512vl(void) { return FL_CPU_CHECK("avx512vl"); }
     static int fl_has_avx512cd(void) { return FL_CPU_CHECK("avx512cd"); }
     static int fl_has_avx512bf16(void) { return FL_CPU_CHECK("avx512bf16"); }
+    static int fl_has_avx512vnni(void) { return FL_CPU_CHECK("avx512vnni"); }
+    #if defined(__clang__) || !defined(__GNUC__) || __GNUC__ >= 11
+    static int fl_has_avxvnni(void) { return FL_CPU_CHECK("avxvnni"); }
+    #else
+    static int fl_has_avxvnni(void) { return 0; }
+    #endif
     """
     int fl_has_avx2() nogil
     int fl_has_avx512f() nogil
@@ -24,6 +30,8 @@ cdef extern from *:
     int fl_has_avx512vl() nogil
     int fl_has_avx512cd() nogil
     int fl_has_avx512bf16() nogil
+    int fl_has_avx512vnni() nogil
+    int fl_has_avxvnni() nogil
     # Defined by the C code Cython generates: 0xMMmmpp.. of the Cython version.
     const long CYTHON_HEX_VERSION
 
@@ -41,6 +49,9 @@ def cpu_features():
         "avx512vl": bool(fl_has_avx512vl()),
         "avx512cd": bool(fl_has_avx512cd()),
         "avx512bf16": bool(fl_has_avx512bf16()),
+        # The int8 products' dot-product instructions (vpdpbusd).
+        "avx512vnni": bool(fl_has_avx512vnni()),
+        "avxvnni": bool(fl_has_avxvnni()),
     }
 
 

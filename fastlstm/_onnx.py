@@ -24,6 +24,13 @@ masked LSTM becomes:
 
 That is the layer's own result for any mask: padding at the end, at the start
 (Keras' ``pad_sequences`` default) or gaps between kept steps.
+
+int8. A model after ``quantize("int8")`` is written with ONNX Runtime's
+quantized operators (domain ``com.microsoft``): each LSTM a
+``DynamicQuantizeLSTM`` node, each Dense a ``DynamicQuantizeMatMul``, with
+the layers' int8 weights and per-column scales as they are (zero points 0).
+ONNX Runtime quantizes the activations its own way (per tensor, not per
+row), so its outputs are close to ``predict``'s, not equal.
 """
 import numpy as np
 
@@ -44,6 +51,8 @@ _LSTM_ACTIVATIONS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "hard_sigmoid": "Hard
 # alpha 1/6 and beta 1/2 (ONNX's defaults, 0.2 and 0.5, are Keras 2's).
 _HARD_SIGMOID_ALPHA_BETA = (1 / 6, 0.5)
 _DENSE_ACTIVATIONS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
+# ONNX Runtime's quantized operators.
+_MICROSOFT = "com.microsoft"
 
 
 def lstm_weights(kernel, recurrent_kernel, bias):
@@ -75,6 +84,22 @@ def lstm_weights(kernel, recurrent_kernel, bias):
     input_bias = np.zeros(4 * units, kernel.dtype) if bias is None else bias[order]
     B = np.concatenate([input_bias, np.zeros_like(input_bias)])[None]
     return W, R, B
+
+
+def _quantized_lstm_weights(layer):
+    """A quantized layer's weights of one direction as the inputs of ONNX
+    Runtime's ``DynamicQuantizeLSTM``: ``W (1, input_dim, 4 * units)`` and
+    ``R (1, units, 4 * units)`` int8, ``B (1, 8 * units)``, and the scales of
+    W's and R's columns ``(1, 4 * units)``, gates in ONNX's order i, o, f, c."""
+    params = layer.params
+    units = layer.units
+    order = np.concatenate([np.arange(g * units, (g + 1) * units) for g in (0, 3, 1, 2)])
+    bias = params.get("bias")
+    input_bias = np.zeros(4 * units, np.float32) if bias is None else bias[order]
+    return (np.ascontiguousarray(params["kernel"][:, order][None]),
+            np.ascontiguousarray(params["recurrent_kernel"][:, order][None]),
+            np.concatenate([input_bias, np.zeros_like(input_bias)])[None],
+            params["kernel_scale"][order][None], params["recurrent_kernel_scale"][order][None])
 
 
 def _check_exportable(layers):
@@ -172,9 +197,19 @@ def _dropout(graph, layer, x, mask):
 
 
 def _dense(graph, layer, x, mask):
-    y = graph.op("MatMul", [x, graph.constant(layer.params["kernel"], "kernel")])
-    if layer.use_bias:
-        y = graph.op("Add", [y, graph.constant(layer.params["bias"], "bias")])
+    if layer.quantization_mode:
+        # y = x @ (kernel * kernel_scale) + bias, x quantized by ONNX Runtime.
+        params = layer.params
+        inputs = [x, graph.constant(params["kernel"], "kernel"),
+                  graph.constant(params["kernel_scale"], "kernel_scale"),
+                  graph.constant(np.zeros(layer.units, np.int8), "kernel_zero_point")]
+        if layer.use_bias:
+            inputs.append(graph.constant(params["bias"], "bias"))
+        y = graph.op("DynamicQuantizeMatMul", inputs, domain=_MICROSOFT)
+    else:
+        y = graph.op("MatMul", [x, graph.constant(layer.params["kernel"], "kernel")])
+        if layer.use_bias:
+            y = graph.op("Add", [y, graph.constant(layer.params["bias"], "bias")])
     if layer.activation == "softmax":
         y = graph.op("Softmax", [y], axis=-1)
     elif layer.activation in _DENSE_ACTIVATIONS:
@@ -281,8 +316,13 @@ def _recurrent(graph, layer, x, mask):
     else:
         direction = "reverse" if layer.go_backwards else "forward"
     first = directions[0]
-    W, R, B = (np.concatenate(parts) for parts in zip(*(
-        lstm_weights(*d.kernel_weights) for d in directions)))
+    quantized = bool(first.quantization_mode)
+    if quantized:
+        W, R, B, W_scale, R_scale = (np.concatenate(parts) for parts in zip(*(
+            _quantized_lstm_weights(d) for d in directions)))
+    else:
+        W, R, B = (np.concatenate(parts) for parts in zip(*(
+            lstm_weights(*d.kernel_weights) for d in directions)))
     names = [_LSTM_ACTIVATIONS[name] for name in (first.recurrent_activation, first.activation,
                                                   first.activation)] * len(directions)
     attributes = dict(hidden_size=first.units, direction=direction, activations=names)
@@ -301,9 +341,19 @@ def _recurrent(graph, layer, x, mask):
     inputs = [sequence, graph.constant(W, "W"), graph.constant(R, "R"), graph.constant(B, "B")]
     if steps is not None:
         inputs.append(steps.lengths)
+    op_type = "LSTM"
+    if quantized:
+        # DynamicQuantizeLSTM: the LSTM's inputs (no initial states nor
+        # peepholes), then the weights' scales and zero points.
+        zero_point = np.zeros(W_scale.shape, np.int8)
+        inputs += [""] * (8 - len(inputs)) + [
+            graph.constant(W_scale, "W_scale"), graph.constant(zero_point, "W_zero_point"),
+            graph.constant(R_scale, "R_scale"), graph.constant(zero_point, "R_zero_point")]
+        op_type = "DynamicQuantizeLSTM"
+        attributes["domain"] = _MICROSOFT
     zero = np.array(0, np.float32)
     if layer.return_sequences:
-        Y = graph.op("LSTM", inputs, outputs=[True], **attributes)
+        Y = graph.op(op_type, inputs, outputs=[True], **attributes)
         if steps is None:
             y = graph.op("Transpose", [Y], perm=[2, 0, 1, 3])    # (batch, timesteps, D, units)
         else:
@@ -319,7 +369,7 @@ def _recurrent(graph, layer, x, mask):
             y = _reversed_in_time(graph, y)
             mask = None if mask is None else _reversed_in_time(graph, mask)
         return _merged(graph, layer, y, axis=2), mask
-    Y_h = graph.op("LSTM", inputs, outputs=[False, True], **attributes)[1]   # (D, batch, units)
+    Y_h = graph.op(op_type, inputs, outputs=[False, True], **attributes)[1]  # (D, batch, units)
     if steps is not None:
         # No kept step: the output is zeros, whatever a runtime leaves in Y_h.
         any_kept = graph.op("Greater", [steps.count, graph.constant(np.array(0, np.int64),
@@ -394,7 +444,9 @@ def _graph(onnx, layers, input_shape, name):
             inputs=[onnx.helper.make_tensor_value_info("input", element, input_dims)],
             outputs=[onnx.helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT,
                                                         output_dims)]),
-        opset_imports=[onnx.helper.make_opsetid("", OPSET)],
+        opset_imports=[onnx.helper.make_opsetid("", OPSET)] + (
+            [onnx.helper.make_opsetid(_MICROSOFT, 1)]
+            if any(node.domain == _MICROSOFT for node in graph.nodes) else []),
         producer_name="fastlstm", producer_version=__version__)
     model.ir_version = IR_VERSION
     return model

@@ -35,7 +35,7 @@ Examples
 """
 import numpy as np
 
-from . import _model_files, _onnx
+from . import _model_files, _onnx, _quantize
 from ._validation import as_real_array, check_bool, check_option, check_path, describe, is_int
 from .layers import deserialize, serialize
 from .layers.base import layer_label, no_grad, seed_sequence
@@ -397,7 +397,10 @@ class Sequential(Trainer):
         output is ``"output"``. Every ``LSTM`` (and ``Bidirectional``) is one
         ONNX ``LSTM`` node; masks (``Embedding(mask_zero=True)``,
         ``Masking``) give the outputs fastlstm gives, wherever the masked
-        steps lie. ``Dropout`` is the identity, as in inference.
+        steps lie. ``Dropout`` is the identity, as in inference. A model
+        after :meth:`quantize` is written with ONNX Runtime's quantized
+        operators (``DynamicQuantizeLSTM``, ``DynamicQuantizeMatMul``) and
+        its int8 weights.
 
         Parameters
         ----------
@@ -431,6 +434,42 @@ class Sequential(Trainer):
             raise RuntimeError("the model is not built yet, so there is nothing to export: call "
                                "build(input_shape) or the model on data first")
         _onnx.export(self.layers, self._input_shape, self.name, path)
+
+    def quantize(self, mode):
+        """Quantize the model's LSTM, Bidirectional and Dense layers, as
+        Keras 3's ``model.quantize(mode)``.
+
+        ``mode="int8"`` (the one fastlstm implements): each such layer's
+        weight matrices become int8 with one float32 scale per output column
+        (``kernel_scale``, ``recurrent_kernel_scale`` beside them in
+        ``params``), and its calls quantize their inputs and hidden states
+        to uint8, row by row and step by step, and run integer products
+        (AVX-512 VNNI or AVX-VNNI where the CPU has them). Embedding and
+        LayerNormalization stay float32. :meth:`predict` and :meth:`evaluate`
+        run the quantized model; ``save`` and ``load_model`` keep it
+        quantized; it cannot be trained (train the float32 model, then
+        quantize). See the guide's serving page for what it costs in
+        accuracy and what it saves in time.
+
+        Raises
+        ------
+        ValueError
+            ``mode`` is not ``"int8"``; a layer is already quantized or
+            computes in float64 (checked for every layer before any changes).
+        RuntimeError
+            The model is not built yet.
+        """
+        _quantize.check_mode(mode)
+        self._check_layers()
+        if not self.built:
+            raise RuntimeError("the model is not built yet, so it has no weights to quantize: "
+                               "call build(input_shape) or the model on data first")
+        layers = [layer for layer in self.layers if hasattr(layer, "quantize")]
+        for layer in layers:
+            _quantize.check_quantizable(layer)
+        for layer in layers:
+            layer.quantize(mode)
+        self._calls = None
 
     # -- summary -------------------------------------------------------------
 

@@ -35,6 +35,7 @@ import warnings
 
 import numpy as np
 
+from . import _quantize
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
@@ -498,6 +499,12 @@ class Trainer:
         if self.loss is None:
             raise RuntimeError(f"{method}() needs a loss and an optimizer: call compile() first")
 
+    def _refuse_quantized(self, method):
+        quantized = [layer for layer in self.layers if getattr(layer, "quantization_mode", None)]
+        if quantized:
+            raise RuntimeError(f"{method}() cannot train this model: "
+                               f"{_quantize.training_refused(quantized[0])}")
+
     def _resolve_metrics(self, y, y_pred):
         """Pick the kind of each ``"accuracy"`` the loss did not decide, from shapes."""
         for k, metric in enumerate(self.metrics):
@@ -683,6 +690,7 @@ class Trainer:
             ``history.history`` maps each log entry to its value per epoch.
         """
         self._require_compiled("fit")
+        self._refuse_quantized("fit")
         epochs = check_int(epochs, "epochs", minimum=0)
         initial_epoch = check_int(initial_epoch, "initial_epoch", minimum=0)
         verbose = _check_verbose(verbose)
@@ -847,6 +855,7 @@ class Trainer:
             this batch alone (the running loss and metrics are reset first).
         """
         self._require_compiled("train_on_batch")
+        self._refuse_quantized("train_on_batch")
         x, y = _targets(x, y)
         sample_weight = _sample_weights(sample_weight, x.shape[0])
         class_weight = _check_class_weight(class_weight)

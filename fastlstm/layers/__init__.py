@@ -7,6 +7,7 @@ shares; ``lstm.py`` holds :class:`LSTM` and its one-step
 :class:`Dropout` and :class:`Masking`, ``normalization.py``
 :class:`LayerNormalization`.
 """
+from .. import _quantize
 from .._validation import describe
 from .base import Layer, no_grad
 from .bidirectional import Bidirectional
@@ -23,7 +24,10 @@ _CLASSES = {cls.__name__: cls for cls in (LSTM, Bidirectional, Dense, Embedding,
 
 def serialize(layer):
     """``{"class_name": ..., "config": ...}``, the layer's type and configuration."""
-    return {"class_name": type(layer).__name__, "config": layer.get_config()}
+    spec = {"class_name": type(layer).__name__, "config": layer.get_config()}
+    if getattr(layer, "quantization_mode", None):
+        spec["quantization_mode"] = layer.quantization_mode
+    return spec
 
 
 def deserialize(spec):
@@ -34,4 +38,9 @@ def deserialize(spec):
     name = spec["class_name"]
     if name not in _CLASSES:
         raise ValueError(f"unknown layer class {name!r}; fastlstm has {sorted(_CLASSES)}")
-    return _CLASSES[name].from_config(spec["config"])
+    layer = _CLASSES[name].from_config(spec["config"])
+    mode = spec.get("quantization_mode")
+    if mode is not None:
+        _quantize.check_mode(mode)
+        _quantize.mark_quantized(layer, mode)
+    return layer

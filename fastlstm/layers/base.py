@@ -20,6 +20,7 @@ import warnings
 
 import numpy as np
 
+from .._quantize import as_int8
 from .._validation import (as_real_array, check_bool, check_int, check_shape, describe,
                            describe_list, is_int, reject_kwargs)
 
@@ -227,6 +228,8 @@ class Layer:
     _input_shape_arg = None
     # The axes of one sample, when the layer needs a given number of them.
     _sample_axes = None
+    #: ``"int8"`` once :meth:`quantize` has run on a layer that has it, else None.
+    quantization_mode = None
 
     def __init__(self, config, name=None, trainable=True, kwargs=None, unsupported=None):
         kwargs = dict(kwargs or {})
@@ -317,6 +320,11 @@ class Layer:
         """Freshly initialised weights for ``input_dim`` features, by name."""
         return {}
 
+    def _weight_dtypes(self):
+        """The weights whose dtype is not the layer's, by name (a quantized
+        layer's int8 matrices)."""
+        return {}
+
     def _weights_note(self):
         """Said after the expected names when a weights list has the wrong length."""
         return ""
@@ -374,7 +382,10 @@ class Layer:
             raise ValueError(f"weights must be a list of {len(names)} array{plural} "
                              f"[{', '.join(names)}]{self._weights_note()}, got "
                              f"{describe_list(weights)}")
-        arrays = [as_real_array(w, label, self.dtype) for w, label in zip(weights, labels)]
+        dtypes = self._weight_dtypes()
+        arrays = [as_int8(w, label) if dtypes.get(name) == np.int8
+                  else as_real_array(w, label, self.dtype)
+                  for w, label, name in zip(weights, labels, names)]
         input_dim = self.input_dim
         if self.input_is_features and not self.built:
             input_dim = self._input_dim_of(arrays[0], labels[0])

@@ -195,6 +195,16 @@ class Bidirectional(Layer):
         self.backward_layer._assign(list(weights[half:]), [
             f"weights[{k + half}] (backward {name})" for k, name in enumerate(names)])
 
+    @property
+    def quantization_mode(self):
+        """That of the two wrapped layers (``"int8"`` or None)."""
+        return self.forward_layer.quantization_mode
+
+    def quantize(self, mode):
+        """Quantize both directions (see :meth:`LSTM.quantize`)."""
+        for layer in (self.forward_layer, self.backward_layer):
+            layer.quantize(mode)
+
     def reset_state(self):
         """Reset both directions' states (see :meth:`LSTM.reset_state`)."""
         self.forward_layer.reset_state()

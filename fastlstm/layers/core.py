@@ -1,7 +1,7 @@
 """Dense, Embedding, Dropout and Masking, as their Keras namesakes."""
 import numpy as np
 
-from .. import initializers
+from .. import _kernels, _quantize, initializers
 from ..functional import dense_backward, dense_forward
 from .._validation import (as_real_array, check_bool, check_dtype, check_int, check_option,
                            check_rate, check_real)
@@ -86,12 +86,19 @@ class Dense(Layer):
         self.seed = seed
         self._weights_rng = np.random.default_rng(seed_sequence(seed))
         self.dtype = check_dtype(dtype)
+        self._int8 = None
 
     def _weight_names(self):
-        return ("kernel", "bias") if self.use_bias else ("kernel",)
+        names = ("kernel", "bias") if self.use_bias else ("kernel",)
+        return names + ("kernel_scale",) if self.quantization_mode else names
 
     def _weight_shapes(self, input_dim):
-        return [((input_dim, self.units), "(input_dim, units)"), ((self.units,), "(units,)")]
+        shapes = [((input_dim, self.units), "(input_dim, units)")]
+        shapes += [((self.units,), "(units,)")] * (len(self._weight_names()) - 1)
+        return shapes
+
+    def _weight_dtypes(self):
+        return {"kernel": np.int8} if self.quantization_mode else {}
 
     def _weights_note(self):
         return f" (use_bias={self.use_bias})"
@@ -104,7 +111,36 @@ class Dense(Layer):
             weights["bias"] = initializers._draw(
                 self.bias_initializer, (self.units,), self.dtype, self._weights_rng,
                 "bias_initializer")
+        if self.quantization_mode:
+            weights["kernel"], weights["kernel_scale"] = _quantize.quantize_columns(
+                weights["kernel"], "kernel")
         return weights
+
+    def quantize(self, mode):
+        """Quantize the kernel, as Keras 3's ``layer.quantize(mode)``.
+
+        ``mode="int8"`` (the one fastlstm implements): ``kernel`` becomes
+        int8 with one float32 scale per output column (``kernel_scale``, in
+        ``params``); the bias stays float32. Calls then quantize each input
+        row to uint8 and run integer products (see :doc:`/guide/serving`);
+        the layer runs inference only. Build the layer first; float64
+        layers are refused.
+        """
+        _quantize.check_mode(mode)
+        if not self.built:
+            raise RuntimeError(f"{self._label()} is not built yet, so it has no weights to "
+                               f"quantize: call it on data or build(input_dim) first")
+        _quantize.check_quantizable(self)
+        kernel, scale = _quantize.quantize_columns(self._params["kernel"], "kernel")
+        quantized = {"kernel": kernel}
+        if self.use_bias:
+            quantized["bias"] = self._params["bias"]
+        quantized["kernel_scale"] = scale
+        self._params = quantized
+        self._grads = {}
+        self.quantization_mode = mode
+        self._int8 = None
+        self.drop_record(_quantize.training_refused(self))
 
     def compute_output_shape(self, input_shape):
         """``input_shape`` with its last axis replaced by ``units``."""
@@ -132,7 +168,16 @@ class Dense(Layer):
             raise ValueError(f"x must have at least one sample and one feature, got shape "
                              f"{x.shape}")
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))
-        z = dense_forward(x2, self._params["kernel"], self._params.get("bias"))
+        if self.quantization_mode:
+            if training:
+                raise ValueError(f"training=True: {_quantize.training_refused(self)}")
+            params = self._params
+            self._int8 = _quantize.PackedInt8.kept(self._int8, params["kernel"],
+                                                   params["kernel_scale"])
+            z = _kernels.current().int8_matmul(x2, *self._int8.arguments(), params.get("bias"),
+                                               _quantize.use_portable())
+        else:
+            z = dense_forward(x2, self._params["kernel"], self._params.get("bias"))
         activation = self.activation
         if activation == "relu":
             y = np.maximum(z, 0)
@@ -145,7 +190,10 @@ class Dense(Layer):
         else:
             y = z
         # What backward needs: the input, and the output for the activation's derivative.
-        self._keep((x2, y, x.shape))
+        if self.quantization_mode:
+            self.drop_record(_quantize.training_refused(self))
+        else:
+            self._keep((x2, y, x.shape))
         return y.reshape(x.shape[:-1] + (self.units,))
 
     def backward(self, dy, input_gradient=True):

@@ -3,9 +3,10 @@ import inspect
 
 import numpy as np
 
-from .. import _kernels, initializers
+from .. import _kernels, _quantize, initializers
 from .._engine import kernel_copy
 from .._packed import PackedLSTM
+from .. import _plan
 from ..functional import check_sizes, lstm_backward, run_lstm_forward
 from .._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
                            check_activation, check_bool, check_dtype, check_features,
@@ -16,6 +17,7 @@ from .base import (REGULARIZERS_AND_CONSTRAINTS, Layer, dropout_mask, grad_enabl
 __all__ = ["LSTM", "LSTMCell"]
 
 _WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
+_SCALE_NAMES = ("kernel_scale", "recurrent_kernel_scale")
 
 # Keras LSTM arguments with no fastlstm equivalent, and why.
 _UNSUPPORTED = dict(
@@ -160,6 +162,7 @@ class LSTM(Layer):
         self._states = None
         self._cell = None
         self._served_lstm = None
+        self._int8 = None
         # Bidirectional sets this, as Keras does: with return_sequences, masked
         # steps output zeros instead of repeating the previous output.
         self._zero_output_for_mask = False
@@ -174,13 +177,23 @@ class LSTM(Layer):
     # -- weights -----------------------------------------------------------
 
     def _weight_names(self):
-        return _WEIGHT_NAMES if self.use_bias else _WEIGHT_NAMES[:2]
+        names = _WEIGHT_NAMES if self.use_bias else _WEIGHT_NAMES[:2]
+        return names + _SCALE_NAMES if self.quantization_mode else names
 
     def _weight_shapes(self, input_dim):
         units = self.units
-        return [((input_dim, 4 * units), "(input_dim, 4 * units)"),
-                ((units, 4 * units), "(units, 4 * units)"),
-                ((4 * units,), "(4 * units,)")]
+        shapes = [((input_dim, 4 * units), "(input_dim, 4 * units)"),
+                  ((units, 4 * units), "(units, 4 * units)")]
+        if self.use_bias:
+            shapes.append(((4 * units,), "(4 * units,)"))
+        if self.quantization_mode:
+            shapes += [((4 * units,), "(4 * units,)")] * 2
+        return shapes
+
+    def _weight_dtypes(self):
+        if not self.quantization_mode:
+            return super()._weight_dtypes()
+        return {"kernel": np.int8, "recurrent_kernel": np.int8}
 
     def _weights_note(self):
         return f" (use_bias={self.use_bias})"
@@ -192,6 +205,10 @@ class LSTM(Layer):
         recurrent_kernel = initializers._draw(self.recurrent_initializer, (units, 4 * units),
                                               dtype, rng, "recurrent_initializer")
         weights = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
+        if self.quantization_mode:
+            weights["kernel"], kernel_scale = _quantize.quantize_columns(kernel, "kernel")
+            weights["recurrent_kernel"], recurrent_scale = _quantize.quantize_columns(
+                recurrent_kernel, "recurrent_kernel")
         if self.use_bias:
             if self.unit_forget_bias:
                 bias = np.concatenate([
@@ -205,7 +222,65 @@ class LSTM(Layer):
                 bias = initializers._draw(self.bias_initializer, (4 * units,), dtype, rng,
                                           "bias_initializer")
             weights["bias"] = bias
+        if self.quantization_mode:
+            weights["kernel_scale"], weights["recurrent_kernel_scale"] = (kernel_scale,
+                                                                          recurrent_scale)
         return weights
+
+    # -- int8 ----------------------------------------------------------------
+
+    def quantize(self, mode):
+        """Quantize the layer's weights, as Keras 3's ``layer.quantize(mode)``.
+
+        ``mode="int8"`` (the one fastlstm implements): ``kernel`` and
+        ``recurrent_kernel`` become int8 with one float32 scale per gate
+        column (``kernel_scale``, ``recurrent_kernel_scale``, in ``params``
+        beside them); the bias stays float32. Calls then run the integer
+        kernels (see :doc:`/guide/serving`); the layer runs inference only.
+        Build the layer first; float64 layers are refused (the integer
+        products dequantize to float32).
+        """
+        _quantize.check_mode(mode)
+        if not self.built:
+            raise RuntimeError(f"{self._label()} is not built yet, so it has no weights to "
+                               f"quantize: call it on data or build(input_dim) first")
+        _quantize.check_quantizable(self)
+        params = self._params
+        kernel, kernel_scale = _quantize.quantize_columns(params["kernel"], "kernel")
+        recurrent, recurrent_scale = _quantize.quantize_columns(params["recurrent_kernel"],
+                                                                "recurrent_kernel")
+        quantized = {"kernel": kernel, "recurrent_kernel": recurrent}
+        if self.use_bias:
+            quantized["bias"] = params["bias"]
+        quantized["kernel_scale"] = kernel_scale
+        quantized["recurrent_kernel_scale"] = recurrent_scale
+        self._params = quantized
+        self._grads = {}
+        self.quantization_mode = mode
+        self._served_lstm = None
+        self._cell = None
+        self.drop_record(_quantize.training_refused(self))
+
+    def _int8_forward(self, x, h, c, keep, go_backwards):
+        """The quantized forward pass: outputs (processing order); the final
+        states are written over ``h`` and ``c``."""
+        params = self._params
+        packed = self._int8
+        kernel = _quantize.PackedInt8.kept(packed and packed[0], params["kernel"],
+                                           params["kernel_scale"])
+        recurrent = _quantize.PackedInt8.kept(packed and packed[1], params["recurrent_kernel"],
+                                              params["recurrent_kernel_scale"])
+        self._int8 = (kernel, recurrent)
+        kernels = _kernels.current()
+        batch, timesteps = x.shape[:2]
+        threads = _plan.call_threads(_plan.forward_flops(x.shape, self.units))[0]
+        mask = None if keep is None else np.ascontiguousarray(keep, np.uint8)
+        return kernels.int8_lstm_forward(
+            np.ascontiguousarray(x, np.float32), h, c, mask, go_backwards,
+            *kernel.arguments(), *recurrent.arguments(), params.get("bias"),
+            kernels.Activation[self.activation.upper()],
+            kernels.Activation[self.recurrent_activation.upper()], threads,
+            _quantize.use_portable())
 
     # -- shapes and masks ----------------------------------------------------
 
@@ -283,6 +358,8 @@ class LSTM(Layer):
             self.build(features)
         check_sizes(batch, timesteps, features, self.units)
 
+        if self.quantization_mode:
+            return self._quantized_call(x, state, keep, training)
         input_dropout, recurrent_dropout = self.dropout_masks(batch, training)
         if input_dropout is not None:
             x = x * input_dropout[:, None, :]
@@ -317,6 +394,23 @@ class LSTM(Layer):
         output = outputs if self.return_sequences else outputs[:, -1].copy()
         return [output, h, c] if self.return_state else output
 
+    def _quantized_call(self, x, state, keep, training):
+        """``_call`` of a quantized layer: inference only, recording nothing."""
+        if training:
+            raise ValueError(f"training=True: {_quantize.training_refused(self)}")
+        batch = x.shape[0]
+        h, c = (kernel_copy(s, (batch, self.units), self.dtype)
+                for s in (state or (None, None)))
+        outputs = self._int8_forward(x, h, c, keep, self.go_backwards)
+        if self.stateful:
+            self._states = [h.copy(), c.copy()]
+        if keep is not None and self._zero_output_for_mask and self.return_sequences:
+            keep_in_order = keep[:, ::-1] if self.go_backwards else keep
+            outputs[~keep_in_order] = 0.0
+        self.drop_record(_quantize.training_refused(self))
+        output = outputs if self.return_sequences else outputs[:, -1].copy()
+        return [output, h, c] if self.return_state else output
+
     def packed_lstm(self):
         """The layer's weights as a :class:`~fastlstm.PackedLSTM`: what its
         calls that record nothing run on (and a model's pipelined stack of
@@ -327,7 +421,10 @@ class LSTM(Layer):
         call compares them with the packed copy (a read of the weights,
         cheaper than packing them), so no way of changing them
         (``set_weights``, an optimizer step, a write into ``params``) can
-        leave it stale. Build the layer first."""
+        leave it stale. Build the layer first; a quantized layer has none."""
+        if self.quantization_mode:
+            raise RuntimeError(f"{self._label()} is quantized to int8: its calls run the "
+                               f"integer kernels, not a PackedLSTM")
         params = self._params
         weights = (params["kernel"], params["recurrent_kernel"], params.get("bias"))
         served = self._served_lstm
@@ -556,7 +653,12 @@ class LSTMCell:
 
     def _run(self, x, h, c):
         """The step on checked arrays: new ``h, c``."""
-        params = self._layer._params
+        layer = self._layer
+        if layer.quantization_mode:
+            h, c = h.copy(), c.copy()
+            layer._int8_forward(x[:, None, :], h, c, None, False)
+            return h, c
+        params = layer._params
         step = self._step
         if (step is None or step.kernel is not params["kernel"]
                 or step.recurrent_kernel is not params["recurrent_kernel"]
