@@ -322,10 +322,143 @@ def torch_check_compiled_model_gradients():
     assert_close(list(gradients[0]), list(gradients[1]), "gradients")
 
 
+def float64_check():
+    """dtype="float64" computes in float64: Keras' results without a mask,
+    and with one fastlstm's float64 NumPy reference (Keras' masked loop on
+    PyTorch rounds through float32 somewhere: 1.4e-8 away from it)."""
+    import fastlstm
+
+    keras = _keras()
+    x = inputs().astype("float64")
+    mask = masks()["middle"]
+    got, expected = pair(return_sequences=True, return_state=True, dtype="float64")
+    results = got(x)
+    assert [keras.backend.standardize_dtype(r.dtype) for r in results] == ["float64"] * 3
+    assert_close(results, expected(x), "float64", 1e-12)
+    reference = fastlstm.lstm_forward(x, *got.get_weights(), mask=mask, backend="reference",
+                                      return_cache=False)[:3]
+    assert_close(got(x, mask=mask), list(reference), "float64, masked", 1e-12)
+
+
+def _gradients(layer, x, tape_inside=True):
+    """Gradients of a loss through ``layer`` with respect to its weights and
+    its input: eagerly, or in a tf.function traced with its tape inside or
+    differentiated from outside."""
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    weights = [w.value for w in layer.trainable_weights]
+
+    def loss(x):
+        return tf.reduce_sum(tf.concat([tf.reshape(t, [-1]) for t in layer(x)], 0) ** 2)
+
+    if tape_inside is None:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(x)
+        return tape.gradient(value, [x, *weights])
+    if tape_inside:
+        @tf.function(autograph=False)
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = loss(x)
+            return tape.gradient(value, [x, *weights])
+
+        return step(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = tf.function(loss, autograph=False)(x)
+    return tape.gradient(value, [x, *weights])
+
+
+def tensorflow_check_gradients_eager_and_in_graphs():
+    """Keras' gradients eagerly, in a tf.function holding its tape (as
+    Keras' fit does) and in a tf.function differentiated from outside (the
+    backward pass runs the forward pass again); no cache is left behind."""
+    from fastlstm import _handles
+
+    x = inputs()
+    for tape_inside in (None, True, False):
+        got, expected = pair(return_sequences=True, return_state=True)
+        assert_close(list(_gradients(got, x, tape_inside)),
+                     list(_gradients(expected, x, tape_inside)), f"tape_inside={tape_inside}")
+        assert _handles.pending() == 0, f"tape_inside={tape_inside}: {_handles.pending()} caches"
+
+
+def tensorflow_check_dropped_tape_frees_its_cache():
+    """An eager forward pass recorded by a tape that never backpropagates
+    keeps its cache only as long as the tape (and the outputs) live."""
+    import gc
+
+    import tensorflow as tf
+
+    from fastlstm import _handles
+
+    got, _ = pair()
+    with tf.GradientTape() as tape:
+        outputs = got(inputs())
+    assert _handles.pending() == 1, _handles.pending()
+    del tape, outputs
+    gc.collect()
+    assert _handles.pending() == 0, _handles.pending()
+
+
+def tensorflow_check_static_shapes_in_graphs():
+    """Traced for any batch and length, the results' shapes keep what is known."""
+    import tensorflow as tf
+
+    got, _ = pair(return_sequences=True, return_state=True)
+    shapes = []
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, FEATURES), tf.float32)],
+                 autograph=False)
+    def call(x):
+        results = got(x)
+        shapes.extend(tuple(r.shape.as_list()) for r in results)
+        return results
+
+    call(inputs())
+    assert shapes == [(None, None, UNITS), (None, UNITS), (None, UNITS)], shapes
+
+
+def tensorflow_check_models_opt_out_of_xla():
+    """tf.numpy_function cannot be XLA-compiled: a model holding the layer
+    (directly or in Bidirectional) does not support jit_compile, so
+    jit_compile=True falls back to False with Keras' warning, and fit runs."""
+    import warnings
+
+    keras = _keras()
+    from keras.src.trainers.trainer import model_supports_jit
+
+    import fastlstm.keras
+
+    for layer in (fastlstm.keras.LSTM(UNITS), keras.layers.Bidirectional(
+            fastlstm.keras.LSTM(UNITS))):
+        model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)), layer,
+                                  keras.layers.Dense(1)])
+        assert not model_supports_jit(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+        assert model.jit_compile is False
+        assert any("jit_compile" in str(w.message) for w in caught), caught
+        history = model.fit(inputs(), np.zeros((BATCH, 1), "float32"), epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+
+
 CHECKS = {name[len("check_"):]: value for name, value in dict(globals()).items()
           if name.startswith("check_")}
-# Checks of one backend only, by backend.
-BACKEND_CHECKS = {"torch": {"compiled_model_gradients": torch_check_compiled_model_gradients}}
+# Checks of some backends only, by backend (JAX computes in float32 unless
+# jax_enable_x64 is set).
+BACKEND_CHECKS = {
+    "torch": {"compiled_model_gradients": torch_check_compiled_model_gradients,
+              "float64": float64_check},
+    "tensorflow": {"float64": float64_check,
+                   **{name[len("tensorflow_check_"):]: value
+                      for name, value in dict(globals()).items()
+                      if name.startswith("tensorflow_check_")}},
+}
 
 
 def main():
