@@ -16,20 +16,24 @@ inside the traced function. The cache then waits in
 :mod:`fastlstm._handles` under a handle, an int64 scalar the forward
 operation returns and the backward operation takes; the backward operation
 uses and forgets it. A forward pass that no tape watches (inference) keeps
-nothing. If a gradient is asked of a graph traced without a tape (a
-``tf.function`` differentiated from outside, by a tape around its call),
-the backward operation runs the forward pass again with its cache first:
-correct, at the cost of a second forward pass. Weights are in Keras'
-layout, gates i, f, c, o.
+nothing. Eagerly, the cache lives as long as the tape can backpropagate
+through the outputs. In a graph, each run of the forward operation forgets
+the cache of its previous run if no backward pass took it (a graph traced
+under a tape may run without one, for inference), and the backward
+operation also takes the forward operation's inputs: if it finds no cache
+(a graph traced without a tape and differentiated from outside, or a cache
+forgotten that way), it runs the forward pass again first. Keras' ``fit``
+never needs that second forward pass. Weights are in Keras' layout, gates
+i, f, c, o.
 
-``tf.numpy_function`` hands the function its inputs as NumPy arrays over
-TensorFlow's memory on the CPU, which the kernels read where they are, and
-TensorFlow takes the arrays it returns as they are when their memory is
-aligned for it (NumPy's allocations of the sizes that matter are) and
-copies them otherwise. TensorFlow may run several such operations at once
-from its own threads (the two directions of a ``Bidirectional`` layer);
-each holds the GIL only outside the kernels, which serve concurrent
-callers (see ``fastlstm/_fl_pool.h``).
+In a graph, ``tf.numpy_function`` hands the function its inputs as NumPy
+arrays over TensorFlow's own memory, which the kernels read where they are,
+and takes the arrays it returns as its outputs: no copies (TensorFlow
+2.21). Eagerly, TensorFlow copies the inputs into new arrays and the results
+into its tensors. TensorFlow may run several such operations at once from
+its own threads (the two directions of a ``Bidirectional`` layer); each
+holds the GIL only outside the kernels, which serve concurrent callers (see
+``fastlstm/_fl_pool.h``).
 """
 import weakref
 
@@ -42,22 +46,27 @@ from . import _handles
 __all__ = ["lstm"]
 
 
-def _static_shapes(x, recurrent_kernel, h0):
-    """The shapes TensorFlow knows of the outputs, h and c."""
-    units = recurrent_kernel.shape[0]
-    return x.shape[:2].concatenate([units]), h0.shape, h0.shape
+def _inputs(present, given):
+    """The eight arguments of ``_handles.forward`` from the ``given`` ones."""
+    values = iter(given)
+    return [next(values) if here else None for here in present]
 
 
-def _forward_op(options, keep_cache, arrays, present):
-    """The forward ``tf.numpy_function``: ``(outputs, h, c, handle)``.
+def _forward_op(options, keep_cache, in_graph, arrays, present):
+    """The forward ``tf.numpy_function``: ``(outputs, h, c, handle)``."""
+    # In a graph, a cache the backward operation has not taken by the next
+    # run of this operation is not waited for (a graph traced under a tape
+    # runs without one too, for inference): each run forgets the previous
+    # run's, and a backward operation that finds none runs the forward pass
+    # again.
+    previous = [0]
 
-    ``arrays`` are the tensors that are given, ``present`` says which of the
-    eight arguments of ``_handles.forward`` they are (the others are None).
-    """
     def host(*given):
-        values = iter(given)
-        inputs = [next(values) if here else None for here in present]
-        outputs, h, c, handle = _handles.forward(*inputs, *options, keep_cache)
+        outputs, h, c, handle = _handles.forward(*_inputs(present, given), *options,
+                                                 keep_cache)
+        if in_graph and keep_cache:
+            _handles.release(previous[0])
+            previous[0] = handle
         return outputs, h, c, np.int64(handle)
 
     dtype = arrays[0].dtype
@@ -65,17 +74,31 @@ def _forward_op(options, keep_cache, arrays, present):
                              name="fastlstm_lstm_forward")
 
 
-def _backward_op(host, arrays, x, kernel, recurrent_kernel, h0, has_bias):
-    """The six gradients of a backward ``tf.numpy_function``, shaped."""
+def _backward_op(options, present, handle, arrays, upstream, recompute):
+    """The six gradients of the backward ``tf.numpy_function``, shaped.
+
+    With ``recompute``, the operation also takes ``arrays`` (the forward
+    operation's inputs) and runs the forward pass again if the cache is
+    gone; without, the cache must be there.
+    """
+    def host(handle, *given):
+        if recompute:
+            entry = _handles.take(handle) if handle else None
+            handle = (_handles.keep(entry) if entry is not None else
+                      _handles.forward(*_inputs(present, given[:-3]), *options, True)[3])
+        return tuple(_handles.backward(handle, *given[-3:]))
+
+    x, kernel, recurrent_kernel = arrays[:3]
+    h0 = arrays[3 + present[3]]
     dtype = kernel.dtype
-    grads = tf.numpy_function(lambda *given: tuple(host(*given)), arrays, (dtype,) * 6,
-                              stateful=True, name="fastlstm_lstm_backward")
+    inputs = [handle, *arrays, *upstream] if recompute else [handle, *upstream]
+    grads = tf.numpy_function(host, inputs, (dtype,) * 6, stateful=True,
+                              name="fastlstm_lstm_backward")
     shapes = (x.shape, kernel.shape, recurrent_kernel.shape,
               tf.TensorShape([recurrent_kernel.shape[1]]), h0.shape, h0.shape)
-    dx, dkernel, drecurrent, dbias, dh0, dc0 = grads
     for grad, shape in zip(grads, shapes):
         grad.set_shape(shape)
-    return dx, dkernel, drecurrent, dbias if has_bias else None, dh0, dc0
+    return grads
 
 
 def lstm(x, kernel, recurrent_kernel, bias, h0, c0, mask=None, recurrent_dropout_mask=None,
@@ -85,45 +108,34 @@ def lstm(x, kernel, recurrent_kernel, bias, h0, c0, mask=None, recurrent_dropout
     given = [x, kernel, recurrent_kernel, bias, h0, c0, mask, recurrent_dropout_mask]
     present = tuple(value is not None for value in given)
     arrays = [tf.convert_to_tensor(value) for value in given if value is not None]
-    x, kernel, recurrent_kernel = arrays[:3]
-    h0 = arrays[3 + present[3]]
-    differentiable = arrays[:4 + present[3] + 1]
+    # x, kernel, recurrent_kernel, bias (if any), h0, c0
+    differentiable = arrays[:5 + present[3]]
     keep_cache = record.should_record_backprop(differentiable)
-    shapes = _static_shapes(x, recurrent_kernel, h0)
-    has_bias = present[3]
+    in_graph = not tf.executing_eagerly()
+    units = arrays[2].shape[0]
+    shapes = (arrays[0].shape[:2].concatenate([units]), arrays[3 + present[3]].shape)
 
     @tf.custom_gradient
     def run(*arrays):
-        outputs, h, c, handle = _forward_op(options, keep_cache, list(arrays), present)
-        for tensor, shape in zip((outputs, h, c), shapes):
+        outputs, h, c, handle = _forward_op(options, keep_cache, in_graph, list(arrays),
+                                            present)
+        for tensor, shape in zip((outputs, h, c), (shapes[0], shapes[1], shapes[1])):
             tensor.set_shape(shape)
 
-        def grad(grad_outputs, grad_h, grad_c):
+        def grad(*upstream):
             upstream = [tf.zeros_like(value) if gradient is None else gradient
-                        for gradient, value in zip((grad_outputs, grad_h, grad_c),
-                                                   (outputs, h, c))]
-            if keep_cache:
-                def host(handle, *upstream):
-                    return _handles.backward(handle, *upstream)
-
-                inputs = [handle, *upstream]
-            else:
-                def host(*given):
-                    inputs, upstream = given[:-3], given[-3:]
-                    values = iter(inputs)
-                    kept = _handles.forward(*[next(values) if here else None
-                                              for here in present], *options, True)
-                    return _handles.backward(kept[3], *upstream)
-
-                inputs = [*arrays, *upstream]
-            grads = _backward_op(host, inputs, x, kernel, recurrent_kernel, h0, has_bias)
-            grads = [g for g, here in zip(grads[:4], present[:4]) if here] + list(grads[4:])
+                        for gradient, value in zip(upstream, (outputs, h, c))]
+            # Eagerly, the cache is there (a tape backpropagates once), and
+            # passing the inputs would copy them.
+            grads = _backward_op(options, present, handle, arrays, upstream, in_graph)
+            dx, dkernel, drecurrent, dbias, dh0, dc0 = grads
+            result = [dx, dkernel, drecurrent] + ([dbias] if present[3] else []) + [dh0, dc0]
             # No gradient for the mask and the recurrent dropout mask.
-            return grads + [None] * (len(arrays) - len(grads))
+            return result + [None] * (len(arrays) - len(result))
 
-        if keep_cache and tf.executing_eagerly():
-            # The tape keeps grad until it has backpropagated or is dropped:
-            # a cache never used goes with it.
+        if keep_cache and not in_graph:
+            # The tape keeps grad while it can backpropagate through the
+            # outputs: a cache never used goes with it.
             weakref.finalize(grad, _handles.release, int(handle))
         return (outputs, h, c), grad
 

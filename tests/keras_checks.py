@@ -340,11 +340,16 @@ def float64_check():
     assert_close(got(x, mask=mask), list(reference), "float64, masked", 1e-12)
 
 
-def _gradients(layer, x, tape_inside=True):
-    """Gradients of a loss through ``layer`` with respect to its weights and
-    its input: eagerly, or in a tf.function traced with its tape inside or
-    differentiated from outside."""
+def _gradients(layer, x, mode):
+    """Gradients of a loss through ``layer`` with respect to its input and
+    its weights, by ``mode``: "eager"; "tape inside" a tf.function, as
+    Keras' fit does; "tape outside" a tf.function traced under it; "traced
+    without a tape" (called once for inference), then differentiated from
+    outside; "traced under a tape, run without", three inference runs of a
+    function traced under a tape, then differentiated."""
     import tensorflow as tf
+
+    from fastlstm import _handles
 
     x = tf.constant(x)
     weights = [w.value for w in layer.trainable_weights]
@@ -352,12 +357,7 @@ def _gradients(layer, x, tape_inside=True):
     def loss(x):
         return tf.reduce_sum(tf.concat([tf.reshape(t, [-1]) for t in layer(x)], 0) ** 2)
 
-    if tape_inside is None:
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = loss(x)
-        return tape.gradient(value, [x, *weights])
-    if tape_inside:
+    if mode == "tape inside":
         @tf.function(autograph=False)
         def step(x):
             with tf.GradientTape() as tape:
@@ -366,24 +366,38 @@ def _gradients(layer, x, tape_inside=True):
             return tape.gradient(value, [x, *weights])
 
         return step(x)
+    if mode != "eager":
+        loss = tf.function(loss, autograph=False)
+    if mode == "traced without a tape":
+        loss(x)
+    if mode == "traced under a tape, run without":
+        with tf.GradientTape():
+            loss(x)
+        for _ in range(3):
+            loss(x)
+        # Each run forgets the cache its predecessor kept for nothing.
+        assert _handles.pending() <= 1, f"{mode}: {_handles.pending()} caches"
     with tf.GradientTape() as tape:
         tape.watch(x)
-        value = tf.function(loss, autograph=False)(x)
+        value = loss(x)
     return tape.gradient(value, [x, *weights])
 
 
 def tensorflow_check_gradients_eager_and_in_graphs():
-    """Keras' gradients eagerly, in a tf.function holding its tape (as
-    Keras' fit does) and in a tf.function differentiated from outside (the
-    backward pass runs the forward pass again); no cache is left behind."""
+    """Keras' gradients eagerly and in tf.function graphs however traced and
+    differentiated (see _gradients); no cache is left behind."""
+    import gc
+
     from fastlstm import _handles
 
     x = inputs()
-    for tape_inside in (None, True, False):
+    for mode in ("eager", "tape inside", "tape outside", "traced without a tape",
+                 "traced under a tape, run without"):
         got, expected = pair(return_sequences=True, return_state=True)
-        assert_close(list(_gradients(got, x, tape_inside)),
-                     list(_gradients(expected, x, tape_inside)), f"tape_inside={tape_inside}")
-        assert _handles.pending() == 0, f"tape_inside={tape_inside}: {_handles.pending()} caches"
+        assert_close(list(_gradients(got, x, mode)), list(_gradients(expected, x, mode)), mode)
+        del got
+        gc.collect()
+        assert _handles.pending() == 0, f"{mode}: {_handles.pending()} caches"
 
 
 def tensorflow_check_dropped_tape_frees_its_cache():
