@@ -266,6 +266,46 @@ def check_dropout_follows_training():
     assert_close(got(x, training=True), expected(x, training=True), "dropout=0.4, seed=5")
 
 
+def check_dropout_masks_applied_as_keras_applies_them():
+    """Training with dropout and recurrent_dropout, both classes given the
+    same masks (one per sequence, shared by the four gates, the case where
+    the two agree): the same outputs and states, and one SGD step of
+    train_on_batch gives the same weights, through a masked sequence."""
+    keras = _keras()
+    rng = np.random.default_rng(4)
+    masks_by_rate = {rate: (rng.random(shape) > rate).astype("float32") / (1 - rate)
+                     for rate, shape in ((0.3, (BATCH, FEATURES)), (0.4, (BATCH, UNITS)))}
+    x = inputs()
+    mask = masks()["middle"]
+    y = np.random.default_rng(5).standard_normal((BATCH, 2)).astype("float32")
+
+    def given_masks(layer):
+        cell = layer.cell
+        cell.get_dropout_mask = lambda step_input: [keras.ops.convert_to_tensor(
+            masks_by_rate[0.3])] * 4
+        cell.get_recurrent_dropout_mask = lambda step_input: [keras.ops.convert_to_tensor(
+            masks_by_rate[0.4])] * 4
+        return layer
+
+    got, expected = (given_masks(layer) for layer in pair(
+        dropout=0.3, recurrent_dropout=0.4, return_sequences=True, return_state=True))
+    trained = got(x, mask=mask, training=True)
+    assert_close(trained, expected(x, mask=mask, training=True), "training outputs")
+    assert np.max(np.abs(_numpy(trained[0]) - _numpy(got(x, mask=mask)[0]))) > 1e-3
+    models = []
+    for layer in pair(dropout=0.3, recurrent_dropout=0.4):
+        model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)), keras.layers.Masking(0.0),
+                                  given_masks(layer), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    x_padded = x.copy()
+    x_padded[~mask] = 0.0
+    losses = [model.train_on_batch(x_padded, y) for model in models]
+    assert_close(losses[0], losses[1], "loss")
+    assert_close(models[0].get_weights(), models[1].get_weights(), "weights after a step")
+
+
 def check_mixed_precision():
     """Under mixed_float16 the layer computes in float32 and returns float16."""
     keras = _keras()
