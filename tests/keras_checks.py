@@ -431,13 +431,64 @@ def tensorflow_check_gradients_eager_and_in_graphs():
     from fastlstm import _handles
 
     x = inputs()
+    keeps = []
+    forward = _handles.forward
+
+    def counted(*arguments):
+        keeps.append(arguments[-1])
+        return forward(*arguments)
+
     for mode in ("eager", "tape inside", "tape outside", "traced without a tape",
                  "traced under a tape, run without"):
         got, expected = pair(return_sequences=True, return_state=True)
-        assert_close(list(_gradients(got, x, mode)), list(_gradients(expected, x, mode)), mode)
+        keeps.clear()
+        _handles.forward = counted
+        try:
+            gradients = list(_gradients(got, x, mode))
+        finally:
+            _handles.forward = forward
+        assert_close(gradients, list(_gradients(expected, x, mode)), mode)
+        if mode in ("eager", "tape inside", "tape outside"):
+            # One forward pass, which keeps its cache for the backward pass.
+            assert keeps == [True], f"{mode}: forward passes keeping a cache: {keeps}"
+        if mode == "traced without a tape":
+            # Inference, the forward pass differentiated, run again by the backward.
+            assert keeps == [False, False, True], f"{mode}: {keeps}"
         del got
         gc.collect()
         assert _handles.pending() == 0, f"{mode}: {_handles.pending()} caches"
+
+
+def tensorflow_check_fit_runs_each_forward_pass_once():
+    """Keras' compiled fit runs each layer's forward pass once a step, keeping
+    its cache for the backward pass; predict keeps none."""
+    keras = _keras()
+    import fastlstm.keras
+    from fastlstm import _handles
+
+    model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)),
+                              fastlstm.keras.LSTM(UNITS, return_sequences=True),
+                              fastlstm.keras.LSTM(UNITS), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    x = inputs(shape=(2 * BATCH, TIMESTEPS, FEATURES))
+    keeps = []
+    forward = _handles.forward
+
+    def counted(*arguments):
+        keeps.append(arguments[-1])
+        return forward(*arguments)
+
+    _handles.forward = counted
+    try:
+        model.fit(x, np.zeros((2 * BATCH, 1), "float32"), batch_size=BATCH, epochs=1,
+                  verbose=0)
+        assert keeps == [True] * 4, f"fit, 2 steps of 2 layers: {keeps}"
+        keeps.clear()
+        model.predict(x, batch_size=BATCH, verbose=0)
+        assert keeps == [False] * 4, f"predict, 2 batches of 2 layers: {keeps}"
+    finally:
+        _handles.forward = forward
+    assert _handles.pending() == 0, _handles.pending()
 
 
 def tensorflow_check_dropped_tape_frees_its_cache():
