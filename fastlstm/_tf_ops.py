@@ -26,6 +26,11 @@ forgotten that way), it runs the forward pass again first. Keras' ``fit``
 never needs that second forward pass. Weights are in Keras' layout, gates
 i, f, c, o.
 
+A graph holding these operations cannot be served by another process (they
+call Python functions of this one): when ``tf.saved_model.save`` traces the
+gradient functions of the graphs it writes, the gradient refuses with an
+error that says so, and no SavedModel is written.
+
 In a graph, ``tf.numpy_function`` hands the function its inputs as NumPy
 arrays over TensorFlow's own memory, which the kernels read where they are,
 and takes the arrays it returns as its outputs: no copies (TensorFlow
@@ -40,10 +45,17 @@ import weakref
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import record
+from tensorflow.python.saved_model import save_context
 
 from . import _handles
 
 __all__ = ["lstm"]
+
+_NO_SAVEDMODEL = (
+    "fastlstm.keras.LSTM cannot be exported to a SavedModel: its TensorFlow operations call "
+    "Python functions of the process that made them, which a SavedModel cannot carry. Save "
+    "a .keras file instead, or export the same model built with keras.layers.LSTM and given "
+    "these weights (see the guide's page \"Using fastlstm from Keras 3\")")
 
 
 def _inputs(present, given):
@@ -123,6 +135,10 @@ def lstm(x, kernel, recurrent_kernel, bias, h0, c0, mask=None, recurrent_dropout
             tensor.set_shape(shape)
 
         def grad(*upstream):
+            if save_context.in_save_context():
+                # tf.saved_model.save traces the gradients of the graphs it
+                # writes: the one moment a SavedModel export can be refused.
+                raise NotImplementedError(_NO_SAVEDMODEL)
             upstream = [tf.zeros_like(value) if gradient is None else gradient
                         for gradient, value in zip(upstream, (outputs, h, c))]
             # Eagerly, the cache is there (a tape backpropagates once), and

@@ -491,6 +491,30 @@ def tensorflow_check_fit_runs_each_forward_pass_once():
     assert _handles.pending() == 0, _handles.pending()
 
 
+def tensorflow_check_savedmodel_export_is_refused():
+    """model.export (a SavedModel) fails when it is written, saying why,
+    rather than writing a file no other process can run."""
+    keras = _keras()
+    import fastlstm.keras
+
+    model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)), fastlstm.keras.LSTM(UNITS),
+                              keras.layers.Dense(1)])
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "exported")
+        try:
+            model.export(path, verbose=False)
+        except ValueError as error:
+            causes = []
+            while error is not None:
+                causes.append(str(error))
+                error = error.__cause__
+            assert any("fastlstm.keras.LSTM cannot be exported to a SavedModel" in text
+                       for text in causes), causes
+        else:
+            raise AssertionError("model.export wrote a SavedModel")
+        assert not os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
 def tensorflow_check_dropped_tape_frees_its_cache():
     """An eager forward pass recorded by a tape that never backpropagates
     keeps its cache only as long as the tape (and the outputs) live."""
