@@ -20,3 +20,6 @@ collect_ignore += [path for path, needs in (("fastlstm/keras.py", "keras"),
                                             ("fastlstm/_jax_ops.py", "jax"),
                                             ("fastlstm/_torch_ops.py", "torch"))
                    if importlib.util.find_spec(needs) is None]
+# It has no doctests, and importing it would load TensorFlow into this
+# process beside PyTorch; tests/keras_checks.py runs it in a process of its own.
+collect_ignore.append("fastlstm/_tf_ops.py")

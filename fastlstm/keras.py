@@ -9,9 +9,13 @@ gradient, on the backend Keras runs on:
 - ``torch``: a ``torch.library`` custom operator (``torch.ops.fastlstm``)
   with autograd and fake registrations (``fastlstm/_torch_ops.py``);
 - ``jax``: a ``jax.custom_vjp`` around ``jax.pure_callback`` calls, under
-  ``jit`` (``fastlstm/_jax_ops.py``).
+  ``jit`` (``fastlstm/_jax_ops.py``);
+- ``tensorflow``: a ``tf.custom_gradient`` around ``tf.numpy_function``
+  calls, eagerly and in ``tf.function`` graphs (``fastlstm/_tf_ops.py``).
+  XLA cannot compile those, so a model holding the layer runs Keras'
+  ``fit`` and ``predict`` without ``jit_compile``.
 
-The TensorFlow backend is not supported. Importing :mod:`fastlstm` never
+Importing :mod:`fastlstm` never
 imports Keras; this module needs it (``pip install "fastlstm[keras]"``) and
 registers the layer as ``fastlstm>LSTM``, so ``keras.models.load_model``
 restores it once this module is imported.
@@ -28,7 +32,7 @@ from ._validation import ACTIVATIONS
 __all__ = ["LSTM"]
 
 # Backends whose gradient plumbing fastlstm provides, by Keras' backend name.
-_BACKENDS = ("torch", "jax")
+_BACKENDS = ("torch", "jax", "tensorflow")
 
 
 def _backend_ops():
@@ -42,6 +46,10 @@ def _backend_ops():
         from . import _jax_ops
 
         return _jax_ops.lstm
+    if backend == "tensorflow":
+        from . import _tf_ops
+
+        return _tf_ops.lstm
     raise RuntimeError(f"fastlstm.keras.LSTM runs on the Keras backends {list(_BACKENDS)}; "
                        f"Keras runs on {backend!r} (set KERAS_BACKEND before importing "
                        f"keras)")
@@ -124,6 +132,11 @@ class LSTM(keras.layers.LSTM):
         self.use_cudnn = False
         self._activations = activations
         self._lstm = _backend_ops()
+        if keras.backend.backend() == "tensorflow":
+            # The kernels run in tf.numpy_function, which XLA cannot
+            # compile: Keras then resolves jit_compile "auto" to False, and
+            # turns True into False with a warning.
+            self.supports_jit = False
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         """The whole sequence in one call to fastlstm's kernels.

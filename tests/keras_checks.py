@@ -266,6 +266,46 @@ def check_dropout_follows_training():
     assert_close(got(x, training=True), expected(x, training=True), "dropout=0.4, seed=5")
 
 
+def check_dropout_masks_applied_as_keras_applies_them():
+    """Training with dropout and recurrent_dropout, both classes given the
+    same masks (one per sequence, shared by the four gates, the case where
+    the two agree): the same outputs and states, and one SGD step of
+    train_on_batch gives the same weights, through a masked sequence."""
+    keras = _keras()
+    rng = np.random.default_rng(4)
+    masks_by_rate = {rate: (rng.random(shape) > rate).astype("float32") / (1 - rate)
+                     for rate, shape in ((0.3, (BATCH, FEATURES)), (0.4, (BATCH, UNITS)))}
+    x = inputs()
+    mask = masks()["middle"]
+    y = np.random.default_rng(5).standard_normal((BATCH, 2)).astype("float32")
+
+    def given_masks(layer):
+        cell = layer.cell
+        cell.get_dropout_mask = lambda step_input: [keras.ops.convert_to_tensor(
+            masks_by_rate[0.3])] * 4
+        cell.get_recurrent_dropout_mask = lambda step_input: [keras.ops.convert_to_tensor(
+            masks_by_rate[0.4])] * 4
+        return layer
+
+    got, expected = (given_masks(layer) for layer in pair(
+        dropout=0.3, recurrent_dropout=0.4, return_sequences=True, return_state=True))
+    trained = got(x, mask=mask, training=True)
+    assert_close(trained, expected(x, mask=mask, training=True), "training outputs")
+    assert np.max(np.abs(_numpy(trained[0]) - _numpy(got(x, mask=mask)[0]))) > 1e-3
+    models = []
+    for layer in pair(dropout=0.3, recurrent_dropout=0.4):
+        model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)), keras.layers.Masking(0.0),
+                                  given_masks(layer), keras.layers.Dense(2)])
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="mse")
+        models.append(model)
+    models[0].set_weights(models[1].get_weights())
+    x_padded = x.copy()
+    x_padded[~mask] = 0.0
+    losses = [model.train_on_batch(x_padded, y) for model in models]
+    assert_close(losses[0], losses[1], "loss")
+    assert_close(models[0].get_weights(), models[1].get_weights(), "weights after a step")
+
+
 def check_mixed_precision():
     """Under mixed_float16 the layer computes in float32 and returns float16."""
     keras = _keras()
@@ -322,10 +362,232 @@ def torch_check_compiled_model_gradients():
     assert_close(list(gradients[0]), list(gradients[1]), "gradients")
 
 
+def float64_check():
+    """dtype="float64" computes in float64: Keras' results without a mask,
+    and with one fastlstm's float64 NumPy reference (Keras' masked loop on
+    PyTorch rounds through float32 somewhere: 1.4e-8 away from it)."""
+    import fastlstm
+
+    keras = _keras()
+    x = inputs().astype("float64")
+    mask = masks()["middle"]
+    got, expected = pair(return_sequences=True, return_state=True, dtype="float64")
+    results = got(x)
+    assert [keras.backend.standardize_dtype(r.dtype) for r in results] == ["float64"] * 3
+    assert_close(results, expected(x), "float64", 1e-12)
+    reference = fastlstm.lstm_forward(x, *got.get_weights(), mask=mask, backend="reference",
+                                      return_cache=False)[:3]
+    assert_close(got(x, mask=mask), list(reference), "float64, masked", 1e-12)
+
+
+def _gradients(layer, x, mode):
+    """Gradients of a loss through ``layer`` with respect to its input and
+    its weights, by ``mode``: "eager"; "tape inside" a tf.function, as
+    Keras' fit does; "tape outside" a tf.function traced under it; "traced
+    without a tape" (called once for inference), then differentiated from
+    outside; "traced under a tape, run without", three inference runs of a
+    function traced under a tape, then differentiated."""
+    import tensorflow as tf
+
+    from fastlstm import _handles
+
+    x = tf.constant(x)
+    weights = [w.value for w in layer.trainable_weights]
+
+    def loss(x):
+        return tf.reduce_sum(tf.concat([tf.reshape(t, [-1]) for t in layer(x)], 0) ** 2)
+
+    if mode == "tape inside":
+        @tf.function(autograph=False)
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                value = loss(x)
+            return tape.gradient(value, [x, *weights])
+
+        return step(x)
+    if mode != "eager":
+        loss = tf.function(loss, autograph=False)
+    if mode == "traced without a tape":
+        loss(x)
+    if mode == "traced under a tape, run without":
+        with tf.GradientTape():
+            loss(x)
+        for _ in range(3):
+            loss(x)
+        # Each run forgets the cache its predecessor kept for nothing.
+        assert _handles.pending() <= 1, f"{mode}: {_handles.pending()} caches"
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss(x)
+    return tape.gradient(value, [x, *weights])
+
+
+def tensorflow_check_gradients_eager_and_in_graphs():
+    """Keras' gradients eagerly and in tf.function graphs however traced and
+    differentiated (see _gradients); no cache is left behind."""
+    import gc
+
+    from fastlstm import _handles
+
+    x = inputs()
+    keeps = []
+    forward = _handles.forward
+
+    def counted(*arguments):
+        keeps.append(arguments[-1])
+        return forward(*arguments)
+
+    for mode in ("eager", "tape inside", "tape outside", "traced without a tape",
+                 "traced under a tape, run without"):
+        got, expected = pair(return_sequences=True, return_state=True)
+        keeps.clear()
+        _handles.forward = counted
+        try:
+            gradients = list(_gradients(got, x, mode))
+        finally:
+            _handles.forward = forward
+        assert_close(gradients, list(_gradients(expected, x, mode)), mode)
+        if mode in ("eager", "tape inside", "tape outside"):
+            # One forward pass, which keeps its cache for the backward pass.
+            assert keeps == [True], f"{mode}: forward passes keeping a cache: {keeps}"
+        if mode == "traced without a tape":
+            # Inference, the forward pass differentiated, run again by the backward.
+            assert keeps == [False, False, True], f"{mode}: {keeps}"
+        del got
+        gc.collect()
+        assert _handles.pending() == 0, f"{mode}: {_handles.pending()} caches"
+
+
+def tensorflow_check_fit_runs_each_forward_pass_once():
+    """Keras' compiled fit runs each layer's forward pass once a step, keeping
+    its cache for the backward pass; predict keeps none."""
+    keras = _keras()
+    import fastlstm.keras
+    from fastlstm import _handles
+
+    model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)),
+                              fastlstm.keras.LSTM(UNITS, return_sequences=True),
+                              fastlstm.keras.LSTM(UNITS), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    x = inputs(shape=(2 * BATCH, TIMESTEPS, FEATURES))
+    keeps = []
+    forward = _handles.forward
+
+    def counted(*arguments):
+        keeps.append(arguments[-1])
+        return forward(*arguments)
+
+    _handles.forward = counted
+    try:
+        model.fit(x, np.zeros((2 * BATCH, 1), "float32"), batch_size=BATCH, epochs=1,
+                  verbose=0)
+        assert keeps == [True] * 4, f"fit, 2 steps of 2 layers: {keeps}"
+        keeps.clear()
+        model.predict(x, batch_size=BATCH, verbose=0)
+        assert keeps == [False] * 4, f"predict, 2 batches of 2 layers: {keeps}"
+    finally:
+        _handles.forward = forward
+    assert _handles.pending() == 0, _handles.pending()
+
+
+def tensorflow_check_savedmodel_export_is_refused():
+    """model.export (a SavedModel) fails when it is written, saying why,
+    rather than writing a file no other process can run."""
+    keras = _keras()
+    import fastlstm.keras
+
+    model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)), fastlstm.keras.LSTM(UNITS),
+                              keras.layers.Dense(1)])
+    with tempfile.TemporaryDirectory() as directory:
+        path = os.path.join(directory, "exported")
+        try:
+            model.export(path, verbose=False)
+        except ValueError as error:
+            causes = []
+            while error is not None:
+                causes.append(str(error))
+                error = error.__cause__
+            assert any("fastlstm.keras.LSTM cannot be exported to a SavedModel" in text
+                       for text in causes), causes
+        else:
+            raise AssertionError("model.export wrote a SavedModel")
+        assert not os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+def tensorflow_check_dropped_tape_frees_its_cache():
+    """An eager forward pass recorded by a tape that never backpropagates
+    keeps its cache only as long as the tape (and the outputs) live."""
+    import gc
+
+    import tensorflow as tf
+
+    from fastlstm import _handles
+
+    got, _ = pair()
+    with tf.GradientTape() as tape:
+        outputs = got(inputs())
+    assert _handles.pending() == 1, _handles.pending()
+    del tape, outputs
+    gc.collect()
+    assert _handles.pending() == 0, _handles.pending()
+
+
+def tensorflow_check_static_shapes_in_graphs():
+    """Traced for any batch and length, the results' shapes keep what is known."""
+    import tensorflow as tf
+
+    got, _ = pair(return_sequences=True, return_state=True)
+    shapes = []
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, FEATURES), tf.float32)],
+                 autograph=False)
+    def call(x):
+        results = got(x)
+        shapes.extend(tuple(r.shape.as_list()) for r in results)
+        return results
+
+    call(inputs())
+    assert shapes == [(None, None, UNITS), (None, UNITS), (None, UNITS)], shapes
+
+
+def tensorflow_check_models_opt_out_of_xla():
+    """tf.numpy_function cannot be XLA-compiled: a model holding the layer
+    (directly or in Bidirectional) does not support jit_compile, so
+    jit_compile=True falls back to False with Keras' warning, and fit runs."""
+    import warnings
+
+    keras = _keras()
+    from keras.src.trainers.trainer import model_supports_jit
+
+    import fastlstm.keras
+
+    for layer in (fastlstm.keras.LSTM(UNITS), keras.layers.Bidirectional(
+            fastlstm.keras.LSTM(UNITS))):
+        model = keras.Sequential([keras.Input((TIMESTEPS, FEATURES)), layer,
+                                  keras.layers.Dense(1)])
+        assert not model_supports_jit(model)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.compile(optimizer="sgd", loss="mse", jit_compile=True)
+        assert model.jit_compile is False
+        assert any("jit_compile" in str(w.message) for w in caught), caught
+        history = model.fit(inputs(), np.zeros((BATCH, 1), "float32"), epochs=2, verbose=0)
+        assert np.all(np.isfinite(history.history["loss"]))
+
+
 CHECKS = {name[len("check_"):]: value for name, value in dict(globals()).items()
           if name.startswith("check_")}
-# Checks of one backend only, by backend.
-BACKEND_CHECKS = {"torch": {"compiled_model_gradients": torch_check_compiled_model_gradients}}
+# Checks of some backends only, by backend (JAX computes in float32 unless
+# jax_enable_x64 is set).
+BACKEND_CHECKS = {
+    "torch": {"compiled_model_gradients": torch_check_compiled_model_gradients,
+              "float64": float64_check},
+    "tensorflow": {"float64": float64_check,
+                   **{name[len("tensorflow_check_"):]: value
+                      for name, value in dict(globals()).items()
+                      if name.startswith("tensorflow_check_")}},
+}
 
 
 def main():

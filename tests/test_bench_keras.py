@@ -27,7 +27,8 @@ def test_runner_prints_ratios_against_both_targets(monkeypatch):
     pytest.importorskip("keras")
     seconds = {("fastlstm", "fastlstm"): 2.0, ("jax", "keras"): 3.0,
                ("jax", "fastlstm.keras"): 2.2, ("torch", "keras"): 10.0,
-               ("torch", "fastlstm.keras"): 3.5}
+               ("torch", "fastlstm.keras"): 3.5, ("tensorflow", "keras"): 5.0,
+               ("tensorflow", "fastlstm.keras"): 2.5}
     calls = []
 
     def worker(name, backend, layer, epochs, threads, timeout):
@@ -38,7 +39,7 @@ def test_runner_prints_ratios_against_both_targets(monkeypatch):
     stream = io.StringIO()
     results = keras_adapter.run(models=["char"], turns=2, epochs=1, threads=1, file=stream)
     timed = results["models"]["char"]["seconds"]
-    installed = [b for b in ("jax", "torch") if f"{b}/keras" in timed]
+    installed = [b for b in ("jax", "torch", "tensorflow") if f"{b}/keras" in timed]
     assert len(calls) == 2 * (1 + 2 * len(installed))
     text = stream.getvalue()
     assert "fastlstm Sequential: 2.000" in text
@@ -48,6 +49,9 @@ def test_runner_prints_ratios_against_both_targets(monkeypatch):
     if "torch" in installed:
         assert "ratio 0.35 (target <= 0.3: missed); vs Sequential 1.75 (target <= 1.3: " \
                "missed)" in text
+    if "tensorflow" in installed:
+        assert "tensorflow: keras.layers.LSTM 5.000; fastlstm.keras.LSTM 2.500; ratio 0.50 " \
+               "(target <= 0.6: met); vs Sequential 1.25 (target <= 1.3: met)" in text
 
 
 def test_unknown_model_is_refused():

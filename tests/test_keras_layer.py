@@ -17,7 +17,7 @@ import pytest
 from keras_checks import BACKEND_CHECKS, CHECKS
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKENDS = ("jax", "torch")
+BACKENDS = ("jax", "torch", "tensorflow")
 
 
 _runs = {}

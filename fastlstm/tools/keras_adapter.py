@@ -127,11 +127,8 @@ def run(models=None, turns=3, epochs=2, threads=None, file=None, timeout=1800):
         for backend in TARGETS:
             if importlib.util.find_spec(backend) is None:
                 notes.append(f"{backend} cannot be imported: the {backend} backend is not timed")
-            elif backend in ("torch", "jax"):
-                backends.append(backend)
             else:
-                notes.append(f"fastlstm.keras does not support the {backend} backend: "
-                             f"not timed")
+                backends.append(backend)
     runs = [("fastlstm", "fastlstm")] + [(b, layer) for b in backends for layer in LAYERS]
     print(f"one epoch of Keras' fit, {threads} thread(s), {turns} process(es) per "
           f"configuration in turns, {epochs} timed epoch(s) each after a warm-up; median "
