@@ -29,13 +29,18 @@ the output once back into time-major order. The weights are copied once a
 call into fastlstm's layout (``kernel = weight_ih.T``), as the kernels stack
 them into their own workspace on each call.
 
-Variable lengths. A ``PackedSequence`` is laid out padded, batch-major, and
-runs on the masked kernels (a step ``t`` of a sequence of length ``n`` is kept
-when ``t < n``): a masked step carries the state unchanged, so the final
-state of the forward direction is the state at each sequence's last valid
-step. The reverse direction processes the steps in reverse order
-(``go_backwards``): its masked steps come first and carry the initial state to
-each sequence's own last valid step, where it starts, as PyTorch's does.
+Variable lengths. A ``PackedSequence`` runs on the packed kernels
+(``fastlstm/_torch_packed.py``): step ``t`` touches only the
+``batch_sizes[t]`` sequences still running, and the rows stay packed from
+input to output, so a packed batch costs its valid steps only. Traced
+(``torch.compile``, ``torch.jit.trace``), it is laid out padded,
+batch-major, and runs on the masked kernels (a step ``t`` of a sequence of
+length ``n`` is kept when ``t < n``): a masked step carries the state
+unchanged, so the final state of the forward direction is the state at each
+sequence's last valid step. The reverse direction processes the steps in
+reverse order (``go_backwards``): its masked steps come first and carry the
+initial state to each sequence's own last valid step, where it starts, as
+PyTorch's does.
 
 Importing :mod:`fastlstm` never imports PyTorch; this module needs it
 (``pip install "fastlstm[torch]"``).
@@ -57,7 +62,7 @@ import numpy as np
 
 from ._validation import (as_mask, check_bool, check_features, check_not_empty, check_shape,
                           check_state_list, describe)
-from . import _handles, _plan
+from . import _handles, _plan, _torch_packed
 from .convert import _keras_from_torch, _torch_gradients_from_keras
 from ._packed import PackedLSTM
 from ._stack import lstm_stack_backward, lstm_stack_forward, served_stack_forward
@@ -534,6 +539,10 @@ class LSTM(torch.nn.Module):
                 raise ValueError("input must be a tensor in an ONNX export, got a "
                                  "PackedSequence; export the module with padded sequences")
             outputs, h_n, c_n = self._torch_lstm(x, h0, c0)
+        elif isinstance(packing, PackedSequence):
+            output, h_n, c_n = _torch_packed.run(self, packing, h0, c0)
+            return PackedSequence(output, input.batch_sizes, input.sorted_indices,
+                                  input.unsorted_indices), (h_n, c_n)
         elif self.bidirectional:
             outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
         else:
@@ -553,7 +562,10 @@ class LSTM(torch.nn.Module):
 
     def _checked(self, input, hx):
         """``input`` and ``hx`` checked: ``(packing, x, unbatched, h0, c0)``,
-        ``x`` batch-major and ``packing`` None for a tensor input."""
+        ``packing`` None for a tensor input and ``x`` batch-major; for a
+        ``PackedSequence``, eagerly the sequence itself and its data (for
+        the packed kernels), traced or compiled a :class:`_Packing` and ``x``
+        padded (for the masked kernels)."""
         dtype = self._check_parameters()
         packing = None
         if isinstance(input, PackedSequence):
@@ -562,8 +574,13 @@ class LSTM(torch.nn.Module):
                 raise ValueError(f"input.data (of the PackedSequence) must have shape "
                                  f"(total steps, input_size={self.input_size}), got "
                                  f"{tuple(input.data.shape)}")
-            packing = _Packing(input)
-            x = packing.pad(input.data)
+            if self._packed_kernels_serve(input):
+                # The packed kernels read the packed rows as they are.
+                packing, x = input, input.data
+            else:
+                packing = _Packing(input)
+                x = packing.pad(input.data)
+            batch = int(input.batch_sizes[0])
             unbatched = False
         else:
             _check_tensor(input, "input", dtype)
@@ -578,9 +595,21 @@ class LSTM(torch.nn.Module):
                 x = input.unsqueeze(0)
             else:
                 x = input if self.batch_first else input.transpose(0, 1)
-        batch = x.shape[0]
+            batch = x.shape[0]
         h0, c0 = self._initial_state(hx, batch, unbatched, dtype)
         return packing, x, unbatched, h0, c0
+
+    def _packed_kernels_serve(self, packed):
+        """Whether the ``PackedSequence`` ``packed`` runs on the packed
+        kernels: when eager, and unless the module is a unidirectional
+        stack that the planner pipelines (a thread per layer), which the
+        masked kernels' stack keeps."""
+        if not _eager():
+            return False
+        if self.bidirectional or self.num_layers < 2:
+            return True
+        return not _plan.pipeline_stack(int(packed.batch_sizes[0]), len(packed.batch_sizes),
+                                        self.input_size, [self.hidden_size] * self.num_layers)
 
     def _stack(self, x, h0, c0, packing):
         """A unidirectional stack as one call of the stack kernels (pipelined
