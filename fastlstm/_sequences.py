@@ -19,7 +19,8 @@ import numpy as np
 from . import _config, _kernels, _plan
 from ._engine import SPARES, kernel_copy
 
-__all__ = ["PackedRecord", "packed_forward", "packed_backward", "sequence_bounds",
+__all__ = ["PackedRecord", "PaddedRecord", "packed_forward", "packed_backward",
+           "padded_forward", "padded_backward", "serves_mask", "sequence_bounds",
            "trailing_lengths", "pack_order"]
 
 
@@ -145,6 +146,114 @@ def packed_backward(record, grad_outputs=None, grad_h=None, grad_c=None, input_g
     SPARES.give(record.gates, record.h_prev, record.c_prev)
     record.gates = record.h_prev = record.c_prev = None
     return dx, dkernel, drecurrent, dbias if record.has_bias else None, dh, dc
+
+
+@dataclass
+class PaddedRecord:
+    """What :func:`padded_backward` reads of :func:`padded_forward`: the
+    packed record and where the packed rows sit in the padded batch."""
+
+    record: PackedRecord
+    x_shape: tuple
+    order: np.ndarray
+    rows: np.ndarray
+    outputs_rows: np.ndarray
+    last_rows: np.ndarray
+    lengths: np.ndarray
+
+
+def serves_mask(mask, input_dim, units, has_dropout):
+    """Each row's length if a masked call runs on the packed kernels, else
+    None: when ``mask`` keeps a prefix of at least one step of every row (a
+    trailing padding), without recurrent dropout, where the planner says
+    it pays (:func:`fastlstm._plan.pack_masked_batch`)."""
+    if mask is None or has_dropout:
+        return None
+    batch, timesteps = mask.shape
+    lengths = trailing_lengths(mask)
+    if (lengths is None or lengths.min() < 1 or not _plan.pack_masked_batch(
+            batch, timesteps, input_dim, units, int(lengths.sum()))):
+        return None
+    return lengths
+
+
+def padded_forward(x, lengths, kernel, recurrent_kernel, bias, h0, c0, go_backwards, training,
+                   activation, recurrent_activation):
+    """:func:`packed_forward` of a padded batch ``x`` (batch, timesteps,
+    input_dim) whose rows have ``lengths`` valid steps first: ``(outputs,
+    h_n, c_n, record)`` as the masked kernels give them, outputs (batch,
+    timesteps, units) in processing order. A padded step repeats the last
+    output before it (zeros before the first processed step, as in the
+    reverse direction), as a masked step does."""
+    batch, timesteps, input_dim = x.shape
+    order, batch_sizes, rows = pack_order(lengths, timesteps)
+    data = x.reshape(batch * timesteps, input_dim)[rows]
+    h0 = None if h0 is None else h0[order]
+    c0 = None if c0 is None else c0[order]
+    outputs, h, c, record = packed_forward(data, batch_sizes, kernel, recurrent_kernel, bias,
+                                           h0, c0, go_backwards, training, activation,
+                                           recurrent_activation)
+    rank = np.empty(batch, np.int64)
+    rank[order] = np.arange(batch)
+    offsets = np.concatenate([[0], np.cumsum(batch_sizes)])
+    steps = np.arange(timesteps)
+    times = timesteps - 1 - steps if go_backwards else steps
+    valid = times[None, :] < lengths[:, None]
+    # The packed row each padded output reads; the extra zero row N for the
+    # padded steps the reverse direction processes first.
+    times = np.minimum(times[None, :], lengths[:, None] - 1)
+    outputs_rows = np.where(valid | (not go_backwards),
+                            offsets[times] + rank[:, None], len(data)).ravel()
+    padded = np.concatenate([outputs, np.zeros((1, outputs.shape[1]), outputs.dtype)])
+    padded = padded[outputs_rows].reshape(batch, timesteps, -1)
+    inverse = rank
+    h, c = h[inverse], c[inverse]
+    if record is None:
+        return padded, h, c, None
+    last_rows = offsets[lengths - 1] + rank
+    return padded, h, c, PaddedRecord(record, x.shape, order, rows, outputs_rows, last_rows,
+                                      lengths)
+
+
+def padded_backward(padded_record, grad_outputs=None, grad_h=None, grad_c=None,
+                    input_gradient=True):
+    """:func:`packed_backward` of a :func:`padded_forward` call, from and to
+    the padded layout: ``(dx, dkernel, drecurrent_kernel, dbias, dh0, dc0)``."""
+    record = padded_record.record
+    batch, timesteps, input_dim = padded_record.x_shape
+    rows, units = record.data.shape[0], record.recurrent_kernel.shape[0]
+    order = padded_record.order
+    grad_packed = None
+    if grad_outputs is not None:
+        flat = np.asarray(grad_outputs).reshape(batch * timesteps, units)
+        # Each output's gradient to the packed row it repeats: the valid
+        # steps' own, and the padded steps' summed onto each row's last.
+        valid = padded_record.outputs_rows < rows
+        grad_packed = np.zeros((rows + 1, units), flat.dtype)
+        direct = padded_record.outputs_rows.reshape(batch, timesteps)
+        steps = np.arange(timesteps)
+        if record.reverse:
+            own = valid.reshape(batch, timesteps)
+        else:
+            own = steps[None, :] < padded_record.lengths[:, None]
+        grad_packed[direct[own]] = flat.reshape(batch, timesteps, units)[own]
+        if not record.reverse:
+            repeated = (~own).reshape(batch, timesteps, 1)
+            grad_packed[padded_record.last_rows] += (
+                flat.reshape(batch, timesteps, units) * repeated).sum(1)
+        grad_packed = grad_packed[:rows]
+    grad_h = None if grad_h is None else np.asarray(grad_h)[order]
+    grad_c = None if grad_c is None else np.asarray(grad_c)[order]
+    dx_packed, dkernel, drecurrent, dbias, dh0, dc0 = packed_backward(
+        record, grad_packed, grad_h, grad_c, input_gradient)
+    dx = None
+    if input_gradient:
+        dx = np.zeros((batch * timesteps, input_dim), dx_packed.dtype)
+        dx[padded_record.rows] = dx_packed
+        dx = dx.reshape(batch, timesteps, input_dim)
+    inverse = np.empty(batch, np.int64)
+    inverse[order] = np.arange(batch)
+    return dx, dkernel, drecurrent, dbias, dh0[inverse], dc0[inverse]
 
 
 def trailing_lengths(mask):

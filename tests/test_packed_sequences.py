@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="fastlstm.torch needs PyTorch")
 
 import fastlstm.torch as fltorch  # noqa: E402
+import fastlstm  # noqa: E402
 from fastlstm import _config, _kernels, _sequences, _torch_packed  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
@@ -222,3 +223,91 @@ def test_every_build_has_the_packed_kernels():
         module = _kernels.use(name)
         assert callable(module.packed_forward) and callable(module.packed_backward)
     _kernels.use(None)
+
+
+# fastlstm's own calls: a mask that is a trailing padding runs packed.
+
+def _trailing_mask(lengths, timesteps):
+    return np.arange(timesteps)[None, :] < np.asarray(lengths)[:, None]
+
+
+def _functional_step(x, weights, state, mask, go_backwards, upstream):
+    outputs, h, c, cache = fastlstm.lstm_forward(x, *weights, initial_state=state, mask=mask,
+                                                 go_backwards=go_backwards, return_cache=True)
+    grads = fastlstm.lstm_backward(cache, *upstream)
+    return [outputs, h, c, *grads], type(cache.state).__name__
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("go_backwards", [False, True], ids=["forward", "backwards"])
+def test_trailing_mask_runs_packed_and_matches_masked_kernels(kernel_build, go_backwards, dtype,
+                                                              monkeypatch):
+    from fastlstm import _plan
+
+    rng = np.random.default_rng(2)
+    batch, units = len(LENGTHS), HIDDEN_SIZE
+    x = rng.standard_normal((batch, TIMESTEPS, INPUT_SIZE)).astype(dtype)
+    weights = [(rng.standard_normal(shape) * 0.4).astype(dtype) for shape in
+               ((INPUT_SIZE, 4 * units), (units, 4 * units), (4 * units,))]
+    state = [rng.standard_normal((batch, units)).astype(dtype) for _ in range(2)]
+    upstream = [rng.standard_normal(shape).astype(dtype)
+                for shape in ((batch, TIMESTEPS, units), (batch, units), (batch, units))]
+    mask = _trailing_mask(LENGTHS, TIMESTEPS)
+    results = {}
+    for packs in (True, False):
+        monkeypatch.setattr(_plan, "pack_masked_batch", lambda *args, packs=packs: packs)
+        results[packs], record = _functional_step(x, weights, state, mask, go_backwards,
+                                                  upstream)
+        assert record == ("PaddedRecord" if packs else "FastRecord")
+    tolerance = 1e-12 if dtype == np.float64 else 1e-5
+    for got, expected in zip(results[True], results[False], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=tolerance,
+                                   atol=tolerance * np.abs(expected).max())
+
+
+def test_fl_layer_with_trailing_mask_matches_masked_kernels(monkeypatch):
+    from fastlstm import _plan
+    from fastlstm.layers import LSTM
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((len(LENGTHS), TIMESTEPS, INPUT_SIZE))
+    mask = _trailing_mask(LENGTHS, TIMESTEPS)
+    upstream = rng.standard_normal((len(LENGTHS), TIMESTEPS, HIDDEN_SIZE))
+    layer = LSTM(HIDDEN_SIZE, return_sequences=True, dtype="float64", seed=0)
+    layer.build(INPUT_SIZE)
+    results, records = {}, []
+    original = _sequences.padded_forward
+
+    def recording(*args, **kwargs):
+        records.append(True)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_sequences, "padded_forward", recording)
+    for packs in (True, False):
+        monkeypatch.setattr(_plan, "pack_masked_batch", lambda *args, packs=packs: packs)
+        outputs = layer(x, mask=mask, training=True)
+        dx = layer.backward(upstream)
+        results[packs] = [outputs, dx, *(layer.grads[name] for name in sorted(layer.grads))]
+    assert records == [True]
+    for got, expected in zip(results[True], results[False], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_only_trailing_masks_that_pay_run_packed():
+    from fastlstm import _plan
+
+    timesteps = 50
+    gaps = _trailing_mask([50, 20, 30], timesteps)
+    gaps[1, 5] = False
+    assert _sequences.trailing_lengths(gaps) is None
+    assert list(_sequences.trailing_lengths(_trailing_mask([50, 20, 30], timesteps))) == [50, 20,
+                                                                                          30]
+    empty_row = _trailing_mask([50, 0, 30], timesteps)
+    assert _sequences.serves_mask(empty_row, 32, 64, False) is None
+    # At most PACKED_MAX_VALID of the steps valid, and enough work for two threads.
+    batch, input_dim, units = 32, 32, 64
+    assert _plan.pack_masked_batch(batch, timesteps, input_dim, units, batch * timesteps * 0.6)
+    assert not _plan.pack_masked_batch(batch, timesteps, input_dim, units, batch * timesteps)
+    assert not _plan.pack_masked_batch(2, 10, 4, 8, 10)
+    assert _sequences.serves_mask(_trailing_mask([50] * 31 + [1], timesteps), input_dim, units,
+                                  True) is None
