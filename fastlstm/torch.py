@@ -5,7 +5,8 @@ under the same names and shapes, and returns what it returns, so a training
 script swaps the class and keeps its checkpoints.
 
 Operators. The kernels run as two ``torch.library`` custom operators,
-``torch.ops.fastlstm.lstm_stack`` and ``lstm_stack_backward``, with an
+``torch.ops.fastlstm.lstm_stack`` and ``lstm_stack_backward`` (a
+``PackedSequence``: ``lstm_packed`` and its backward, see below), with an
 autograd formula and fake (shape-only) implementations, so that
 ``torch.compile`` and ``torch.export`` see each call as one node of their
 graph. A unidirectional module runs all its layers as one call of
