@@ -178,17 +178,6 @@ class FastBackend:
         dtype = kernel.dtype
         batch, timesteps, input_dim = x.shape
         units = recurrent_kernel.shape[0]
-        # Imported here: fastlstm._sequences allocates through this module.
-        from . import _sequences
-
-        lengths = _sequences.serves_mask(mask, input_dim, units,
-                                         recurrent_dropout_mask is not None)
-        if lengths is not None:
-            # A trailing padding: the rows sorted by length and packed skip it.
-            return _sequences.padded_forward(
-                np.ascontiguousarray(x), lengths, kernel, recurrent_kernel, bias,
-                *(initial_state or (None, None)), go_backwards, return_cache, activation,
-                recurrent_activation)
         x = np.ascontiguousarray(x)
         has_bias = bias is not None
         bias = np.ascontiguousarray(bias) if has_bias else np.zeros(4 * units, dtype)
@@ -233,11 +222,6 @@ class FastBackend:
 
     @staticmethod
     def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
-        from . import _sequences
-
-        if isinstance(cache, _sequences.PaddedRecord):
-            return _sequences.padded_backward(cache, grad_outputs, grad_h, grad_c,
-                                              input_gradient)
         weights, dropout = cache.weights, cache.dropout
         dtype = weights.dtype
         batch, timesteps, input_dim = x_shape = cache.x_shape

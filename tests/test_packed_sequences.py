@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch", reason="fastlstm.torch needs PyTorch")
 
 import fastlstm.torch as fltorch  # noqa: E402
 import fastlstm  # noqa: E402
-from fastlstm import _config, _kernels, _sequences, _torch_packed  # noqa: E402
+from fastlstm import _config, _kernels, _sequences  # noqa: E402
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 # max |got - expected| / max |expected|, per array: float64 to the last few
@@ -66,13 +66,13 @@ def packed_calls(monkeypatch):
     """The packed kernels' forward calls, counted: proof that a test ran on
     them, not on the masked kernels."""
     calls = []
-    original = _torch_packed.packed_forward
+    original = fltorch.packed_forward
 
     def counted(*args, **kwargs):
         calls.append(kwargs.get("reverse"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(_torch_packed, "packed_forward", counted)
+    monkeypatch.setattr(fltorch, "packed_forward", counted)
     return calls
 
 
