@@ -34,8 +34,9 @@ Variable lengths. A ``PackedSequence`` runs on the packed kernels
 (``fastlstm/_lstm_packed.pxi``): step ``t`` touches only the
 ``batch_sizes[t]`` sequences still running, and the rows stay packed from
 input to output, so a packed batch costs its valid steps only. Traced
-(``torch.compile``, ``torch.jit.trace``), it is laid out padded,
-batch-major, and runs on the masked kernels (a step ``t`` of a sequence of
+(``torch.compile``, ``torch.jit.trace``), and for a unidirectional stack
+the planner pipelines, it is laid out padded, batch-major, and runs on the
+masked kernels (a step ``t`` of a sequence of
 length ``n`` is kept when ``t < n``): a masked step carries the state
 unchanged, so the final state of the forward direction is the state at each
 sequence's last valid step. The reverse direction processes the steps in
