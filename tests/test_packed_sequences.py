@@ -311,3 +311,17 @@ def test_only_trailing_masks_that_pay_run_packed():
     assert not _plan.pack_masked_batch(2, 10, 4, 8, 10)
     assert _sequences.serves_mask(_trailing_mask([50] * 31 + [1], timesteps), input_dim, units,
                                   True) is None
+
+
+def test_compiled_module_on_packed_batch_matches_eager(packed_calls):
+    # Traced by torch.compile, a PackedSequence runs padded on the masked
+    # kernels; the results are those of the eager packed kernels.
+    got, _ = pair(torch.float64, bidirectional=True)
+    x = torch.randn((len(LENGTHS), TIMESTEPS, INPUT_SIZE), dtype=torch.float64)
+    eager = packed_results(got, x, LENGTHS, False, None)
+    eager_calls = len(packed_calls)
+    compiled = torch.compile(got, backend="eager")
+    found = packed_results(compiled, x, LENGTHS, False, None)
+    assert len(packed_calls) == eager_calls == 2
+    found = {name.replace("_orig_mod.", ""): value for name, value in found.items()}
+    assert_close(found, eager, torch.float64)
