@@ -1223,3 +1223,4 @@ def backward(const floating[:, ::1] weights,
 include "_lstm_stack.pxi"
 include "_lstm_step.pxi"
 include "_lstm_int8.pxi"
+include "_lstm_packed.pxi"

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from . import _config
 
 __all__ = ["ForwardPlan", "forward_plan", "call_threads", "forward_flops", "stack_flops",
-           "hoist_input_product", "split_units", "pipeline_stack", "stack_span"]
+           "hoist_input_product", "split_units", "pipeline_stack", "stack_span",
+           "pack_masked_batch"]
 
 # A call of fewer floating-point operations runs on one thread: it takes well
 # under a millisecond alone, while waking a second thread costs tens of
@@ -42,6 +43,12 @@ PIPELINE_MAX_UNITS = 128
 # steps at once, so that each weight panel serves at least this many rows
 # while it is in cache.
 SPAN_ROWS = 16
+
+# A masked batch whose mask is a trailing padding runs packed, its rows
+# sorted by length, when at most this share of its steps is valid: the
+# gather into packed rows and back costs 10 to 16% of a training step with
+# none padded, and a batch 0.6 valid took 0.65 to 0.78 of the masked time.
+PACKED_MAX_VALID = 0.75
 
 
 @dataclass(frozen=True)
@@ -123,3 +130,16 @@ def pipeline_stack(batch, timesteps, input_dim, units):
 def stack_span(batch, timesteps):
     """The steps of a pipelined layer's input product computed at once."""
     return max(1, min(timesteps, -(-SPAN_ROWS // batch)))
+
+
+def pack_masked_batch(batch, timesteps, input_dim, units, valid_steps):
+    """Whether a masked call whose mask is a trailing padding, ``valid_steps``
+    of its ``batch * timesteps`` steps kept, runs on the packed kernels:
+    when at most ``PACKED_MAX_VALID`` of the steps are valid, the call is
+    large enough for two threads, and the masked kernels would not split
+    each step's units (a few sequences, where the packed kernels, which
+    split the sequences, gained nothing)."""
+    flops = forward_flops((batch, timesteps, input_dim), units)
+    return (valid_steps <= PACKED_MAX_VALID * batch * timesteps
+            and flops >= PARALLEL_MIN_FLOPS
+            and not split_units(batch, units, call_threads(flops)[0]))

@@ -11,7 +11,7 @@ import operator
 
 import numpy as np
 
-from . import _config, reference
+from . import _config, _sequences, reference
 from ._engine import FastBackend, forward_nbytes
 from ._blas import BLAS_Trans, gemm_arrays
 from ._validation import (_FLOAT_DTYPES, as_mask, as_real_array, as_sequences,
@@ -195,12 +195,22 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
     bool (B, T), the states and dropout multipliers (B, H) of that dtype,
     and the sizes within :func:`check_sizes`.
     """
-    outputs, h, c, state = _BACKENDS[backend].lstm_forward(
-        x, kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
-        go_backwards=go_backwards, return_cache=return_cache,
-        recurrent_dropout_mask=recurrent_dropout_mask,
-        activation=activation, recurrent_activation=recurrent_activation,
-    )
+    lengths = None
+    if backend == "fast" and return_cache:
+        lengths = _sequences.serves_mask(mask, x.shape[2], recurrent_kernel.shape[0],
+                                         recurrent_dropout_mask is not None)
+    if lengths is not None:
+        # A trailing padding: the rows sorted by length and packed skip it.
+        outputs, h, c, state = _sequences.padded_forward(
+            x, lengths, kernel, recurrent_kernel, bias, *(initial_state or (None, None)),
+            go_backwards, return_cache, activation, recurrent_activation)
+    else:
+        outputs, h, c, state = _BACKENDS[backend].lstm_forward(
+            x, kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
+            go_backwards=go_backwards, return_cache=return_cache,
+            recurrent_dropout_mask=recurrent_dropout_mask,
+            activation=activation, recurrent_activation=recurrent_activation,
+        )
     cache = None
     if return_cache:
         cache = LSTMCache(backend, kernel.dtype, x.shape, recurrent_kernel.shape[0], state)
@@ -244,8 +254,10 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
             value = as_state(value, name, cache.dtype, shape, f"{meaning} of the forward pass")
         grads[name] = value
     cache.used = True
-    result = _BACKENDS[cache.backend].lstm_backward(
-        cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"], input_gradient)
+    backward = (_sequences.padded_backward if isinstance(cache.state, _sequences.PaddedRecord)
+                else _BACKENDS[cache.backend].lstm_backward)
+    result = backward(cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"],
+                      input_gradient)
     return LSTMGradients(*result)
 
 

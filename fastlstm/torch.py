@@ -5,7 +5,8 @@ under the same names and shapes, and returns what it returns, so a training
 script swaps the class and keeps its checkpoints.
 
 Operators. The kernels run as two ``torch.library`` custom operators,
-``torch.ops.fastlstm.lstm_stack`` and ``lstm_stack_backward``, with an
+``torch.ops.fastlstm.lstm_stack`` and ``lstm_stack_backward`` (for a
+``PackedSequence``, ``lstm_packed`` and its backward), with an
 autograd formula and fake (shape-only) implementations, so that
 ``torch.compile`` and ``torch.export`` see each call as one node of their
 graph. A unidirectional module runs all its layers as one call of
@@ -29,13 +30,19 @@ the output once back into time-major order. The weights are copied once a
 call into fastlstm's layout (``kernel = weight_ih.T``), as the kernels stack
 them into their own workspace on each call.
 
-Variable lengths. A ``PackedSequence`` is laid out padded, batch-major, and
-runs on the masked kernels (a step ``t`` of a sequence of length ``n`` is kept
-when ``t < n``): a masked step carries the state unchanged, so the final
-state of the forward direction is the state at each sequence's last valid
-step. The reverse direction processes the steps in reverse order
-(``go_backwards``): its masked steps come first and carry the initial state to
-each sequence's own last valid step, where it starts, as PyTorch's does.
+Variable lengths. A ``PackedSequence`` runs on the packed kernels
+(``fastlstm/_lstm_packed.pxi``): step ``t`` touches only the
+``batch_sizes[t]`` sequences still running, and the rows stay packed from
+input to output, so a packed batch costs its valid steps only. Traced
+(``torch.compile``, ``torch.jit.trace``), and for a unidirectional stack
+the planner pipelines, it is laid out padded, batch-major, and runs on the
+masked kernels (a step ``t`` of a sequence of
+length ``n`` is kept when ``t < n``): a masked step carries the state
+unchanged, so the final state of the forward direction is the state at each
+sequence's last valid step. The reverse direction processes the steps in
+reverse order (``go_backwards``): its masked steps come first and carry the
+initial state to each sequence's own last valid step, where it starts, as
+PyTorch's does.
 
 Importing :mod:`fastlstm` never imports PyTorch; this module needs it
 (``pip install "fastlstm[torch]"``).
@@ -60,6 +67,7 @@ from ._validation import (as_mask, check_bool, check_features, check_not_empty, 
 from . import _handles, _plan
 from .convert import _keras_from_torch, _torch_gradients_from_keras
 from ._packed import PackedLSTM
+from ._sequences import packed_backward, packed_forward
 from ._stack import lstm_stack_backward, lstm_stack_forward, served_stack_forward
 
 __all__ = ["LSTM"]
@@ -334,6 +342,169 @@ def _as_tensors(outputs, reverse):
     return torch.from_numpy(outputs)
 
 
+# A PackedSequence: the packed kernels, whose step t touches only the
+# batch_sizes[t] sequences still running. They read the packed rows as
+# PyTorch lays them out (sorted by decreasing length, time-major) and write
+# the outputs packed the same way: no padding is made, computed or removed.
+# Each layer and direction is one call of torch.ops.fastlstm.lstm_packed,
+# with an autograd formula (lstm_packed_backward) and fake implementations;
+# a layer reads the packed outputs of the one below (both directions side by
+# side), so layers compose as tensors do. The initial states are taken into
+# the packed order by sorted_indices and the final ones back by
+# unsorted_indices, as torch.nn.LSTM does.
+
+def _packed_call(data, batch_sizes, h0, c0, weights, has_bias, reverse, keep_cache):
+    kernel, recurrent_kernel, bias = _keras_weights(
+        [_numpy(w) for w in weights] + [None] * (4 - len(weights)))
+    return packed_forward(_numpy(data), _numpy(batch_sizes), kernel, recurrent_kernel, bias,
+                          _numpy(h0), _numpy(c0), reverse=reverse, training=keep_cache)
+
+
+@torch.library.custom_op("fastlstm::lstm_packed", mutates_args=(), device_types="cpu")
+def _lstm_packed(data: torch.Tensor, batch_sizes: torch.Tensor, h0: torch.Tensor,
+                 c0: torch.Tensor, weights: list[torch.Tensor], has_bias: bool, reverse: bool,
+                 keep_cache: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One layer and direction over a packed batch: ``(outputs, h_n, c_n,
+    handle)``.
+
+    ``data`` (rows, input_size) and ``outputs`` (rows, hidden_size) are
+    packed; ``batch_sizes`` (int64) those of the ``PackedSequence``;
+    ``h0``, ``c0``, ``h_n`` and ``c_n`` (batch, hidden_size) in the packed
+    (sorted) order; ``weights`` the layer's parameters in ``torch.nn.LSTM``'s
+    order; ``reverse`` runs each sequence from its last step. ``handle``
+    names the record kept for the backward operator (0: none).
+    """
+    outputs, h_n, c_n, record = _packed_call(data, batch_sizes, h0, c0, weights, has_bias, reverse,
+                                         keep_cache)
+    handle = _handles.keep(record) if keep_cache else 0
+    handle_tensor = torch.tensor(handle, dtype=torch.int64)
+    if handle:
+        # The record lives as long as the handle, which autograd keeps until
+        # the backward pass or until it frees a graph never backpropagated.
+        weakref.finalize(handle_tensor, _handles.release, handle)
+    return (torch.from_numpy(outputs), torch.from_numpy(h_n), torch.from_numpy(c_n),
+            handle_tensor)
+
+
+@_lstm_packed.register_fake
+def _lstm_packed_fake(data, batch_sizes, h0, c0, weights, has_bias, reverse, keep_cache):
+    rows, hidden = data.shape[0], weights[1].shape[1]
+    return (data.new_empty((rows, hidden)), h0.new_empty(h0.shape), c0.new_empty(c0.shape),
+            data.new_empty((), dtype=torch.int64))
+
+
+@torch.library.custom_op("fastlstm::lstm_packed_backward", mutates_args=(), device_types="cpu")
+def _lstm_packed_backward(handle: torch.Tensor, grad_outputs: torch.Tensor,
+                          grad_h: torch.Tensor, grad_c: torch.Tensor, data: torch.Tensor,
+                          batch_sizes: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                          weights: list[torch.Tensor], has_bias: bool, reverse: bool,
+                          input_gradient: bool) -> list[torch.Tensor]:
+    """The gradients of ``fastlstm::lstm_packed``'s ``data`` (empty without
+    ``input_gradient``), ``h0``, ``c0`` and ``weights``, from its handle and
+    the gradients of its outputs; the forward pass's arguments serve only
+    when the record is gone."""
+    record = _handles.take(handle)
+    if record is None:
+        # A second backward pass through a retained graph: the first wrote
+        # the gate gradients over the kept gates, so the forward runs again.
+        record = _packed_call(data, batch_sizes, h0, c0, weights, has_bias, reverse, True)[3]
+    dx, dkernel, drecurrent, dbias, dh0, dc0 = packed_backward(
+        record, _numpy(grad_outputs), _numpy(grad_h), _numpy(grad_c),
+        input_gradient=input_gradient)
+    result = [data.new_empty(0) if dx is None else torch.from_numpy(dx),
+              torch.from_numpy(dh0), torch.from_numpy(dc0)]
+    gradients = _torch_gradients_from_keras(dkernel, drecurrent, dbias)
+    # In the parameters' layout, so that autograd takes them as they are.
+    result += [torch.from_numpy(_c_order(g) if g.ndim == 2 else g)
+               for g in gradients[:4 if has_bias else 2]]
+    return result
+
+
+@_lstm_packed_backward.register_fake
+def _lstm_packed_backward_fake(handle, grad_outputs, grad_h, grad_c, data, batch_sizes, h0, c0,
+                               weights, has_bias, reverse, input_gradient):
+    return [data.new_empty(data.shape if input_gradient else 0), h0.new_empty(h0.shape),
+            c0.new_empty(c0.shape), *(w.new_empty(w.shape) for w in weights)]
+
+
+def _packed_setup_context(ctx, inputs, output):
+    data, batch_sizes, h0, c0, weights, has_bias, reverse, _ = inputs
+    ctx.has_bias, ctx.reverse = has_bias, reverse
+    ctx.save_for_backward(output[3], data, batch_sizes, h0, c0, *weights)
+
+
+def _packed_gradients(ctx, grad_outputs, grad_h, grad_c, _grad_handle):
+    handle, data, batch_sizes, h0, c0, *weights = ctx.saved_tensors
+    needs_data, _, needs_h0, needs_c0, needs_weights = ctx.needs_input_grad[:5]
+    with torch.no_grad():
+        grads = _lstm_packed_backward(handle, grad_outputs.contiguous(), grad_h.contiguous(),
+                                      grad_c.contiguous(), data, batch_sizes, h0, c0, weights,
+                                      ctx.has_bias, ctx.reverse, needs_data)
+    needed = [needs_data, needs_h0, needs_c0, *needs_weights]
+    grads = [g if need else None for g, need in zip(grads, needed)]
+    if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (*ctx.saved_tensors, grad_outputs, grad_h, grad_c)):
+        # As for the padded operator above: the kernels' backward pass has
+        # no derivative, so create_graph=True leads to a
+        # node that raises if anything differentiates through it.
+        error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(grads))
+        grads = error(*[None if g is None else g.detach().requires_grad_(True)
+                        for g in grads])
+    dx, dh0, dc0, *dweights = grads
+    return dx, None, dh0, dc0, list(dweights), None, None, None
+
+
+_lstm_packed.register_autograd(_packed_gradients, setup_context=_packed_setup_context)
+
+
+def _run_packed(module, packed, h0, c0):
+    """``module`` (a :class:`fastlstm.torch.LSTM`) over the ``PackedSequence``
+    ``packed``: the last layer's packed outputs, ``h_n`` and ``c_n``
+    (layers * directions, batch, hidden_size) in the batch's order. ``h0``
+    and ``c0`` are in that order too, or None for zeros."""
+    data, batch_sizes = packed.data, packed.batch_sizes
+    directions = 2 if module.bidirectional else 1
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[:4 if module.bias else 2]
+    if h0 is None:
+        h0 = c0 = data.new_zeros((module.num_layers * directions, int(batch_sizes[0]),
+                                  module.hidden_size))
+    elif packed.sorted_indices is not None:
+        h0 = h0.index_select(1, packed.sorted_indices)
+        c0 = c0.index_select(1, packed.sorted_indices)
+    x, h_n, c_n = data, [], []
+    for layer in range(module.num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            suffix = f"_l{layer}{'_reverse' if direction else ''}"
+            weights = [getattr(module, kind + suffix) for kind in kinds]
+            keep_cache = _keep_cache(x, h0, c0, *weights)
+            output, h, c, _ = _lstm_packed(x, batch_sizes, h0[index], c0[index], weights,
+                                           module.bias, bool(direction), keep_cache)
+            outputs.append(output)
+            h_n.append(h)
+            c_n.append(c)
+        x = outputs[0] if directions == 1 else torch.cat(outputs, 1)
+        if layer + 1 < module.num_layers and module.training and module.dropout > 0:
+            x = x * _packed_dropout_noise(x, module.dropout)
+    h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+    if packed.unsorted_indices is not None:
+        h_n = h_n.index_select(1, packed.unsorted_indices)
+        c_n = c_n.index_select(1, packed.unsorted_indices)
+    return x, h_n, c_n
+
+
+def _packed_dropout_noise(x, rate):
+    """Inverted dropout's multipliers over the packed rows ``x``, one
+    Bernoulli draw per value in that layout, as ``torch.nn.LSTM`` draws
+    them: ``torch.manual_seed`` gives both classes the same masks."""
+    if rate == 1:
+        return torch.zeros_like(x)
+    return torch.empty_like(x).bernoulli_(1 - rate).div_(1 - rate)
+
+
 class _Packing:
     """Where the rows of a ``PackedSequence`` sit in a padded, batch-major
     ``(batch * timesteps, features)`` array, in the batch's original order."""
@@ -534,6 +705,10 @@ class LSTM(torch.nn.Module):
                 raise ValueError("input must be a tensor in an ONNX export, got a "
                                  "PackedSequence; export the module with padded sequences")
             outputs, h_n, c_n = self._torch_lstm(x, h0, c0)
+        elif isinstance(packing, PackedSequence):
+            output, h_n, c_n = _run_packed(self, packing, h0, c0)
+            return PackedSequence(output, input.batch_sizes, input.sorted_indices,
+                                  input.unsorted_indices), (h_n, c_n)
         elif self.bidirectional:
             outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
         else:
@@ -553,7 +728,10 @@ class LSTM(torch.nn.Module):
 
     def _checked(self, input, hx):
         """``input`` and ``hx`` checked: ``(packing, x, unbatched, h0, c0)``,
-        ``x`` batch-major and ``packing`` None for a tensor input."""
+        ``packing`` None for a tensor input and ``x`` batch-major; for a
+        ``PackedSequence``, eagerly the sequence itself and its data (for
+        the packed kernels), traced or compiled a :class:`_Packing` and ``x``
+        padded (for the masked kernels)."""
         dtype = self._check_parameters()
         packing = None
         if isinstance(input, PackedSequence):
@@ -562,8 +740,13 @@ class LSTM(torch.nn.Module):
                 raise ValueError(f"input.data (of the PackedSequence) must have shape "
                                  f"(total steps, input_size={self.input_size}), got "
                                  f"{tuple(input.data.shape)}")
-            packing = _Packing(input)
-            x = packing.pad(input.data)
+            if self._packed_kernels_serve(input):
+                # The packed kernels read the packed rows as they are.
+                packing, x = input, input.data
+            else:
+                packing = _Packing(input)
+                x = packing.pad(input.data)
+            batch = int(input.batch_sizes[0])
             unbatched = False
         else:
             _check_tensor(input, "input", dtype)
@@ -578,9 +761,21 @@ class LSTM(torch.nn.Module):
                 x = input.unsqueeze(0)
             else:
                 x = input if self.batch_first else input.transpose(0, 1)
-        batch = x.shape[0]
+            batch = x.shape[0]
         h0, c0 = self._initial_state(hx, batch, unbatched, dtype)
         return packing, x, unbatched, h0, c0
+
+    def _packed_kernels_serve(self, packed):
+        """Whether the ``PackedSequence`` ``packed`` runs on the packed
+        kernels: when eager, and unless the module is a unidirectional
+        stack that the planner pipelines (a thread per layer), which the
+        masked kernels' stack keeps."""
+        if not _eager():
+            return False
+        if self.bidirectional or self.num_layers < 2:
+            return True
+        return not _plan.pipeline_stack(int(packed.batch_sizes[0]), len(packed.batch_sizes),
+                                        self.input_size, [self.hidden_size] * self.num_layers)
 
     def _stack(self, x, h0, c0, packing):
         """A unidirectional stack as one call of the stack kernels (pipelined
