@@ -1222,3 +1222,4 @@ def backward(const floating[:, ::1] weights,
 
 include "_lstm_stack.pxi"
 include "_lstm_step.pxi"
+include "_lstm_proj.pxi"
