@@ -74,6 +74,7 @@ def _bench(args):
         results["torch_adapter"] = run_adapter(sizes=args.sizes, repeat=args.repeat,
                                                dtype=args.dtype, threads=args.threads)
         checked += list(results["torch_adapter"]["sizes"].values())
+        checked += list(results["torch_adapter"].get("projection", {}).values())
         if args.json is not None:
             with open(args.json, "w") as stream:
                 json.dump(results, stream, indent=1)

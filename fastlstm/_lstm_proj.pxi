@@ -31,9 +31,10 @@
 #   5. dkernel = X.T @ dZ, drecurrent_kernel = H_prev.T @ dZ, dbias = sum dZ,
 #      and in one more block dprojection_kernel = M.T @ dH, over all steps.
 #
-# The per-step products are BLAS's, which packs its right-hand operand on
-# each call: the tiles of the single layer hold the four gates of a unit
-# together, which the projection's P columns do not have. Threads: the batch
+# The per-step products run in the single layer's register tiles on weights
+# packed once per call (BLAS would pack them at every step): the recurrent
+# kernel in gate panels (forward), the projection in column panels, and
+# the transposes of both in column panels (backward). Threads: the batch
 # is split for the whole time loop (no meeting per step), then the columns
 # for the weight gradients, through fastlstm's pool; BLAS is single-threaded
 # inside (the caller makes sure).
@@ -52,8 +53,11 @@ ctypedef struct _ProjJob:
     const unsigned char* mask
     const void* x
     const void* kernel
-    const void* recurrent_kernel
-    const void* projection
+    # Packed for the steps: recurrent_kernel (gate panels forward, its
+    # transpose's column panels backward) and projection_kernel (column
+    # panels forward, its transpose's backward).
+    const void* packed_recurrent
+    const void* packed_projection
     const void* bias
     const void* dropout
     const void* ones
@@ -136,9 +140,8 @@ cdef void _proj_forward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1,
     for s in range(T):
         t = _time(s, T, job.go_backwards)
         # Z_t[rows] += h_{t-1}[rows] @ recurrent_kernel   (rows, 4H) += (rows, P)(P, 4H)
-        gemm(NoTrans, NoTrans, <int>rows, <int>G, <int>P, <floating>1.0,
-             h_prev + (b0 * T + t) * P, <int>(T * P), <const floating*>job.recurrent_kernel,
-             <int>G, <floating>1.0, gates + (b0 * T + t) * G, <int>(T * G))
+        _gate_product(b0, b1, H, h_prev + t * P, T * P,
+                      <const floating*>job.packed_recurrent, P, gates + t * G, T * G)
         for b in range(b0, b1):
             m = cells + (b * T + t) * H
             if job.mask == NULL or job.mask[b * T + t]:
@@ -155,9 +158,8 @@ cdef void _proj_forward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1,
                 memcpy(c_prev + (b * T + t) * H, c + b * H, H * sizeof(floating))
                 memset(m, 0, H * sizeof(floating))
         # h_t[rows] = m_t[rows] @ projection_kernel   (rows, P) = (rows, H)(H, P)
-        gemm(NoTrans, NoTrans, <int>rows, <int>P, <int>H, <floating>1.0,
-             cells + (b0 * T + t) * H, <int>(T * H), <const floating*>job.projection, <int>P,
-             <floating>0.0, outputs + (b0 * T + s) * P, <int>(T * P))
+        _column_product(b0, b1, P, cells + t * H, T * H,
+                        <const floating*>job.packed_projection, H, outputs + s * P, T * P)
         for b in range(b0, b1):
             out = outputs + (b * T + s) * P
             if job.mask == NULL or job.mask[b * T + t]:
@@ -219,9 +221,8 @@ cdef void _proj_backward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1, Py_ss
                     carry[b * P + j] = carry[b * P + j] + dy[j]
                     dh[j] = 0
         # dm_t[rows] = dh_t[rows] @ projection_kernel.T   (rows, H) = (rows, P)(P, H)
-        gemm(NoTrans, Trans, <int>rows, <int>H, <int>P, <floating>1.0,
-             grad_h + (b0 * T + t) * P, <int>(T * P), <const floating*>job.projection, <int>P,
-             <floating>0.0, dm + b0 * H, <int>H)
+        _column_product(b0, b1, H, grad_h + t * P, T * P,
+                        <const floating*>job.packed_projection, P, dm, H)
         for b in range(b0, b1):
             z = gates + (b * T + t) * G
             if job.mask == NULL or job.mask[b * T + t]:
@@ -237,9 +238,8 @@ cdef void _proj_backward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1, Py_ss
                 for g in range(4):
                     memset(z + g * H, 0, H * sizeof(floating))
         # dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T   (rows, P) = (rows, 4H)(4H, P)
-        gemm(NoTrans, Trans, <int>rows, <int>P, <int>G, <floating>1.0,
-             gates + (b0 * T + t) * G, <int>(T * G), <const floating*>job.recurrent_kernel,
-             <int>G, <floating>0.0, dh_rec + b0 * P, <int>P)
+        _column_product(b0, b1, P, gates + t * G, T * G,
+                        <const floating*>job.packed_recurrent, G, dh_rec, P)
     if job.dx != NULL:
         # dx[rows] = dZ[rows] @ kernel.T   (rows*T, I) = (rows*T, 4H)(4H, I)
         gemm(NoTrans, Trans, <int>(rows * T), <int>I, <int>G, <floating>1.0,
@@ -269,6 +269,53 @@ cdef void _proj_weight_grads(_ProjJob* job, Py_ssize_t c0, Py_ssize_t c1,
     for r in range(rows):
         for j in range(c0, c1):
             dbias[j] += gates[r * G + j]
+
+
+cdef void _gate_product(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t H, const floating* a,
+                        Py_ssize_t lda, const floating* packed, Py_ssize_t depth,
+                        floating* z, Py_ssize_t ldz) noexcept nogil:
+    """z[b] += a[b] @ w for rows b in [b0, b1), w (depth, 4H) in gate panels
+    (_pack_gate_panels); row b of a and z starts at b * lda and b * ldz."""
+    cdef Py_ssize_t L = _lanes(z), u, j0, r0, nr
+    for u in range((H + L - 1) // L):
+        j0 = u * L
+        r0 = b0
+        while r0 < b1:
+            nr = min(FL_ROWS, b1 - r0)
+            _gate_tile(<int>nr, min(L, H - j0), a + r0 * lda, lda, packed + u * depth * 4 * L,
+                       depth, z + r0 * ldz + j0, ldz, H, True)
+            r0 += nr
+
+
+cdef void _column_product(Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t n, const floating* a,
+                          Py_ssize_t lda, const floating* packed, Py_ssize_t depth,
+                          floating* z, Py_ssize_t ldz) noexcept nogil:
+    """z[b, :n] = a[b, :depth] @ w for rows b in [b0, b1), w (depth, n) in
+    column panels of 4L columns (_pack_column_panels, or
+    _pack_transposed_panels of w.T); row b of a and z starts at b * lda and
+    b * ldz."""
+    cdef Py_ssize_t W = 4 * _lanes(z), p, r0, nr
+    for p in range((n + W - 1) // W):
+        r0 = b0
+        while r0 < b1:
+            nr = min(FL_ROWS, b1 - r0)
+            _column_tile(<int>nr, min(W, n - p * W), a + r0 * lda, lda, packed + p * depth * W,
+                         depth, z + r0 * ldz + p * W, ldz)
+            r0 += nr
+
+
+cdef void _pack_column_panels(const floating* w, Py_ssize_t depth, Py_ssize_t n,
+                              floating* packed) noexcept nogil:
+    """Lay w (depth, n) out in panels of W = 4L columns: panel p holds, for
+    each row k, w[k, pW .. pW + W - 1]; columns past n are zeros. The layout
+    _pack_transposed_panels makes of w.T."""
+    cdef Py_ssize_t W = 4 * _lanes(packed), p, k, m
+    for p in range((n + W - 1) // W):
+        m = min(W, n - p * W)
+        for k in range(depth):
+            memcpy(packed + (p * depth + k) * W, w + k * n + p * W, m * sizeof(floating))
+            if m < W:
+                memset(packed + (p * depth + k) * W + m, 0, (W - m) * sizeof(floating))
 
 
 cdef void* _proj_constants(Py_ssize_t H, Py_ssize_t rows_of_zeros, Py_ssize_t itemsize,
@@ -315,7 +362,10 @@ def forward_projected(const floating[:, :, ::1] x,
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = c.shape[1], P = h.shape[1], G = 4 * H
-    cdef void* constants
+    cdef Py_ssize_t recurrent_size = _gate_panels_size(P, H, _lanes(&h[0, 0]))
+    cdef void* constants = NULL
+    cdef void* raw = NULL
+    cdef floating* packed
     cdef _ProjJob job
     _check_buffers((
         ("kernel", _dims(kernel.shape, 2), (I, G)),
@@ -333,24 +383,31 @@ def forward_projected(const floating[:, :, ::1] x,
         ("cells", _dims(cells.shape, 3), (B, T, H))))
     if B == 0 or T == 0:
         return
-    constants = _proj_constants(H, 0, sizeof(h[0, 0]), floating is double)
     job.part = PROJ_FORWARD
     job.B, job.T, job.I, job.H, job.P = B, T, I, H, P
     job.nchunks = max(1, min(num_threads, B))
     job.activation, job.recurrent_activation = activation, recurrent_activation
     job.go_backwards, job.double_precision = go_backwards, floating is double
     job.mask = &mask[0, 0] if mask is not None else NULL
-    job.x, job.kernel, job.recurrent_kernel = &x[0, 0, 0], &kernel[0, 0], &recurrent_kernel[0, 0]
-    job.projection, job.bias, job.dropout = &projection_kernel[0, 0], &bias[0], &dropout[0, 0]
-    job.ones = constants
+    job.x, job.kernel, job.bias = &x[0, 0, 0], &kernel[0, 0], &bias[0]
+    job.dropout = &dropout[0, 0]
     job.outputs, job.h, job.c = &outputs[0, 0, 0], &h[0, 0], &c[0, 0]
     job.gates, job.h_prev = &gates[0, 0, 0], &h_prev[0, 0, 0]
     job.c_prev, job.cells = &c_prev[0, 0, 0], &cells[0, 0, 0]
     try:
+        constants = _proj_constants(H, 0, sizeof(h[0, 0]), floating is double)
+        raw = _workspace(recurrent_size + _transposed_panels_size(P, H, _lanes(&h[0, 0])),
+                         sizeof(h[0, 0]), "packed weights")
+        packed = _aligned(raw, &h[0, 0])
+        job.ones = constants
+        job.packed_recurrent, job.packed_projection = packed, packed + recurrent_size
         with nogil:
+            _pack_gate_panels(&recurrent_kernel[0, 0], P, H, packed)
+            _pack_column_panels(&projection_kernel[0, 0], H, P, packed + recurrent_size)
             run_blocks(_proj_block, &job, job.nchunks, num_threads)
     finally:
         free(constants)
+        free(raw)
 
 
 def backward_projected(const floating[:, :, ::1] x,
@@ -392,7 +449,10 @@ def backward_projected(const floating[:, :, ::1] x,
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
     cdef Py_ssize_t H = dc.shape[1], P = dh_rec.shape[1], G = 4 * H
-    cdef void* constants
+    cdef Py_ssize_t recurrent_size = _transposed_panels_size(P, G, _lanes(&dc[0, 0]))
+    cdef void* constants = NULL
+    cdef void* raw = NULL
+    cdef floating* packed
     cdef _ProjJob job
     _check_buffers((
         ("kernel", _dims(kernel.shape, 2), (I, G)),
@@ -421,14 +481,10 @@ def backward_projected(const floating[:, :, ::1] x,
     job.B, job.T, job.I, job.H, job.P = B, T, I, H, P
     job.nchunks = max(1, min(num_threads, B))
     job.ncolumns = max(1, min(num_threads, (G + 15) // 16))
-    constants = _proj_constants(H, job.nchunks, sizeof(dc[0, 0]), floating is double)
     job.activation, job.recurrent_activation = activation, recurrent_activation
     job.go_backwards, job.double_precision = go_backwards, floating is double
     job.mask = &mask[0, 0] if mask is not None else NULL
-    job.x, job.kernel, job.recurrent_kernel = &x[0, 0, 0], &kernel[0, 0], &recurrent_kernel[0, 0]
-    job.projection, job.dropout = &projection_kernel[0, 0], &dropout[0, 0]
-    job.ones = constants
-    job.zeros = <char*>constants + H * sizeof(dc[0, 0])
+    job.x, job.kernel, job.dropout = &x[0, 0, 0], &kernel[0, 0], &dropout[0, 0]
     job.grad_outputs, job.gates = &grad_outputs[0, 0, 0], &gates[0, 0, 0]
     job.h_prev, job.c_prev = <void*>&h_prev[0, 0, 0], <void*>&c_prev[0, 0, 0]
     job.cells = <void*>&cells[0, 0, 0]
@@ -438,7 +494,17 @@ def backward_projected(const floating[:, :, ::1] x,
     job.dkernel, job.drecurrent_kernel = &dkernel[0, 0], &drecurrent_kernel[0, 0]
     job.dprojection, job.dbias = &dprojection_kernel[0, 0], &dbias[0]
     try:
+        constants = _proj_constants(H, job.nchunks, sizeof(dc[0, 0]), floating is double)
+        raw = _workspace(recurrent_size + _transposed_panels_size(H, P, _lanes(&dc[0, 0])),
+                         sizeof(dc[0, 0]), "packed weights")
+        packed = _aligned(raw, &dc[0, 0])
+        job.ones = constants
+        job.zeros = <char*>constants + H * sizeof(dc[0, 0])
+        job.packed_recurrent, job.packed_projection = packed, packed + recurrent_size
         with nogil:
+            # dh_rec = dZ @ recurrent_kernel.T and dm = dh @ projection_kernel.T
+            _pack_transposed_panels(&recurrent_kernel[0, 0], P, G, packed)
+            _pack_transposed_panels(&projection_kernel[0, 0], H, P, packed + recurrent_size)
             job.part = PROJ_BACKWARD
             run_blocks(_proj_block, &job, job.nchunks, num_threads)
             # The gate columns' blocks, then one for the projection's gradient.
@@ -446,3 +512,4 @@ def backward_projected(const floating[:, :, ::1] x,
             run_blocks(_proj_block, &job, job.ncolumns + 1, num_threads)
     finally:
         free(constants)
+        free(raw)

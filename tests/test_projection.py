@@ -268,7 +268,7 @@ def test_sequential_stack_with_projection_trains(tmp_path):
     assert loaded.layers[0].proj_units == 8
 
 
-def test_layer_errors():
+def test_layer_errors(tmp_path):
     with pytest.raises(ValueError, match="proj_units"):
         fl.LSTM(4, proj_units=0)
     layer = fl.LSTM(H, proj_units=P, dtype="float64")
@@ -278,11 +278,12 @@ def test_layer_errors():
     with pytest.raises(ValueError, match="projection_kernel"):
         layer.set_weights(layer.get_weights()[:3] + [np.zeros((P, H))])
     with pytest.raises(NotImplementedError, match="projected LSTM"):
-        layer.cell
+        layer.cell(x[:, 0], [h0, c0])
     model = fl.Sequential([fl.LSTM(H, proj_units=P)])
     model.build((None, T, I))
     with pytest.raises(ValueError, match="projected LSTM.*ONNX"):
-        model.export(str("unused.onnx"), format="onnx")
+        model.export(str(tmp_path / "unused.onnx"), format="onnx")
+    assert not (tmp_path / "unused.onnx").exists()
     from fastlstm import convert
     with pytest.raises(ValueError, match="projected LSTM"):
         convert.to_keras_weights(layer)
@@ -475,3 +476,17 @@ def test_adapter_onnx_export_refuses_a_projection(tmp_path):
     x = torch.zeros((T, B, I))
     with pytest.raises(Exception, match="ONNX's LSTM operator has no projection"):
         torch.onnx.export(got, (x,), str(tmp_path / "lstm.onnx"), dynamo=False)
+
+
+def test_bench_times_a_projected_training_step(monkeypatch, capsys):
+    from fastlstm.tools import torch_adapter
+
+    monkeypatch.setattr(torch_adapter, "PROJECTION_SIZES", ("tiny",))
+    results = torch_adapter.run(sizes=["tiny"], repeat=2)
+    printed = capsys.readouterr().out
+    assert "tiny, projected: B=8 T=20 I=16 H=32 proj_size=16" in printed
+    assert "ERROR" not in printed
+    row = results["projection"]["tiny"]
+    assert row["errors"] == [] and row["proj_size"] == 16
+    assert set(row["median_ms"]) == {"adapter", "torch"}
+    assert row["ratios"]["adapter_over_torch"] > 0
