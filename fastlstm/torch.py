@@ -42,8 +42,8 @@ every layer and direction runs as its own call of the projected kernels
 (:func:`fastlstm.lstm_forward` with a ``projection_kernel``) through a
 ``torch.autograd.Function``, not the custom operators above, whose
 signature and stacked kernels have no projection: ``torch.compile`` breaks
-its graph there (``fullgraph=True`` fails), ``torch.export`` cannot trace
-it, and an ONNX export raises (ONNX's ``LSTM`` has no projection).
+its graph there (``fullgraph=True`` fails), ``torch.export`` and an ONNX
+export raise (ONNX's ``LSTM`` has no projection).
 
 Importing :mod:`fastlstm` never imports PyTorch; this module needs it
 (``pip install "fastlstm[torch]"``).
@@ -733,6 +733,12 @@ class LSTM(torch.nn.Module):
         """A projected LSTM, layer after layer and direction by direction,
         each one call of the projected kernels; the last layer's outputs as
         a list of one tensor per direction."""
+        if torch.compiler.is_exporting():
+            raise RuntimeError(f"torch.export cannot export a fastlstm.torch.LSTM with "
+                               f"proj_size={self.proj_size}: its projected kernels run "
+                               f"outside fastlstm's custom operator; export the module "
+                               f"without a projection, or run it eagerly or under "
+                               f"torch.compile (fullgraph=False)")
         directions = 2 if self.bidirectional else 1
         mask = None if packing is None else packing.mask
         h_n, c_n = [], []

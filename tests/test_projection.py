@@ -490,3 +490,20 @@ def test_bench_times_a_projected_training_step(monkeypatch, capsys):
     assert row["errors"] == [] and row["proj_size"] == 16
     assert set(row["median_ms"]) == {"adapter", "torch"}
     assert row["ratios"]["adapter_over_torch"] > 0
+
+
+def test_adapter_under_torch_compile_matches_eager():
+    """The projected path compiles with graph breaks around its kernels."""
+    got, _ = pair(num_layers=2)
+    x = torch.randn((B, T, I), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want = results(got, x)
+    compiled = torch.compile(got)
+    found = {name.replace("_orig_mod.", ""): value
+             for name, value in results(compiled, x).items()}
+    assert_close(found, want, torch.float64)
+
+
+def test_adapter_torch_export_refuses_a_projection():
+    got, _ = pair()
+    with pytest.raises(RuntimeError, match="torch.export cannot export.*proj_size=3"):
+        torch.export.export(got.eval(), (torch.zeros((T, B, I), dtype=torch.float64),))
