@@ -8,28 +8,30 @@
 # h are (B, P) and c stays (B, H).
 #
 # Layout, batch-major like the single layer's (see the top of _lstm.pyx):
-# gates (B, T, 4H), h_prev (B, T, P) (each step's dropped-out h_{t-1}, the
-# rows its recurrent product read), c_prev and cells (B, T, H) (each step's
-# c_{t-1} and m_t), all indexed by input time; outputs (B, T, P) and
+# gates (B, T, 4H), states (B, T, I + P) (each step's input beside its
+# dropped-out h_{t-1}, the rows its recurrent product read, as the single
+# layer keeps them), c_prev and cells (B, T, H) (each step's c_{t-1} and
+# m_t), all indexed by input time; outputs (B, T, P) and
 # grad_outputs by processing step. Every buffer is allocated by the caller.
 #
 # Forward, per thread (a contiguous block of batch rows):
 #   1. gates[rows] = x[rows] @ kernel                 one GEMM for all steps
-#   2. per step: gates[rows, t] += h_prev[rows, t] @ recurrent_kernel  (GEMM)
+#   2. per step: gates[rows, t] += h_{t-1}[rows] @ recurrent_kernel
 #      the single layer's fused element-wise step (_step_forward), which
 #      writes m_t where it writes h_t, then
-#      h_t[rows] = m_t[rows] @ projection_kernel        (GEMM into outputs)
+#      h_t[rows] = m_t[rows] @ projection_kernel        (into outputs)
 #      and the masked rows' states and outputs carried over.
 # Backward, per thread, in reverse processing order:
 #   3. dh_t, the gradient reaching h_t (the output's, the next step's
 #      recurrent product's, what masked steps passed back), kept in grad_h;
-#      dm_t[rows] = dh_t[rows] @ projection_kernel.T   (GEMM)
+#      dm_t[rows] = dh_t[rows] @ projection_kernel.T
 #      the single layer's fused backward step (_step_backward) on dm_t;
-#      dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T (GEMM)
+#      dh_{t-1}[rows] = dZ_t[rows] @ recurrent_kernel.T
 #   4. dx[rows] = dZ[rows] @ kernel.T                  (one GEMM; optional)
 # and, once every thread is done, by blocks of gate columns:
-#   5. dkernel = X.T @ dZ, drecurrent_kernel = H_prev.T @ dZ, dbias = sum dZ,
-#      and in one more block dprojection_kernel = M.T @ dH, over all steps.
+#   5. [dkernel; drecurrent_kernel] = [X, H_prev].T @ dZ (one GEMM, as for
+#      the single layer), dbias = sum dZ, and in one more block
+#      dprojection_kernel = M.T @ dH, over all steps.
 #
 # The per-step products run in the single layer's register tiles on weights
 # packed once per call (BLAS would pack them at every step): the recurrent
@@ -67,7 +69,7 @@ ctypedef struct _ProjJob:
     void* h
     void* c
     void* gates
-    void* h_prev
+    void* states
     void* c_prev
     void* cells
     void* grad_h
@@ -77,8 +79,7 @@ ctypedef struct _ProjJob:
     void* dc
     void* carry
     void* dx
-    void* dkernel
-    void* drecurrent_kernel
+    void* dweights
     void* dprojection
     void* dbias
 
@@ -122,25 +123,31 @@ cdef void _proj_forward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1,
     cdef floating* h = <floating*>job.h
     cdef floating* c = <floating*>job.c
     cdef floating* gates = <floating*>job.gates
-    cdef floating* h_prev = <floating*>job.h_prev
+    cdef floating* states = <floating*>job.states
     cdef floating* c_prev = <floating*>job.c_prev
     cdef floating* cells = <floating*>job.cells
     cdef floating* m
     cdef floating* out
     cdef floating* hp
+    cdef Py_ssize_t S = I + P
     if rows <= 0:
         return
+    # Each step's input beside its state: the weight gradients are then one
+    # product, [x_t, h_{t-1}].T @ dZ_t summed over all steps.
+    for b in range(b0, b1):
+        for t in range(T):
+            memcpy(states + (b * T + t) * S, x + (b * T + t) * I, I * sizeof(floating))
     # Z[rows] = X[rows] @ kernel     (rows*T, 4H) = (rows*T, I)(I, 4H)
     gemm(NoTrans, NoTrans, <int>(rows * T), <int>G, <int>I, <floating>1.0, x + b0 * T * I,
          <int>I, <const floating*>job.kernel, <int>G, <floating>0.0, gates + b0 * T * G, <int>G)
     t = _time(0, T, job.go_backwards)
     for b in range(b0, b1):
         for j in range(P):
-            h_prev[(b * T + t) * P + j] = h[b * P + j] * dropout[b * P + j]
+            states[(b * T + t) * S + I + j] = h[b * P + j] * dropout[b * P + j]
     for s in range(T):
         t = _time(s, T, job.go_backwards)
         # Z_t[rows] += h_{t-1}[rows] @ recurrent_kernel   (rows, 4H) += (rows, P)(P, 4H)
-        _gate_product(b0, b1, H, h_prev + t * P, T * P,
+        _gate_product(b0, b1, H, states + t * S + I, T * S,
                       <const floating*>job.packed_recurrent, P, gates + t * G, T * G)
         for b in range(b0, b1):
             m = cells + (b * T + t) * H
@@ -171,7 +178,7 @@ cdef void _proj_forward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1,
             else:
                 memset(out, 0, P * sizeof(floating))
             if s + 1 < T:
-                hp = h_prev + (b * T + _time(s + 1, T, job.go_backwards)) * P
+                hp = states + (b * T + _time(s + 1, T, job.go_backwards)) * S + I
                 for j in range(P):
                     hp[j] = h[b * P + j] * dropout[b * P + j]
 
@@ -249,21 +256,17 @@ cdef void _proj_backward_rows(_ProjJob* job, Py_ssize_t b0, Py_ssize_t b1, Py_ss
 
 cdef void _proj_weight_grads(_ProjJob* job, Py_ssize_t c0, Py_ssize_t c1,
                              floating* dtype_of) noexcept nogil:
-    """dkernel, drecurrent_kernel and dbias for gate columns [c0, c1),
-    summed over all steps."""
+    """dkernel stacked on drecurrent_kernel, and dbias, for gate columns
+    [c0, c1), summed over all steps."""
     cdef Py_ssize_t rows = job.B * job.T, G = 4 * job.H, n = c1 - c0, r, j
     cdef const floating* gates = <const floating*>job.gates
     cdef floating* dbias = <floating*>job.dbias
     if n <= 0:
         return
-    # dkernel[:, cols] = X.T @ dZ[:, cols]   (I, n) = (I, B*T)(B*T, n)
-    gemm(Trans, NoTrans, <int>job.I, <int>n, <int>rows, <floating>1.0,
-         <const floating*>job.x, <int>job.I, gates + c0, <int>G, <floating>0.0,
-         <floating*>job.dkernel + c0, <int>G)
-    # drecurrent_kernel[:, cols] = H_prev.T @ dZ[:, cols]   (P, n) = (P, B*T)(B*T, n)
-    gemm(Trans, NoTrans, <int>job.P, <int>n, <int>rows, <floating>1.0,
-         <const floating*>job.h_prev, <int>job.P, gates + c0, <int>G, <floating>0.0,
-         <floating*>job.drecurrent_kernel + c0, <int>G)
+    # dweights[:, cols] = [X, H_prev].T @ dZ[:, cols]   (I+P, n) = (I+P, B*T)(B*T, n)
+    gemm(Trans, NoTrans, <int>(job.I + job.P), <int>n, <int>rows, <floating>1.0,
+         <const floating*>job.states, <int>(job.I + job.P), gates + c0, <int>G,
+         <floating>0.0, <floating*>job.dweights + c0, <int>G)
     for j in range(c0, c1):
         dbias[j] = 0
     for r in range(rows):
@@ -344,7 +347,7 @@ def forward_projected(const floating[:, :, ::1] x,
                       floating[:, ::1] h,
                       floating[:, ::1] c,
                       floating[:, :, ::1] gates,
-                      floating[:, :, ::1] h_prev,
+                      floating[:, :, ::1] states,
                       floating[:, :, ::1] c_prev,
                       floating[:, :, ::1] cells,
                       int activation,
@@ -355,9 +358,9 @@ def forward_projected(const floating[:, :, ::1] x,
     x (B, T, I); kernel (I, 4H); recurrent_kernel (P, 4H); projection_kernel
     (H, P); bias (4H,); mask (B, T) as uint8 or None; dropout (B, P), ones
     for no dropout; outputs (B, T, P); h (B, P) and c (B, H): initial states
-    in, final states out; gates (B, T, 4H), h_prev (B, T, P), c_prev and
+    in, final states out; gates (B, T, 4H), states (B, T, I + P), c_prev and
     cells (B, T, H): what the backward pass reads (the activated gates, each
-    step's dropped-out h_{t-1}, c_{t-1} and m_t). The caller has made BLAS
+    step's [x_t, dropped-out h_{t-1}], c_{t-1} and m_t). The caller has made BLAS
     single-threaded.
     """
     cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
@@ -378,7 +381,7 @@ def forward_projected(const floating[:, :, ::1] x,
         ("h", _dims(h.shape, 2), (B, P)),
         ("c", _dims(c.shape, 2), (B, H)),
         ("gates", _dims(gates.shape, 3), (B, T, G)),
-        ("h_prev", _dims(h_prev.shape, 3), (B, T, P)),
+        ("states", _dims(states.shape, 3), (B, T, I + P)),
         ("c_prev", _dims(c_prev.shape, 3), (B, T, H)),
         ("cells", _dims(cells.shape, 3), (B, T, H))))
     if B == 0 or T == 0:
@@ -392,7 +395,7 @@ def forward_projected(const floating[:, :, ::1] x,
     job.x, job.kernel, job.bias = &x[0, 0, 0], &kernel[0, 0], &bias[0]
     job.dropout = &dropout[0, 0]
     job.outputs, job.h, job.c = &outputs[0, 0, 0], &h[0, 0], &c[0, 0]
-    job.gates, job.h_prev = &gates[0, 0, 0], &h_prev[0, 0, 0]
+    job.gates, job.states = &gates[0, 0, 0], &states[0, 0, 0]
     job.c_prev, job.cells = &c_prev[0, 0, 0], &cells[0, 0, 0]
     try:
         constants = _proj_constants(H, 0, sizeof(h[0, 0]), floating is double)
@@ -410,8 +413,7 @@ def forward_projected(const floating[:, :, ::1] x,
         free(raw)
 
 
-def backward_projected(const floating[:, :, ::1] x,
-                       const floating[:, ::1] kernel,
+def backward_projected(const floating[:, ::1] kernel,
                        const floating[:, ::1] recurrent_kernel,
                        const floating[:, ::1] projection_kernel,
                        const unsigned char[:, ::1] mask,
@@ -419,7 +421,7 @@ def backward_projected(const floating[:, :, ::1] x,
                        bint go_backwards,
                        const floating[:, :, ::1] grad_outputs,
                        floating[:, :, ::1] gates,
-                       const floating[:, :, ::1] h_prev,
+                       const floating[:, :, ::1] states,
                        const floating[:, :, ::1] c_prev,
                        const floating[:, :, ::1] cells,
                        floating[:, :, ::1] grad_h,
@@ -429,8 +431,7 @@ def backward_projected(const floating[:, :, ::1] x,
                        floating[:, ::1] dc,
                        floating[:, ::1] carry,
                        floating[:, :, ::1] dx,
-                       floating[:, ::1] dkernel,
-                       floating[:, ::1] drecurrent_kernel,
+                       floating[:, ::1] dweights,
                        floating[:, ::1] dprojection_kernel,
                        floating[::1] dbias,
                        int activation,
@@ -438,16 +439,17 @@ def backward_projected(const floating[:, :, ::1] x,
                        int num_threads):
     """Run the projected LSTM's backward kernel into caller-allocated buffers.
 
-    x, the weights, mask, dropout, gates, h_prev, c_prev and cells are those
-    of a ``forward_projected``; the gate gradients overwrite ``gates``.
+    The weights, mask, dropout, gates, states, c_prev and cells are those of
+    a ``forward_projected``; the gate gradients overwrite ``gates``.
     grad_outputs (B, T, P); grad_h (B, T, P) receives each step's dh_t;
     dm (B, H) is scratch. dh_pass (B, P) and dc (B, H) come in holding the
     gradients of the final states, dh_rec and carry (B, P) as zeros; on exit
     dh_rec * dropout + dh_pass is dh0 and dc is dc0. dx (B, T, I), or None
-    to skip its product; dkernel (I, 4H), drecurrent_kernel (P, 4H),
-    dprojection_kernel (H, P) and dbias (4H,) receive the weight gradients.
+    to skip its product; dweights (I + P, 4H) (dkernel stacked on
+    drecurrent_kernel), dprojection_kernel (H, P) and dbias (4H,) receive
+    the weight gradients.
     """
-    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], I = x.shape[2]
+    cdef Py_ssize_t B = gates.shape[0], T = gates.shape[1], I = kernel.shape[0]
     cdef Py_ssize_t H = dc.shape[1], P = dh_rec.shape[1], G = 4 * H
     cdef Py_ssize_t recurrent_size = _transposed_panels_size(P, G, _lanes(&dc[0, 0]))
     cdef void* constants = NULL
@@ -462,7 +464,7 @@ def backward_projected(const floating[:, :, ::1] x,
         ("dropout", _dims(dropout.shape, 2), (B, P)),
         ("grad_outputs", _dims(grad_outputs.shape, 3), (B, T, P)),
         ("gates", _dims(gates.shape, 3), (B, T, G)),
-        ("h_prev", _dims(h_prev.shape, 3), (B, T, P)),
+        ("states", _dims(states.shape, 3), (B, T, I + P)),
         ("c_prev", _dims(c_prev.shape, 3), (B, T, H)),
         ("cells", _dims(cells.shape, 3), (B, T, H)),
         ("grad_h", _dims(grad_h.shape, 3), (B, T, P)),
@@ -471,27 +473,26 @@ def backward_projected(const floating[:, :, ::1] x,
         ("dh_pass", _dims(dh_pass.shape, 2), (B, P)),
         ("carry", _dims(carry.shape, 2), (B, P)),
         ("dx", None if dx is None else _dims(dx.shape, 3), (B, T, I)),
-        ("dkernel", _dims(dkernel.shape, 2), (I, G)),
-        ("drecurrent_kernel", _dims(drecurrent_kernel.shape, 2), (P, G)),
+        ("dweights", _dims(dweights.shape, 2), (I + P, G)),
         ("dprojection_kernel", _dims(dprojection_kernel.shape, 2), (H, P)),
         ("dbias", _dims(dbias.shape, 1), (G,))))
     if B == 0 or T == 0:
         raise ValueError(f"backward_projected needs at least one sequence and one step, "
-                         f"got x of shape {(B, T, I)}")
+                         f"got gates of shape {(B, T, G)}")
     job.B, job.T, job.I, job.H, job.P = B, T, I, H, P
     job.nchunks = max(1, min(num_threads, B))
     job.ncolumns = max(1, min(num_threads, (G + 15) // 16))
     job.activation, job.recurrent_activation = activation, recurrent_activation
     job.go_backwards, job.double_precision = go_backwards, floating is double
     job.mask = &mask[0, 0] if mask is not None else NULL
-    job.x, job.kernel, job.dropout = &x[0, 0, 0], &kernel[0, 0], &dropout[0, 0]
+    job.kernel, job.dropout = &kernel[0, 0], &dropout[0, 0]
     job.grad_outputs, job.gates = &grad_outputs[0, 0, 0], &gates[0, 0, 0]
-    job.h_prev, job.c_prev = <void*>&h_prev[0, 0, 0], <void*>&c_prev[0, 0, 0]
+    job.states, job.c_prev = <void*>&states[0, 0, 0], <void*>&c_prev[0, 0, 0]
     job.cells = <void*>&cells[0, 0, 0]
     job.grad_h, job.dm, job.dh_rec = &grad_h[0, 0, 0], &dm[0, 0], &dh_rec[0, 0]
     job.dh_pass, job.dc, job.carry = &dh_pass[0, 0], &dc[0, 0], &carry[0, 0]
     job.dx = &dx[0, 0, 0] if dx is not None else NULL
-    job.dkernel, job.drecurrent_kernel = &dkernel[0, 0], &drecurrent_kernel[0, 0]
+    job.dweights = &dweights[0, 0]
     job.dprojection, job.dbias = &dprojection_kernel[0, 0], &dbias[0]
     try:
         constants = _proj_constants(H, job.nchunks, sizeof(dc[0, 0]), floating is double)

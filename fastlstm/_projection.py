@@ -28,7 +28,7 @@ def projected_flops(x_shape, units, proj_units):
 class ProjectedRecord:
     """What the projected forward pass keeps for its backward pass."""
 
-    x: np.ndarray                # (B, T, I), as the forward read it
+    x_shape: tuple
     kernel: np.ndarray
     recurrent_kernel: np.ndarray
     projection_kernel: np.ndarray
@@ -37,7 +37,7 @@ class ProjectedRecord:
     has_dropout: bool
     go_backwards: bool
     gates: np.ndarray            # the activated gates; the gate gradients overwrite them
-    h_prev: np.ndarray           # each step's dropped-out h_{t-1} (B, T, P)
+    states: np.ndarray           # each step's [x_t, dropped-out h_{t-1}] (B, T, I + P)
     c_prev: np.ndarray           # each step's c_{t-1} (B, T, H)
     cells: np.ndarray            # each step's o * tanh(c) (B, T, H)
     has_bias: bool
@@ -65,7 +65,7 @@ def projected_forward(x, kernel, recurrent_kernel, bias, projection_kernel, init
                else np.ones((batch, proj_units), dtype))
     outputs = np.empty((batch, timesteps, proj_units), dtype)
     gates = SPARES.empty((batch, timesteps, 4 * units), dtype)
-    h_prev = SPARES.empty((batch, timesteps, proj_units), dtype)
+    states = SPARES.empty((batch, timesteps, input_dim + proj_units), dtype)
     c_prev = SPARES.empty((batch, timesteps, units), dtype)
     cells = SPARES.empty((batch, timesteps, units), dtype)
     kernels = _kernels.current()
@@ -75,14 +75,14 @@ def projected_forward(x, kernel, recurrent_kernel, bias, projection_kernel, init
         projected_flops(x.shape, units, proj_units))
     with _config.single_threaded_blas(single_blas):
         kernels.forward_projected(x, *weights, bias, mask_bytes, dropout, go_backwards,
-                                  outputs, h, c, gates, h_prev, c_prev, cells, *codes, threads)
+                                  outputs, h, c, gates, states, c_prev, cells, *codes, threads)
     if not return_cache:
-        SPARES.give(gates, h_prev, c_prev, cells)
+        SPARES.give(gates, states, c_prev, cells)
         return outputs, h, c, None
-    record = ProjectedRecord(x=x, kernel=weights[0], recurrent_kernel=weights[1],
+    record = ProjectedRecord(x_shape=x.shape, kernel=weights[0], recurrent_kernel=weights[1],
                              projection_kernel=weights[2], mask=mask_bytes, dropout=dropout,
                              has_dropout=has_dropout, go_backwards=go_backwards, gates=gates,
-                             h_prev=h_prev, c_prev=c_prev, cells=cells, has_bias=has_bias,
+                             states=states, c_prev=c_prev, cells=cells, has_bias=has_bias,
                              activation_codes=codes)
     return outputs, h, c, record
 
@@ -90,9 +90,9 @@ def projected_forward(x, kernel, recurrent_kernel, bias, projection_kernel, init
 def projected_backward(record, grad_outputs, grad_h, grad_c, input_gradient):
     """``(dx, dkernel, drecurrent_kernel, dbias, dh0, dc0, dprojection_kernel)``
     from a :class:`ProjectedRecord`, used once."""
-    x, dropout = record.x, record.dropout
-    dtype = x.dtype
-    batch, timesteps, _ = x.shape
+    x_shape, dropout = record.x_shape, record.dropout
+    dtype = dropout.dtype
+    batch, timesteps, input_dim = x_shape
     units, proj_units = record.projection_kernel.shape
     dh_pass = kernel_copy(grad_h, (batch, proj_units), dtype)
     dc = kernel_copy(grad_c, (batch, units), dtype)
@@ -100,9 +100,10 @@ def projected_backward(record, grad_outputs, grad_h, grad_c, input_gradient):
     carry = np.zeros((batch, proj_units), dtype)
     dm = np.empty((batch, units), dtype)
     grad_h_steps = SPARES.empty((batch, timesteps, proj_units), dtype)
-    dx = np.empty(x.shape, dtype) if input_gradient else None
-    dkernel = np.empty_like(record.kernel)
-    drecurrent_kernel = np.empty_like(record.recurrent_kernel)
+    dx = np.empty(x_shape, dtype) if input_gradient else None
+    # One product fills both: dkernel on drecurrent_kernel.
+    dweights = np.empty((input_dim + proj_units, 4 * units), dtype)
+    dkernel, drecurrent_kernel = dweights[:input_dim], dweights[input_dim:]
     dprojection = np.empty_like(record.projection_kernel)
     dbias = np.empty(4 * units, dtype)
     grad_outputs = (np.zeros((batch, timesteps, proj_units), dtype) if grad_outputs is None
@@ -116,15 +117,15 @@ def projected_backward(record, grad_outputs, grad_h, grad_c, input_gradient):
                 dh_pass, dc, dprojection)
     # The backward pass does twice the forward pass's products.
     threads, single_blas = _plan.call_threads(
-        2 * projected_flops(x.shape, units, proj_units))
+        2 * projected_flops(x_shape, units, proj_units))
     with _config.single_threaded_blas(single_blas):
         _kernels.current().backward_projected(
-            x, record.kernel, record.recurrent_kernel, record.projection_kernel, record.mask,
-            dropout, record.go_backwards, grad_outputs, record.gates, record.h_prev,
+            record.kernel, record.recurrent_kernel, record.projection_kernel, record.mask,
+            dropout, record.go_backwards, grad_outputs, record.gates, record.states,
             record.c_prev, record.cells, grad_h_steps, dm, dh_rec, dh_pass, dc, carry, dx,
-            dkernel, drecurrent_kernel, dprojection, dbias, *record.activation_codes, threads)
-    SPARES.give(record.gates, record.h_prev, record.c_prev, record.cells, grad_h_steps)
-    record.gates = record.h_prev = record.c_prev = record.cells = None
+            dweights, dprojection, dbias, *record.activation_codes, threads)
+    SPARES.give(record.gates, record.states, record.c_prev, record.cells, grad_h_steps)
+    record.gates = record.states = record.c_prev = record.cells = None
     if record.has_dropout:
         dh_rec *= dropout
     return (dx, dkernel, drecurrent_kernel, dbias if record.has_bias else None,

@@ -228,6 +228,29 @@ def test_layer_backward_matches_finite_differences(options):
     assert_gradient(dc0, loss, c0, "c0")
 
 
+def test_stateful_layer_carries_projected_states():
+    whole = fl.LSTM(H, proj_units=P, return_sequences=True, seed=0, dtype="float64")
+    halves = fl.LSTM(H, proj_units=P, return_sequences=True, seed=0, dtype="float64",
+                     stateful=True)
+    x, _, _ = inputs()
+    want = whole(x)
+    got = np.concatenate([halves(x[:, :2]), halves(x[:, 2:])], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+    h, c = halves.states
+    assert h.shape == (B, P) and c.shape == (B, H)
+
+
+def test_recurrent_dropout_masks_the_projected_state():
+    layer = fl.LSTM(H, proj_units=P, recurrent_dropout=0.5, seed=0, dtype="float64")
+    x, _, _ = inputs()
+    dropped = layer(x, training=True)
+    layer.backward(np.ones_like(dropped))
+    assert layer.grads["recurrent_kernel"].shape == (P, 4 * H)
+    assert not np.allclose(dropped, layer(x))
+    _, recurrent = layer.dropout_masks(B, True)
+    assert recurrent.shape == (B, P)
+
+
 def test_bidirectional_projected_matches_two_layers():
     bi = fl.Bidirectional(fl.LSTM(H, proj_units=P, return_sequences=True, return_state=True,
                                   seed=0, dtype="float64"))
