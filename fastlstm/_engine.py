@@ -174,12 +174,7 @@ class FastBackend:
     @staticmethod
     def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
                      go_backwards=False, return_cache=True, recurrent_dropout_mask=None,
-                     activation="tanh", recurrent_activation="sigmoid", projection_kernel=None):
-        if projection_kernel is not None:
-            from ._projection import projected_forward
-            return projected_forward(x, kernel, recurrent_kernel, bias, projection_kernel,
-                                     initial_state, mask, go_backwards, return_cache,
-                                     recurrent_dropout_mask, activation, recurrent_activation)
+                     activation="tanh", recurrent_activation="sigmoid"):
         dtype = kernel.dtype
         batch, timesteps, input_dim = x.shape
         units = recurrent_kernel.shape[0]
@@ -227,9 +222,6 @@ class FastBackend:
 
     @staticmethod
     def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
-        if not isinstance(cache, FastRecord):
-            from ._projection import projected_backward
-            return projected_backward(cache, grad_outputs, grad_h, grad_c, input_gradient)
         weights, dropout = cache.weights, cache.dropout
         dtype = weights.dtype
         batch, timesteps, input_dim = x_shape = cache.x_shape

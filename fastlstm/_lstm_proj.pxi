@@ -1,6 +1,7 @@
 # Included by _lstm.pyx: the projected LSTM (LSTMP).
 #
-# The cell is the LSTM's; its hidden state is projected to P < H values:
+# The cell is the LSTM's; its hidden state is projected to P values (usually
+# fewer than H):
 #   z_t = x_t @ kernel + h_{t-1} @ recurrent_kernel + bias     (B, 4H)
 #   c_t = f * c_{t-1} + i * g,   m_t = o * tanh(c_t)           (B, H)
 #   h_t = m_t @ projection_kernel                               (B, P)

@@ -14,7 +14,8 @@ import numpy as np
 from . import _config, _kernels, _plan
 from ._engine import SPARES, kernel_copy
 
-__all__ = ["ProjectedRecord", "projected_forward", "projected_backward", "projected_flops"]
+__all__ = ["ProjectedRecord", "ProjectedFastBackend", "projected_forward", "projected_backward",
+           "projected_flops"]
 
 
 def projected_flops(x_shape, units, proj_units):
@@ -130,3 +131,21 @@ def projected_backward(record, grad_outputs, grad_h, grad_c, input_gradient):
         dh_rec *= dropout
     return (dx, dkernel, drecurrent_kernel, dbias if record.has_bias else None,
             dh_rec + dh_pass, dc, dprojection)
+
+
+class ProjectedFastBackend:
+    """The projected kernels behind the NumPy reference's signatures (its
+    ``projection_kernel`` argument required), as the functional doors call
+    a backend."""
+
+    @staticmethod
+    def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
+                     go_backwards=False, return_cache=True, recurrent_dropout_mask=None,
+                     activation="tanh", recurrent_activation="sigmoid", projection_kernel=None):
+        return projected_forward(x, kernel, recurrent_kernel, bias, projection_kernel,
+                                 initial_state, mask, go_backwards, return_cache,
+                                 recurrent_dropout_mask, activation, recurrent_activation)
+
+    @staticmethod
+    def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_gradient=True):
+        return projected_backward(cache, grad_outputs, grad_h, grad_c, input_gradient)

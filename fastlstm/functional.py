@@ -13,6 +13,7 @@ import numpy as np
 
 from . import _config, reference
 from ._engine import FastBackend, forward_nbytes
+from ._projection import ProjectedFastBackend
 from ._blas import BLAS_Trans, gemm_arrays
 from ._validation import (_FLOAT_DTYPES, as_mask, as_real_array, as_sequences,
                           as_state, check_activation, check_bool, check_features, check_option,
@@ -247,8 +248,10 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
     bool (B, T), the states and dropout multipliers (B, H) of that dtype,
     and the sizes within :func:`check_sizes`.
     """
-    extra = {} if projection_kernel is None else {"projection_kernel": projection_kernel}
-    outputs, h, c, state = _BACKENDS[backend].lstm_forward(
+    extra, backends = {}, _BACKENDS
+    if projection_kernel is not None:
+        extra, backends = {"projection_kernel": projection_kernel}, _PROJECTED_BACKENDS
+    outputs, h, c, state = backends[backend].lstm_forward(
         x, kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
         go_backwards=go_backwards, return_cache=return_cache,
         recurrent_dropout_mask=recurrent_dropout_mask,
@@ -305,7 +308,8 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
             value = as_state(value, name, cache.dtype, shape, f"{meaning} of the forward pass")
         grads[name] = value
     cache.used = True
-    result = _BACKENDS[cache.backend].lstm_backward(
+    backends = _PROJECTED_BACKENDS if isinstance(cache, ProjectedLSTMCache) else _BACKENDS
+    result = backends[cache.backend].lstm_backward(
         cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"], input_gradient)
     if isinstance(cache, ProjectedLSTMCache):
         return ProjectedLSTMGradients(*result)
@@ -413,3 +417,4 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
 
 
 _BACKENDS = {"fast": FastBackend, "reference": reference}
+_PROJECTED_BACKENDS = {"fast": ProjectedFastBackend, "reference": reference}
