@@ -115,23 +115,21 @@ def test_kernels_match_reference(kernel_build, case, dtype):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_kernels_match_reference_on_threads(threads):
+def test_kernels_match_reference_on_threads(threads, monkeypatch):
     """Batch rows split among threads, and weight gradients by columns."""
+    from fastlstm import _plan
+
     w = weights(units=40, proj=20, input_dim=24)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((7, 9, 24))
     mask = rng.random((7, 9)) > 0.2
     upstream = [rng.standard_normal(s) for s in ((7, 9, 20), (7, 20), (7, 40))]
+    # Threads even for a call this small.
+    monkeypatch.setattr(_plan, "PARALLEL_MIN_FLOPS", 0)
     previous = fl.num_threads()
     fl.set_num_threads(threads)
     try:
-        from fastlstm import _plan
-        saved = _plan.PARALLEL_MIN_FLOPS
-        _plan.PARALLEL_MIN_FLOPS = 0
-        try:
-            got_out, got = run("fast", x, w, None, mask, False, None, upstream)
-        finally:
-            _plan.PARALLEL_MIN_FLOPS = saved
+        got_out, got = run("fast", x, w, None, mask, False, None, upstream)
     finally:
         fl.set_num_threads(previous)
     want_out, want = run("reference", x, w, None, mask, False, None, upstream)
@@ -368,7 +366,7 @@ def hx_for(module, batch, seed=3):
             torch.randn((layers, batch, module.hidden_size), generator=generator, dtype=dtype))
 
 
-def test_adapter_parameters_are_torch_s():
+def test_adapter_parameters_have_torch_names_shapes_and_draws():
     got, expected = pair(num_layers=2, bidirectional=True)
     assert [(n, p.shape) for n, p in got.named_parameters()] == \
         [(n, p.shape) for n, p in expected.named_parameters()]
