@@ -13,7 +13,8 @@ from . import _config
 _config.prepare_blas()
 
 from ._config import PerformanceWarning, num_threads, set_num_threads, show_config  # noqa: E402
-from .functional import LSTMCache, LSTMGradients, lstm_backward, lstm_forward, workspace_nbytes  # noqa: E402
+from .functional import (LSTMCache, LSTMGradients, ProjectedLSTMGradients, lstm_backward,  # noqa: E402
+                         lstm_forward, workspace_nbytes)
 from ._packed import PackedLSTM  # noqa: E402
 from ._stack import (LSTMStackCache, LSTMStackGradients, lstm_stack_backward,  # noqa: E402
                      lstm_stack_forward)
@@ -33,6 +34,7 @@ __all__ = [
     "LSTM",
     "LSTMCache",
     "LSTMGradients",
+    "ProjectedLSTMGradients",
     "LSTMStackCache",
     "LSTMStackGradients",
     "LayerNormalization",

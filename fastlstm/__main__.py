@@ -81,6 +81,7 @@ def _bench(args):
         results["torch_adapter"] = run_adapter(sizes=args.sizes, repeat=args.repeat,
                                                dtype=args.dtype, threads=args.threads)
         checked += list(results["torch_adapter"]["sizes"].values())
+        checked += list(results["torch_adapter"].get("projection", {}).values())
         graphs = results["torch_adapter"].get("graphs")
         if graphs:
             checked += [graphs["stack"], *graphs["compile"].values()]

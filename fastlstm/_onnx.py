@@ -116,6 +116,11 @@ def _check_exportable(layers):
                              f"float32 only: export a float32 model (the same layers with "
                              f"dtype='float32', the default, given the weights with "
                              f"set_weights(model.get_weights()))")
+        lstm = layer.forward_layer if isinstance(layer, Bidirectional) else layer
+        if getattr(lstm, "proj_units", None) is not None:
+            raise ValueError(f"{label} is a projected LSTM (proj_units={lstm.proj_units}), "
+                             f"and ONNX's LSTM operator has no projection of the hidden "
+                             f"state: a projected LSTM cannot be exported to ONNX")
         if getattr(layer, "stateful", False):
             raise ValueError(f"{label} is stateful: its states outlive a call, which an "
                              f"exported graph cannot carry; export the same layers with "

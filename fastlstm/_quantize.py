@@ -85,9 +85,13 @@ def as_int8(value, name):
 
 
 def check_quantizable(layer):
-    """ValueError unless ``layer`` can be quantized (float32, not quantized
-    yet; for a Bidirectional, both directions)."""
+    """ValueError unless ``layer`` can be quantized (float32, not projected,
+    not quantized yet; for a Bidirectional, both directions)."""
     for part in layer._sublayers() or [layer]:
+        if getattr(part, "proj_units", None) is not None:
+            raise ValueError(f"{part._label()} is a projected LSTM (proj_units="
+                             f"{part.proj_units}); the int8 kernels have no projection, so "
+                             f"it stays float32: quantize a model without proj_units")
         if part.quantization_mode is not None:
             raise ValueError(f"{part._label()} is already quantized "
                              f"(quantization_mode={part.quantization_mode!r})")

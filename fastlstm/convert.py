@@ -76,6 +76,12 @@ def _split_directions(weights, where):
     """A Keras weight list as ``[(kernel, recurrent_kernel, bias or None), ...]``,
     one tuple per direction, with every shape checked."""
     if hasattr(weights, "get_weights"):
+        layer = getattr(weights, "forward_layer", weights)
+        if getattr(layer, "proj_units", None) is not None:
+            raise ValueError(f"{where} is a projected LSTM (proj_units={layer.proj_units}): "
+                             f"Keras' LSTM has no projection, and these conversions write "
+                             f"the unprojected layout; use the layer's get_weights() "
+                             f"(projection_kernel last) directly")
         weights = weights.get_weights()
     if not isinstance(weights, (list, tuple)) or len(weights) not in _LAYOUTS:
         got = (f"a list of {len(weights)}" if isinstance(weights, (list, tuple))

@@ -13,12 +13,14 @@ import numpy as np
 
 from . import _config, _sequences, reference
 from ._engine import FastBackend, forward_nbytes
+from ._projection import ProjectedFastBackend
 from ._blas import BLAS_Trans, gemm_arrays
 from ._validation import (_FLOAT_DTYPES, as_mask, as_real_array, as_sequences,
                           as_state, check_activation, check_bool, check_features, check_option,
                           check_shape, check_state_list, describe)
 
-__all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "LSTMCache", "workspace_nbytes",
+__all__ = ["lstm_forward", "lstm_backward", "LSTMGradients", "ProjectedLSTMGradients",
+           "LSTMCache", "workspace_nbytes",
            "matmul", "dense_forward", "dense_backward"]
 
 LSTMGradients = namedtuple(
@@ -28,6 +30,13 @@ LSTMGradients.__doc__ = """Gradients of a loss with respect to the arguments of 
 
 ``bias`` is None when the forward ran without a bias. ``h0`` and ``c0`` are
 the gradients of the initial states (zeros when none were given)."""
+
+ProjectedLSTMGradients = namedtuple(
+    "ProjectedLSTMGradients", LSTMGradients._fields + ("projection_kernel",)
+)
+ProjectedLSTMGradients.__doc__ = """:class:`LSTMGradients` of a projected LSTM (``lstm_forward``
+with a ``projection_kernel``), followed by the gradient of that kernel; ``h0`` is
+(batch, proj_units)."""
 
 # BLAS takes 32-bit sizes and leading dimensions.
 _INT_MAX = 2**31 - 1
@@ -68,7 +77,21 @@ class LSTMCache(_Cache):
     __slots__ = ()
 
 
-def _check_weights(kernel, recurrent_kernel, bias):
+class ProjectedLSTMCache(LSTMCache):
+    """:class:`LSTMCache` of a projected LSTM, whose hidden state has
+    ``proj_units`` values."""
+
+    __slots__ = ("proj_units",)
+
+    def __init__(self, backend, dtype, x_shape, units, state, proj_units):
+        super().__init__(backend, dtype, x_shape, units, state)
+        self.proj_units = proj_units
+
+    def _details(self):
+        return f" proj_units={self.proj_units}"
+
+
+def _check_weights(kernel, recurrent_kernel, bias, projection_kernel=None):
     kernel = as_real_array(kernel, "kernel")
     if kernel.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"kernel must be float32 or float64 (the weights set the compute "
@@ -79,8 +102,20 @@ def _check_weights(kernel, recurrent_kernel, bias):
                          f"and units >= 1, got {kernel.shape}")
     units = kernel.shape[1] // 4
     weights = [kernel]
+    hidden, recurrent_meaning = units, "(units, 4 * units)"
+    if projection_kernel is not None:
+        projection_kernel = as_real_array(projection_kernel, "projection_kernel")
+        if projection_kernel.dtype != dtype:
+            raise TypeError(f"projection_kernel must have the dtype of kernel ({dtype}), got "
+                            f"{projection_kernel.dtype}")
+        if (projection_kernel.ndim != 2 or projection_kernel.shape[0] != units
+                or projection_kernel.shape[1] == 0):
+            raise ValueError(f"projection_kernel must have shape (units, proj_units) with "
+                             f"units={units} (from kernel) and proj_units >= 1, got "
+                             f"{projection_kernel.shape}")
+        hidden, recurrent_meaning = projection_kernel.shape[1], "(proj_units, 4 * units)"
     for name, value, shape, meaning in (
-        ("recurrent_kernel", recurrent_kernel, (units, 4 * units), "(units, 4 * units)"),
+        ("recurrent_kernel", recurrent_kernel, (hidden, 4 * units), recurrent_meaning),
         ("bias", bias, (4 * units,), "(4 * units,)"),
     ):
         if value is None and name == "bias":
@@ -89,15 +124,18 @@ def _check_weights(kernel, recurrent_kernel, bias):
         array = as_real_array(value, name)
         if array.dtype != dtype:
             raise TypeError(f"{name} must have the dtype of kernel ({dtype}), got {array.dtype}")
-        check_shape(array, name, shape, f"{meaning} for units={units}")
+        check_shape(array, name, shape, f"{meaning} for units={units}"
+                    + ("" if projection_kernel is None else f", proj_units={hidden}"))
         weights.append(array)
+    if projection_kernel is not None:
+        weights.append(projection_kernel)
     return dtype, units, weights
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
                  go_backwards=False, return_cache=True, backend="fast",
                  recurrent_dropout_mask=None, activation="tanh",
-                 recurrent_activation="sigmoid"):
+                 recurrent_activation="sigmoid", projection_kernel=None):
     """Run an LSTM over a batch of sequences.
 
     Parameters
@@ -135,11 +173,19 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         Activation of the input, forget and output gates. The default pair
         (tanh, sigmoid) runs the vectorised kernels; other pairs run the same
         kernels with scalar activations.
+    projection_kernel : ndarray, shape (units, proj_units), or None
+        A projected LSTM (LSTMP, ``torch.nn.LSTM``'s ``proj_size``): the
+        hidden state is ``(o * tanh(c)) @ projection_kernel``, of
+        ``proj_units`` values, which the outputs, ``h``, ``h0``,
+        ``recurrent_kernel`` (then ``(proj_units, 4 * units)``) and
+        ``recurrent_dropout_mask`` (``(batch, proj_units)``) follow; ``c``
+        keeps ``units`` values. :func:`lstm_backward` then returns
+        :class:`ProjectedLSTMGradients`.
 
     Returns
     -------
-    outputs : ndarray, shape (batch, timesteps, units)
-    h : ndarray, shape (batch, units)
+    outputs : ndarray, shape (batch, timesteps, units), or (batch, timesteps, proj_units)
+    h : ndarray, shape (batch, units), or (batch, proj_units)
         Hidden state after the last processed step.
     c : ndarray, shape (batch, units)
         Cell state after the last processed step.
@@ -159,7 +205,10 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     check_backend(backend)
     check_activation(activation, "activation")
     check_activation(recurrent_activation, "recurrent_activation")
-    dtype, units, (kernel, recurrent_kernel, bias) = _check_weights(kernel, recurrent_kernel, bias)
+    dtype, units, weights = _check_weights(kernel, recurrent_kernel, bias, projection_kernel)
+    kernel, recurrent_kernel, bias = weights[:3]
+    projection_kernel = weights[3] if len(weights) > 3 else None
+    hidden = recurrent_kernel.shape[0]
     x = as_sequences(x, "x", dtype)
     batch, timesteps, input_dim = x.shape
     check_features(input_dim, "x", kernel.shape[0], "the kernel's rows")
@@ -167,26 +216,30 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
     go_backwards = check_bool(go_backwards, "go_backwards")
     return_cache = check_bool(return_cache, "return_cache")
 
+    hidden_meaning = "(batch, units)" if projection_kernel is None else "(batch, proj_units)"
     if initial_state is None:
         h0 = c0 = None
     else:
-        h0, c0 = (as_state(s, name, dtype, (batch, units), "(batch, units)") for s, name in
-                  zip(check_state_list(initial_state, "initial_state", "[h0, c0]"),
-                      ("initial_state[0] (h0)", "initial_state[1] (c0)")))
+        states = check_state_list(initial_state, "initial_state", "[h0, c0]")
+        h0 = as_state(states[0], "initial_state[0] (h0)", dtype, (batch, hidden),
+                      hidden_meaning)
+        c0 = as_state(states[1], "initial_state[1] (c0)", dtype, (batch, units),
+                      "(batch, units)")
     if mask is not None:
         mask = as_mask(mask, "mask", (batch, timesteps))
     if recurrent_dropout_mask is not None:
         recurrent_dropout_mask = as_state(recurrent_dropout_mask, "recurrent_dropout_mask",
-                                          dtype, (batch, units), "(batch, units)")
+                                          dtype, (batch, hidden), hidden_meaning)
 
     return run_lstm_forward(backend, x, kernel, recurrent_kernel, bias,
                             None if h0 is None else [h0, c0], mask, go_backwards, return_cache,
-                            recurrent_dropout_mask, activation, recurrent_activation)
+                            recurrent_dropout_mask, activation, recurrent_activation,
+                            projection_kernel)
 
 
 def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, mask,
                      go_backwards, return_cache, recurrent_dropout_mask, activation,
-                     recurrent_activation):
+                     recurrent_activation, projection_kernel=None):
     """:func:`lstm_forward` on arguments already checked and cast.
 
     For the layers, which check what they are given in their own terms
@@ -196,7 +249,7 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
     and the sizes within :func:`check_sizes`.
     """
     lengths = None
-    if backend == "fast" and return_cache:
+    if backend == "fast" and return_cache and projection_kernel is None:
         lengths = _sequences.serves_mask(mask, x.shape[2], recurrent_kernel.shape[0],
                                          recurrent_dropout_mask is not None)
     if lengths is not None:
@@ -205,15 +258,21 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
             x, lengths, kernel, recurrent_kernel, bias, *(initial_state or (None, None)),
             go_backwards, return_cache, activation, recurrent_activation)
     else:
-        outputs, h, c, state = _BACKENDS[backend].lstm_forward(
+        extra, backends = {}, _BACKENDS
+        if projection_kernel is not None:
+            extra, backends = {"projection_kernel": projection_kernel}, _PROJECTED_BACKENDS
+        outputs, h, c, state = backends[backend].lstm_forward(
             x, kernel, recurrent_kernel, bias, initial_state=initial_state, mask=mask,
             go_backwards=go_backwards, return_cache=return_cache,
             recurrent_dropout_mask=recurrent_dropout_mask,
-            activation=activation, recurrent_activation=recurrent_activation,
+            activation=activation, recurrent_activation=recurrent_activation, **extra,
         )
     cache = None
-    if return_cache:
+    if return_cache and projection_kernel is None:
         cache = LSTMCache(backend, kernel.dtype, x.shape, recurrent_kernel.shape[0], state)
+    elif return_cache:
+        cache = ProjectedLSTMCache(backend, kernel.dtype, x.shape, kernel.shape[1] // 4, state,
+                                   projection_kernel.shape[1])
     return outputs, h, c, cache
 
 
@@ -238,12 +297,17 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
     Returns
     -------
     LSTMGradients
-        Named tuple ``(x, kernel, recurrent_kernel, bias, h0, c0)``.
+        Named tuple ``(x, kernel, recurrent_kernel, bias, h0, c0)``; for a
+        projected LSTM, :class:`ProjectedLSTMGradients`, which adds
+        ``projection_kernel``.
     """
     check_cache(cache, LSTMCache, "lstm_forward", "lstm_backward")
+    hidden, name = ((cache.proj_units, "proj_units") if isinstance(cache, ProjectedLSTMCache)
+                    else (cache.units, "units"))
     expected = {
-        "grad_outputs": ((cache.batch, cache.timesteps, cache.units), "(batch, timesteps, units)"),
-        "grad_h": ((cache.batch, cache.units), "(batch, units)"),
+        "grad_outputs": ((cache.batch, cache.timesteps, hidden),
+                         f"(batch, timesteps, {name})"),
+        "grad_h": ((cache.batch, hidden), f"(batch, {name})"),
         "grad_c": ((cache.batch, cache.units), "(batch, units)"),
     }
     input_gradient = check_bool(input_gradient, "input_gradient")
@@ -254,10 +318,16 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
             value = as_state(value, name, cache.dtype, shape, f"{meaning} of the forward pass")
         grads[name] = value
     cache.used = True
-    backward = (_sequences.padded_backward if isinstance(cache.state, _sequences.PaddedRecord)
-                else _BACKENDS[cache.backend].lstm_backward)
+    if isinstance(cache.state, _sequences.PaddedRecord):
+        backward = _sequences.padded_backward
+    elif isinstance(cache, ProjectedLSTMCache):
+        backward = _PROJECTED_BACKENDS[cache.backend].lstm_backward
+    else:
+        backward = _BACKENDS[cache.backend].lstm_backward
     result = backward(cache.state, grads["grad_outputs"], grads["grad_h"], grads["grad_c"],
                       input_gradient)
+    if isinstance(cache, ProjectedLSTMCache):
+        return ProjectedLSTMGradients(*result)
     return LSTMGradients(*result)
 
 
@@ -362,3 +432,4 @@ def workspace_nbytes(batch, timesteps, input_dim, units, dtype="float32", traini
 
 
 _BACKENDS = {"fast": FastBackend, "reference": reference}
+_PROJECTED_BACKENDS = {"fast": ProjectedFastBackend, "reference": reference}

@@ -91,6 +91,9 @@ class LSTMCache:
         mask decides whether it replaces ``c_{t-1}``.
     activation, recurrent_activation : str
         Names in `ACTIVATIONS` of the candidate/output and gate activations.
+    projection_kernel : ndarray, shape (H, P), or None
+        The projection of the hidden state (a projected LSTM); ``h_prev`` is
+        then (T, B, P).
     """
 
     x: np.ndarray
@@ -106,11 +109,12 @@ class LSTMCache:
     c_candidate: np.ndarray
     activation: str = "tanh"
     recurrent_activation: str = "sigmoid"
+    projection_kernel: np.ndarray | None = None
 
 
 def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=None,
                  go_backwards=False, return_cache=True, recurrent_dropout_mask=None,
-                 activation="tanh", recurrent_activation="sigmoid"):
+                 activation="tanh", recurrent_activation="sigmoid", projection_kernel=None):
     """Run one LSTM layer over a batch of sequences.
 
     Parameters
@@ -119,11 +123,12 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         Input sequences, batch-major.
     kernel : ndarray, shape (I, 4H)
         Input weights, gate blocks in the order i, f, c, o.
-    recurrent_kernel : ndarray, shape (H, 4H)
+    recurrent_kernel : ndarray, shape (H, 4H), or (P, 4H) with a projection
         Recurrent weights, same gate order.
     bias : ndarray of shape (4H,) or None
         Gate biases; None means the layer has no bias.
     initial_state : pair of ndarray [h0, c0], each (B, H), optional
+        (h0 is (B, P) with a projection.)
         States before the first processed step; None means zeros.
     mask : ndarray of bool, shape (B, T), optional
         True where a step is kept. A masked step carries ``h`` and ``c`` over
@@ -142,12 +147,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         (``tanh`` in the equations below).
     recurrent_activation : {"tanh", "sigmoid", "hard_sigmoid"}, default "sigmoid"
         Activation of the gates ``i``, ``f`` and ``o`` (``sigmoid`` below).
+    projection_kernel : ndarray, shape (H, P), optional
+        A projected LSTM (LSTMP): the hidden state is ``h~ @ projection_kernel``
+        of P values, which the outputs, ``h`` and the recurrent product
+        (``recurrent_dropout_mask`` then (B, P)) read; ``c`` keeps H.
 
     Returns
     -------
-    outputs : ndarray, shape (B, T, H)
+    outputs : ndarray, shape (B, T, H), or (B, T, P) with a projection
         The output of every step, in processing order.
-    h_N : ndarray, shape (B, H)
+    h_N : ndarray, shape (B, H) (or (B, P))
         Hidden state after the last processed step.
     c_N : ndarray, shape (B, H)
         Cell state after the last processed step.
@@ -162,14 +171,16 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         i   = sigmoid(z_i)      f = sigmoid(z_f)
         g   = tanh(z_c)         o = sigmoid(z_o)
         c~  = f * c_{t-1} + i * g
-        h~  = o * tanh(c~)
+        h~  = o * tanh(c~)                 (h~ @ projection_kernel with one)
         c_t = keep ? c~ : c_{t-1}
         h_t = keep ? h~ : h_{t-1}
         y_t = keep ? h~ : y_{t-1}          with y_{-1} = 0
     """
     dtype = np.result_type(x, kernel, recurrent_kernel)
     batch, steps, _ = x.shape
-    units = recurrent_kernel.shape[0]
+    units = recurrent_kernel.shape[1] // 4
+    # The size of h: the projection's, or the cell's.
+    hidden = units if projection_kernel is None else projection_kernel.shape[1]
     candidate = ACTIVATIONS[activation][0]
     gate = ACTIVATIONS[recurrent_activation][0]
 
@@ -181,14 +192,14 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         step_mask = (mask[:, ::-1] if go_backwards else mask).T
 
     if initial_state is None:
-        h = np.zeros((batch, units), dtype=dtype)
+        h = np.zeros((batch, hidden), dtype=dtype)
         c = np.zeros((batch, units), dtype=dtype)
     else:
         h, c = initial_state
-    output = np.zeros((batch, units), dtype=dtype)
+    output = np.zeros((batch, hidden), dtype=dtype)
 
-    outputs = np.empty((batch, steps, units), dtype=dtype)
-    h_prev = np.empty((steps, batch, units), dtype=dtype)
+    outputs = np.empty((batch, steps, hidden), dtype=dtype)
+    h_prev = np.empty((steps, batch, hidden), dtype=dtype)
     c_prev = np.empty((steps, batch, units), dtype=dtype)
     gates = np.empty((steps, batch, 4 * units), dtype=dtype)
     c_candidate = np.empty((steps, batch, units), dtype=dtype)
@@ -204,6 +215,8 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
         i, f, g, o = gate(z_i), gate(z_f), candidate(z_c), gate(z_o)
         c_new = f * c + i * g
         h_new = o * candidate(c_new)
+        if projection_kernel is not None:
+            h_new = h_new @ projection_kernel
 
         gates[t] = np.concatenate([i, f, g, o], axis=-1)
         c_candidate[t] = c_new
@@ -224,6 +237,7 @@ def lstm_forward(x, kernel, recurrent_kernel, bias, initial_state=None, mask=Non
             recurrent_dropout_mask=recurrent_dropout_mask,
             h_prev=h_prev, c_prev=c_prev, gates=gates, c_candidate=c_candidate,
             activation=activation, recurrent_activation=recurrent_activation,
+            projection_kernel=projection_kernel,
         )
     # np.array copies: with no time steps, h and c are still the caller's h0 and c0.
     return outputs, np.array(h, dtype=dtype), np.array(c, dtype=dtype), cache
@@ -253,6 +267,7 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
         ``kernel``, ``recurrent_kernel``, ``bias`` (None when the forward pass
         had no bias) and the initial states ``h0`` and ``c0`` (returned also
         when the forward pass started from zeros).
+        With a projection, ``dprojection_kernel`` follows as a seventh entry.
 
     Notes
     -----
@@ -263,6 +278,8 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
 
         dh~ = keep ? dh + dy : 0           dc~ = keep ? dc : 0
         dy_{t-1} += keep ? 0 : dy
+        (with a projection: dprojection_kernel += (o * tanh(c~)).T @ dh~,
+         then dh~ = dh~ @ projection_kernel.T)
         do  = dh~ * tanh(c~)
         dc~ += dh~ * o * (1 - tanh(c~)^2)
         di  = dc~ * g      df = dc~ * c_{t-1}      dg = dc~ * i
@@ -281,23 +298,26 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
     kernel = cache.kernel
     recurrent_kernel = cache.recurrent_kernel
     dropout = cache.recurrent_dropout_mask
-    steps, batch, units = cache.h_prev.shape
+    projection = cache.projection_kernel
+    steps, batch, hidden = cache.h_prev.shape
+    units = cache.c_prev.shape[2]
     dtype = cache.h_prev.dtype
     candidate, candidate_grad = ACTIVATIONS[cache.activation]
     gate_grad = ACTIVATIONS[cache.recurrent_activation][1]
 
-    def zero_or(grad):
-        return np.zeros((batch, units), dtype=dtype) if grad is None else grad
+    def zero_or(grad, size):
+        return np.zeros((batch, size), dtype=dtype) if grad is None else grad
 
-    dh = zero_or(grad_h)
-    dc = zero_or(grad_c)
-    grad_prev_output = np.zeros((batch, units), dtype=dtype)
+    dh = zero_or(grad_h, hidden)
+    dc = zero_or(grad_c, units)
+    grad_prev_output = np.zeros((batch, hidden), dtype=dtype)
 
     x_steps = x[:, ::-1] if cache.go_backwards else x
     dx_steps = np.empty(x.shape, dtype=dtype) if input_gradient else None
     dkernel = np.zeros(kernel.shape, dtype=dtype)
     drecurrent_kernel = np.zeros(recurrent_kernel.shape, dtype=dtype)
     dbias = None if cache.bias is None else np.zeros(cache.bias.shape, dtype=dtype)
+    dprojection = None if projection is None else np.zeros(projection.shape, dtype=dtype)
 
     for t in reversed(range(steps)):
         dy = grad_prev_output
@@ -318,6 +338,9 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
 
         i, f, g, o = _split_gates(cache.gates[t])
         tanh_c = candidate(cache.c_candidate[t])
+        if projection is not None:
+            dprojection += (o * tanh_c).T @ dh_new
+            dh_new = dh_new @ projection.T
         dc_new = dc_new + dh_new * o * candidate_grad(tanh_c)
         grad_gates = np.concatenate([
             dc_new * g * gate_grad(i),
@@ -345,5 +368,6 @@ def lstm_backward(cache, grad_outputs=None, grad_h=None, grad_c=None, input_grad
     if input_gradient and cache.go_backwards:
         dx = np.ascontiguousarray(dx_steps[:, ::-1])
     # np.array copies: with no time steps, dh and dc are still the caller's grad_h, grad_c.
-    return (dx, dkernel, drecurrent_kernel, dbias,
-            np.array(dh, dtype=dtype), np.array(dc, dtype=dtype))
+    grads = (dx, dkernel, drecurrent_kernel, dbias,
+             np.array(dh, dtype=dtype), np.array(dc, dtype=dtype))
+    return grads if projection is None else grads + (dprojection,)

@@ -44,6 +44,14 @@ reverse order (``go_backwards``): its masked steps come first and carry the
 initial state to each sequence's own last valid step, where it starts, as
 PyTorch's does.
 
+Projection. With ``proj_size > 0`` (an LSTM with projections, LSTMP)
+every layer and direction runs as its own call of the projected kernels
+(:func:`fastlstm.lstm_forward` with a ``projection_kernel``) through a
+``torch.autograd.Function``, not the custom operators above, whose
+signature and stacked kernels have no projection: ``torch.compile`` breaks
+its graph there (``fullgraph=True`` fails), ``torch.export`` and an ONNX
+export raise (ONNX's ``LSTM`` has no projection).
+
 Importing :mod:`fastlstm` never imports PyTorch; this module needs it
 (``pip install "fastlstm[torch]"``).
 """
@@ -68,6 +76,7 @@ from . import _handles, _plan
 from .convert import _keras_from_torch, _torch_gradients_from_keras
 from ._packed import PackedLSTM
 from ._sequences import packed_backward, packed_forward
+from .functional import lstm_backward, lstm_forward
 from ._stack import lstm_stack_backward, lstm_stack_forward, served_stack_forward
 
 __all__ = ["LSTM"]
@@ -505,6 +514,69 @@ def _packed_dropout_noise(x, rate):
     return torch.empty_like(x).bernoulli_(1 - rate).div_(1 - rate)
 
 
+class _ProjectedLSTM(torch.autograd.Function):
+    """One layer and direction of a projected LSTM on fastlstm's projected
+    kernels: ``(outputs, h_n, c_n)``, the outputs in time order."""
+
+    @staticmethod
+    def _run(x, h0, c0, mask, reverse, weights, keep_cache):
+        weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = weights
+        kernel, recurrent_kernel, bias = _keras_weights(
+            [_numpy(w) for w in (weight_ih, weight_hh, bias_ih, bias_hh)])
+        projection_kernel = _c_order(_numpy(weight_hr).T)
+        state = None if h0 is None else [_numpy(h0), _numpy(c0)]
+        return lstm_forward(_numpy(x), kernel, recurrent_kernel, bias, initial_state=state,
+                            mask=_numpy(mask), go_backwards=reverse, return_cache=keep_cache,
+                            projection_kernel=projection_kernel)
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, mask, reverse, weight_ih, weight_hh, bias_ih, bias_hh,
+                weight_hr):
+        weights = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)
+        outputs, h_n, c_n, cache = _ProjectedLSTM._run(x, h0, c0, mask, reverse, weights,
+                                                       any(ctx.needs_input_grad))
+        ctx.cache, ctx.reverse = cache, reverse
+        ctx.save_for_backward(x, h0, c0, mask, *weights)
+        return _as_tensors(outputs, reverse), torch.from_numpy(h_n), torch.from_numpy(c_n)
+
+    @staticmethod
+    def backward(ctx, grad_outputs, grad_h, grad_c):
+        incoming = (grad_outputs, grad_h, grad_c)
+        x, h0, c0, mask, *weights = ctx.saved_tensors
+        has_bias = weights[2] is not None
+        if ctx.cache is None:
+            # A second backward pass through a retained graph: the first wrote
+            # the gate gradients over the kept gates, so the forward runs again.
+            ctx.cache = _ProjectedLSTM._run(x, h0, c0, mask, ctx.reverse, weights, True)[3]
+        grad_outputs = _numpy(grad_outputs)
+        if ctx.reverse:
+            grad_outputs = grad_outputs[:, ::-1]
+        needs_x, needs_h0, needs_c0 = ctx.needs_input_grad[:3]
+        grads = lstm_backward(ctx.cache, grad_outputs, _numpy(grad_h), _numpy(grad_c),
+                              input_gradient=needs_x)
+        ctx.cache = None
+        d_ih, d_hh, d_bih, d_bhh = _torch_gradients_from_keras(
+            grads.kernel, grads.recurrent_kernel, grads.bias)
+        dweights = [torch.from_numpy(_c_order(g)) for g in (d_ih, d_hh)]
+        if has_bias:
+            dweights += [torch.from_numpy(d_bih), torch.from_numpy(d_bhh)]
+        dweights.append(torch.from_numpy(_c_order(grads.projection_kernel.T)))
+        result = [None if grads.x is None else torch.from_numpy(grads.x),
+                  torch.from_numpy(grads.h0) if needs_h0 else None,
+                  torch.from_numpy(grads.c0) if needs_c0 else None, *dweights]
+        if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (x, h0, c0, *weights, *incoming)):
+            # As for the unprojected operator: a node that raises if anything
+            # differentiates through these gradients, never silent constants.
+            error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(result))
+            result = list(error(*[None if g is None else g.detach().requires_grad_(True)
+                                  for g in result]))
+        dx, dh0, dc0, *dweights = result
+        if not has_bias:
+            dweights = [dweights[0], dweights[1], None, None, dweights[2]]
+        return (dx, dh0, dc0, None, None, *dweights)
+
+
 class _Packing:
     """Where the rows of a ``PackedSequence`` sit in a padded, batch-major
     ``(batch * timesteps, features)`` array, in the batch's original order."""
@@ -558,7 +630,12 @@ class LSTM(torch.nn.Module):
     bidirectional : bool
         Run each layer in both directions and concatenate the outputs.
     proj_size : int
-        Must be 0: projected hidden states are not supported.
+        If > 0, an LSTM with projections (LSTMP): each layer's hidden state
+        ``h_t = weight_hr (o_t * tanh(c_t))`` has ``proj_size`` values
+        (the outputs, ``h_0`` and ``h_n`` too), ``c`` keeps
+        ``hidden_size``. Must be smaller than ``hidden_size``. Each layer and
+        direction then runs on its own through fastlstm's projected kernels
+        (see the module's notes on ``torch.compile``, export and ONNX).
     device : torch.device, str or None
         Must be the CPU (or None).
     dtype : torch.float32, torch.float64 or None
@@ -572,6 +649,10 @@ class LSTM(torch.nn.Module):
         second direction's names.
     bias_ih_l{k}, bias_hh_l{k} : Parameter, shape (4 * hidden_size,)
         Only with ``bias=True``. fastlstm adds the two into one bias.
+    weight_hr_l{k} : Parameter, shape (proj_size, hidden_size)
+        Only with ``proj_size > 0``; ``weight_hh_l{k}`` is then
+        ``(4 * hidden_size, proj_size)`` and ``in`` of the layers above the
+        first ``num_directions * proj_size``.
 
     Examples
     --------
@@ -607,10 +688,13 @@ class LSTM(torch.nn.Module):
             warnings.warn(f"dropout acts between stacked layers, after every layer but the "
                           f"last, so dropout={self.dropout} does nothing with num_layers=1",
                           UserWarning, stacklevel=2)
-        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size != 0:
-            raise ValueError(f"proj_size must be 0: fastlstm's LSTM has no projected hidden "
-                             f"state (torch.nn.LSTM's proj_size), got {_describe(proj_size)}")
-        self.proj_size = 0
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size must be a positive int, or 0 for no projection, "
+                             f"got {_describe(proj_size)}")
+        if proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
+                             f"got {proj_size}")
+        self.proj_size = proj_size
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"device must be the CPU or None: fastlstm runs on the CPU "
                              f"only, got {device!r}")
@@ -619,13 +703,15 @@ class LSTM(torch.nn.Module):
         if dtype not in _DTYPES:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
         directions = 2 if self.bidirectional else 1
-        kinds = _KINDS if self.bias else _KINDS[:2]
+        kinds = self._kinds()
         names = []
+        real_hidden = self.proj_size or self.hidden_size
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else directions * self.hidden_size
+            layer_input = self.input_size if layer == 0 else directions * real_hidden
             shapes = {"weight_ih": (4 * self.hidden_size, layer_input),
-                      "weight_hh": (4 * self.hidden_size, self.hidden_size),
-                      "bias_ih": (4 * self.hidden_size,), "bias_hh": (4 * self.hidden_size,)}
+                      "weight_hh": (4 * self.hidden_size, real_hidden),
+                      "bias_ih": (4 * self.hidden_size,), "bias_hh": (4 * self.hidden_size,),
+                      "weight_hr": (self.proj_size, self.hidden_size)}
             for direction in range(directions):
                 suffix = f"_l{layer}{'_reverse' if direction else ''}"
                 for kind in kinds:
@@ -636,6 +722,11 @@ class LSTM(torch.nn.Module):
         self._inference = _InferenceCache()
         self._inference_number = _register(self._inference)
         self.reset_parameters()
+
+    def _kinds(self):
+        """The parameters of one layer and direction, in ``torch.nn.LSTM``'s order."""
+        kinds = _KINDS if self.bias else _KINDS[:2]
+        return kinds + ("weight_hr",) if self.proj_size else kinds
 
     def reset_parameters(self):
         """Draw every parameter from U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)),
@@ -666,7 +757,7 @@ class LSTM(torch.nn.Module):
     def extra_repr(self):
         text = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
-                              ("dropout", 0.0), ("bidirectional", False)):
+                              ("dropout", 0.0), ("bidirectional", False), ("proj_size", 0)):
             if getattr(self, name) != default:
                 text += f", {name}={getattr(self, name)}"
         return text
@@ -682,8 +773,8 @@ class LSTM(torch.nn.Module):
             sequence; or a ``PackedSequence`` of variable-length sequences.
         hx : (Tensor, Tensor) or None
             ``(h_0, c_0)``, each ``(num_directions * num_layers, batch,
-            hidden_size)`` (without the batch axis for unbatched input); zeros
-            if None.
+            hidden_size)`` (without the batch axis for unbatched input), h_0
+            of ``proj_size`` with ``proj_size > 0``; zeros if None.
 
         Returns
         -------
@@ -701,6 +792,9 @@ class LSTM(torch.nn.Module):
         except (TypeError, ValueError) as error:
             raise _as_torch_error(error) from None
         if torch.onnx.is_in_onnx_export():
+            if self.proj_size:
+                raise ValueError(f"a fastlstm.torch.LSTM with proj_size={self.proj_size} cannot "
+                                 f"be exported to ONNX: ONNX's LSTM operator has no projection")
             if packing is not None:
                 raise ValueError("input must be a tensor in an ONNX export, got a "
                                  "PackedSequence; export the module with padded sequences")
@@ -709,6 +803,8 @@ class LSTM(torch.nn.Module):
             output, h_n, c_n = _run_packed(self, packing, h0, c0)
             return PackedSequence(output, input.batch_sizes, input.sorted_indices,
                                   input.unsorted_indices), (h_n, c_n)
+        elif self.proj_size:
+            outputs, h_n, c_n = self._projected(x, h0, c0, packing)
         elif self.bidirectional:
             outputs, h_n, c_n = self._by_layer(x, h0, c0, packing)
         else:
@@ -767,10 +863,11 @@ class LSTM(torch.nn.Module):
 
     def _packed_kernels_serve(self, packed):
         """Whether the ``PackedSequence`` ``packed`` runs on the packed
-        kernels: when eager, and unless the module is a unidirectional
-        stack that the planner pipelines (a thread per layer), which the
-        masked kernels' stack keeps."""
-        if not _eager():
+        kernels: when eager, and unless the module is projected (the packed
+        kernels have no projection) or a unidirectional stack that the
+        planner pipelines (a thread per layer), which the masked kernels'
+        stack keeps."""
+        if not _eager() or self.proj_size:
             return False
         if self.bidirectional or self.num_layers < 2:
             return True
@@ -828,6 +925,39 @@ class LSTM(torch.nn.Module):
                     x = x * self._dropout_noise(x.shape, x, packing)
         return outputs, torch.cat(h_n), torch.cat(c_n)
 
+    def _projected(self, x, h0, c0, packing):
+        """A projected LSTM, layer after layer and direction by direction,
+        each one call of the projected kernels; the last layer's outputs as
+        a list of one tensor per direction."""
+        if torch.compiler.is_exporting():
+            raise RuntimeError(f"torch.export cannot export a fastlstm.torch.LSTM with "
+                               f"proj_size={self.proj_size}: its projected kernels run "
+                               f"outside fastlstm's custom operator; export the module "
+                               f"without a projection, or run it eagerly or under "
+                               f"torch.compile (fullgraph=False)")
+        directions = 2 if self.bidirectional else 1
+        mask = None if packing is None else packing.mask
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = directions * layer + direction
+                suffix = f"_l{layer}{'_reverse' if direction else ''}"
+                weights = {kind: getattr(self, kind + suffix) for kind in self._kinds()}
+                state = (None, None) if h0 is None else (h0[index], c0[index])
+                output, h, c = _ProjectedLSTM.apply(
+                    x, *state, mask, bool(direction), weights["weight_ih"],
+                    weights["weight_hh"], weights.get("bias_ih"), weights.get("bias_hh"),
+                    weights["weight_hr"])
+                outputs.append(output)
+                h_n.append(h)
+                c_n.append(c)
+            if layer + 1 < self.num_layers:
+                x = outputs[0] if directions == 1 else torch.cat(outputs, 2)
+                if self.training and self.dropout > 0:
+                    x = x * self._dropout_noise(x.shape, x, packing)
+        return outputs, torch.stack(h_n), torch.stack(c_n)
+
     def _torch_lstm(self, x, h0, c0):
         """``torch.nn.LSTM``'s own operator over the same parameters: what an
         ONNX export records, so that the graph holds the ONNX ``LSTM`` nodes
@@ -876,12 +1006,15 @@ class LSTM(torch.nn.Module):
         if hx is None:
             return None, None
         layers = (2 if self.bidirectional else 1) * self.num_layers
-        shape = (layers, self.hidden_size) if unbatched else (layers, batch, self.hidden_size)
-        meaning = ("(num_directions * num_layers, hidden_size) for unbatched input"
-                   if unbatched else "(num_directions * num_layers, batch, hidden_size)")
         states = []
-        for state, name in zip(check_state_list(hx, "hx", "(h_0, c_0)", "tensors"),
-                               ("hx[0] (h_0)", "hx[1] (c_0)")):
+        for state, name, size, size_name in zip(
+                check_state_list(hx, "hx", "(h_0, c_0)", "tensors"),
+                ("hx[0] (h_0)", "hx[1] (c_0)"),
+                (self.proj_size or self.hidden_size, self.hidden_size),
+                ("proj_size" if self.proj_size else "hidden_size", "hidden_size")):
+            shape = (layers, size) if unbatched else (layers, batch, size)
+            meaning = (f"(num_directions * num_layers, {size_name}) for unbatched input"
+                       if unbatched else f"(num_directions * num_layers, batch, {size_name})")
             _check_tensor(state, name, dtype)
             check_shape(state, name, shape, meaning)
             states.append(state.unsqueeze(1) if unbatched else state)

@@ -471,14 +471,17 @@ def _module(**options):
 
 
 @pytest.mark.parametrize("options, error, message", [
-    (dict(proj_size=2), ValueError, r"proj_size must be 0.*got int 2"),
+    (dict(proj_size=HIDDEN_SIZE), ValueError,
+     r"proj_size must be smaller than hidden_size \(4\), got 4"),
+    (dict(proj_size=-1), ValueError, r"proj_size must be a positive int, or 0.*got int -1"),
     (dict(device="meta"), ValueError, r"device must be the CPU.*'meta'"),
     (dict(dtype=torch.float16), TypeError, r"dtype must be torch.float32 or torch.float64.*"
                                            r"float16"),
     (dict(dropout=1.5), ValueError, r"dropout must be a number between 0 and 1.*1.5"),
     (dict(num_layers=0), ValueError, r"num_layers must be a positive int.*0"),
     (dict(bidirectional="yes"), TypeError, r"bidirectional must be True or False.*'yes'"),
-], ids=["proj_size", "device", "dtype", "dropout", "num_layers", "bidirectional"])
+], ids=["proj_size", "negative_proj_size", "device", "dtype", "dropout", "num_layers",
+        "bidirectional"])
 def test_unsupported_arguments_raise(options, error, message):
     with pytest.raises(error, match=message):
         _module(**options)

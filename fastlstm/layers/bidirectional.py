@@ -87,6 +87,8 @@ class Bidirectional(Layer):
         self.return_state = layer.return_state
         self.stateful = layer.stateful
         self.units = layer.units
+        # The size of each direction's outputs and h: proj_units when projected.
+        self._output_units = layer.output_units
         self.dtype = layer.dtype
         for direction in (self.forward_layer, self.backward_layer):
             direction._zero_output_for_mask = self.return_sequences
@@ -144,7 +146,7 @@ class Bidirectional(Layer):
 
     def compute_output_shape(self, input_shape):
         """As :meth:`LSTM.compute_output_shape`, with twice the units for "concat"."""
-        units = 2 * self.units if self.merge_mode == "concat" else self.units
+        units = self._output_units * (2 if self.merge_mode == "concat" else 1)
         if self.return_sequences:
             return tuple(input_shape[:2]) + (units,)
         return (input_shape[0], units)
@@ -285,11 +287,11 @@ class Bidirectional(Layer):
         if self.return_sequences and d_y_rev is not None:
             d_y_rev = d_y_rev[:, ::-1]
         if self.return_state:
-            shape_state = (self._shape[0], self.units)
+            shapes = [(self._shape[0], size) for size in (self._output_units, self.units) * 2]
             names = ["d_h_fw", "d_c_fw", "d_h_bw", "d_c_bw"]
             d_states = [None if d is None else
-                        self._grad_array(d, f"dy[{output_count + k}] ({name})", shape_state)
-                        for k, (d, name) in enumerate(zip(d_states, names))]
+                        self._grad_array(d, f"dy[{output_count + k}] ({name})", shape)
+                        for k, (d, name, shape) in enumerate(zip(d_states, names, shapes))]
             forward_dy, backward_dy = [d_y] + d_states[:2], [d_y_rev] + d_states[2:]
         else:
             forward_dy, backward_dy = d_y, d_y_rev
@@ -314,7 +316,7 @@ class Bidirectional(Layer):
         name = "dy[0] (d_output)" if self.return_state else "dy"
         if self.merge_mode == "concat":
             d = self._grad_array(d, name, shape[:-1] + (2 * shape[-1],))
-            return d[..., :self.units], d[..., self.units:]
+            return d[..., :self._output_units], d[..., self._output_units:]
         d = self._grad_array(d, name, shape)
         if self.merge_mode == "sum":
             return d, d

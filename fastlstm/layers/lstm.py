@@ -18,6 +18,7 @@ __all__ = ["LSTM", "LSTMCell"]
 
 _WEIGHT_NAMES = ("kernel", "recurrent_kernel", "bias")
 _SCALE_NAMES = ("kernel_scale", "recurrent_kernel_scale")
+_PROJECTION = "projection_kernel"
 
 # Keras LSTM arguments with no fastlstm equivalent, and why.
 _UNSUPPORTED = dict(
@@ -79,6 +80,21 @@ class LSTM(Layer):
         one mask per sequence, shared by the four gates (Keras 3's fused
         implementation; Keras switches to one mask per gate when
         ``recurrent_dropout > 0``), applied inside the fused kernel. Default 0.
+    proj_units : int or None
+        A projected LSTM (LSTMP, ``torch.nn.LSTM``'s ``proj_size``): the
+        hidden state is ``h_t = (o * activation(c_t)) @ projection_kernel``,
+        of ``proj_units`` values, while ``c_t`` keeps ``units``. The outputs,
+        ``h`` (and ``h0``) then have ``proj_units`` values, the
+        ``recurrent_kernel`` is ``(proj_units, 4 * units)`` and the layer
+        has a fourth weight, ``projection_kernel (units, proj_units)``,
+        last in :meth:`get_weights`. Named after ``units``, which Keras'
+        layers use for every output size, as PyTorch's ``proj_size``
+        follows its ``hidden_size``. Usually smaller than ``units``: the
+        recurrent product then shrinks with it. Default None (no
+        projection). Keras has no projected LSTM, so a projected layer has
+        no Keras or ONNX counterpart to convert or export to.
+    projection_initializer : str, Initializer or callable
+        Initializer of ``projection_kernel``. Default "glorot_uniform".
     seed : int, numpy.random.Generator, numpy.random.SeedSequence or None
         Makes the initial weights and the dropout masks reproducible.
     return_sequences : bool
@@ -121,6 +137,12 @@ class LSTM(Layer):
     >>> dx = layer.backward(np.ones_like(y))
     >>> dx.shape, sorted(layer.grads)
     ((32, 10, 8), ['bias', 'kernel', 'recurrent_kernel'])
+
+    A projected LSTM:
+
+    >>> y, h, c = fl.LSTM(16, proj_units=4, return_state=True, seed=0)(x)
+    >>> y.shape, h.shape, c.shape
+    ((32, 4), (32, 4), (32, 16))
     """
 
     _sample_axes = ("timesteps", "features")
@@ -130,7 +152,7 @@ class LSTM(Layer):
                  bias_initializer="zeros", unit_forget_bias=True, *, dropout=0.0,
                  recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
                  go_backwards=False, stateful=False, dtype="float32", name=None, trainable=True,
-                 **kwargs):
+                 proj_units=None, projection_initializer="glorot_uniform", **kwargs):
         super().__init__(dict(
             units=units, activation=activation, recurrent_activation=recurrent_activation,
             use_bias=use_bias, kernel_initializer=kernel_initializer,
@@ -138,8 +160,12 @@ class LSTM(Layer):
             unit_forget_bias=unit_forget_bias, dropout=dropout,
             recurrent_dropout=recurrent_dropout, seed=seed, return_sequences=return_sequences,
             return_state=return_state, go_backwards=go_backwards, stateful=stateful,
-            dtype=dtype), name, trainable, kwargs, _UNSUPPORTED)
+            dtype=dtype, proj_units=proj_units, projection_initializer=projection_initializer),
+            name, trainable, kwargs, _UNSUPPORTED)
         self.units = check_int(units, "units")
+        self.proj_units = None if proj_units is None else check_int(proj_units, "proj_units")
+        self.projection_initializer = initializers.get(projection_initializer,
+                                                       "projection_initializer")
         self.activation = check_activation(activation, "activation")
         self.recurrent_activation = check_activation(recurrent_activation, "recurrent_activation")
         self.use_bias = check_bool(use_bias, "use_bias")
@@ -176,19 +202,31 @@ class LSTM(Layer):
 
     # -- weights -----------------------------------------------------------
 
+    @property
+    def output_units(self):
+        """The size of the outputs and of ``h``: ``proj_units`` for a
+        projected LSTM, else ``units``."""
+        return self.units if self.proj_units is None else self.proj_units
+
     def _weight_names(self):
         names = _WEIGHT_NAMES if self.use_bias else _WEIGHT_NAMES[:2]
+        if self.proj_units is not None:
+            names = names + (_PROJECTION,)
         return names + _SCALE_NAMES if self.quantization_mode else names
 
     def _weight_shapes(self, input_dim):
         units = self.units
-        shapes = [((input_dim, 4 * units), "(input_dim, 4 * units)"),
-                  ((units, 4 * units), "(units, 4 * units)")]
-        if self.use_bias:
-            shapes.append(((4 * units,), "(4 * units,)"))
-        if self.quantization_mode:
-            shapes += [((4 * units,), "(4 * units,)")] * 2
-        return shapes
+        if self.proj_units is None:
+            recurrent = ((units, 4 * units), "(units, 4 * units)")
+        else:
+            recurrent = ((self.proj_units, 4 * units), "(proj_units, 4 * units)")
+        shapes = {"kernel": ((input_dim, 4 * units), "(input_dim, 4 * units)"),
+                  "recurrent_kernel": recurrent,
+                  "bias": ((4 * units,), "(4 * units,)"),
+                  _PROJECTION: ((units, self.proj_units), "(units, proj_units)"),
+                  "kernel_scale": ((4 * units,), "(4 * units,)"),
+                  "recurrent_kernel_scale": ((4 * units,), "(4 * units,)")}
+        return [shapes[name] for name in self._weight_names()]
 
     def _weight_dtypes(self):
         if not self.quantization_mode:
@@ -196,14 +234,17 @@ class LSTM(Layer):
         return {"kernel": np.int8, "recurrent_kernel": np.int8}
 
     def _weights_note(self):
-        return f" (use_bias={self.use_bias})"
+        if self.proj_units is None:
+            return f" (use_bias={self.use_bias})"
+        return f" (use_bias={self.use_bias}, proj_units={self.proj_units})"
 
     def _initial_weights(self, input_dim):
         units, dtype, rng = self.units, self.dtype, self._weights_rng
         kernel = initializers._draw(self.kernel_initializer, (input_dim, 4 * units), dtype, rng,
                                     "kernel_initializer")
-        recurrent_kernel = initializers._draw(self.recurrent_initializer, (units, 4 * units),
-                                              dtype, rng, "recurrent_initializer")
+        recurrent_kernel = initializers._draw(self.recurrent_initializer,
+                                              (self.output_units, 4 * units), dtype, rng,
+                                              "recurrent_initializer")
         weights = {"kernel": kernel, "recurrent_kernel": recurrent_kernel}
         if self.quantization_mode:
             weights["kernel"], kernel_scale = _quantize.quantize_columns(kernel, "kernel")
@@ -222,6 +263,10 @@ class LSTM(Layer):
                 bias = initializers._draw(self.bias_initializer, (4 * units,), dtype, rng,
                                           "bias_initializer")
             weights["bias"] = bias
+        if self.proj_units is not None:
+            weights[_PROJECTION] = initializers._draw(
+                self.projection_initializer, (units, self.proj_units), dtype, rng,
+                "projection_initializer")
         if self.quantization_mode:
             weights["kernel_scale"], weights["recurrent_kernel_scale"] = (kernel_scale,
                                                                           recurrent_scale)
@@ -289,10 +334,11 @@ class LSTM(Layer):
         return self.return_state
 
     def compute_output_shape(self, input_shape):
-        """``(batch, timesteps, units)`` with ``return_sequences``, else ``(batch, units)``."""
+        """``(batch, timesteps, units)`` with ``return_sequences``, else
+        ``(batch, units)`` (``proj_units`` for a projected LSTM)."""
         if self.return_sequences:
-            return tuple(input_shape[:2]) + (self.units,)
-        return (input_shape[0], self.units)
+            return tuple(input_shape[:2]) + (self.output_units,)
+        return (input_shape[0], self.output_units)
 
     def compute_mask(self, x, mask=None):
         """The mask of the returned sequence (in processing order with
@@ -327,6 +373,7 @@ class LSTM(Layer):
         x : array_like, shape (batch, timesteps, features)
             Real numbers, cast to the layer's dtype.
         initial_state : [h0, c0], each (batch, units), or None
+            (h0 (batch, proj_units) for a projected LSTM)
             Zeros when None (or, for a stateful layer, its carried states).
         mask : array_like of bool (or of integers 0 and 1), shape (batch, timesteps), or None
             True keeps a step; a masked step carries the states over and
@@ -365,13 +412,16 @@ class LSTM(Layer):
             x = x * input_dropout[:, None, :]
 
         record = grad_enabled()
-        if timesteps == 1 and keep is None and recurrent_dropout is None and not record:
+        projected = self.proj_units is not None
+        if (timesteps == 1 and keep is None and recurrent_dropout is None and not record
+                and not projected):
             return self._one_step(x[:, 0], state)
-        if record or recurrent_dropout is not None:
+        if record or recurrent_dropout is not None or projected:
             outputs, h, c, cache = run_lstm_forward(
                 "fast", x, self._params["kernel"], self._params["recurrent_kernel"],
                 self._params.get("bias"), state, keep, self.go_backwards, record,
-                recurrent_dropout, self.activation, self.recurrent_activation)
+                recurrent_dropout, self.activation, self.recurrent_activation,
+                self._params.get(_PROJECTION))
         else:
             # Copies (or zeros): the kernel writes the final states over them.
             h, c = (kernel_copy(s, (batch, self.units), self.dtype)
@@ -421,10 +471,12 @@ class LSTM(Layer):
         call compares them with the packed copy (a read of the weights,
         cheaper than packing them), so no way of changing them
         (``set_weights``, an optimizer step, a write into ``params``) can
-        leave it stale. Build the layer first; a quantized layer has none."""
+        leave it stale. Build the layer first; a quantized or projected layer
+        has none."""
         if self.quantization_mode:
             raise RuntimeError(f"{self._label()} is quantized to int8: its calls run the "
                                f"integer kernels, not a PackedLSTM")
+        self._refuse_projection("packed_lstm")
         params = self._params
         weights = (params["kernel"], params["recurrent_kernel"], params.get("bias"))
         served = self._served_lstm
@@ -454,9 +506,16 @@ class LSTM(Layer):
     def cell(self):
         """The layer's one-step interface, as ``keras.layers.LSTMCell``:
         ``h, [h, c] = layer.cell(x_t, [h, c])``. See :class:`LSTMCell`."""
+        self._refuse_projection("cell")
         if self._cell is None:
             self._cell = LSTMCell(self)
         return self._cell
+
+    def _refuse_projection(self, what):
+        if self.proj_units is not None:
+            raise NotImplementedError(
+                f"{what} is not available for a projected LSTM (proj_units="
+                f"{self.proj_units}); call the layer on sequences instead")
 
     def _initial_state(self, initial_state, batch, names):
         if initial_state is None:
@@ -468,8 +527,11 @@ class LSTM(Layer):
                                      f"reset_state() to start over with another batch size")
                 return self._states, False
             return None, False
-        return [as_state(s, name, self.dtype, (batch, self.units), "(batch, units)")
-                for s, name in zip(initial_state, names)], True
+        hidden = "(batch, units)" if self.proj_units is None else "(batch, proj_units)"
+        return [as_state(initial_state[0], names[0], self.dtype, (batch, self.output_units),
+                         hidden),
+                as_state(initial_state[1], names[1], self.dtype, (batch, self.units),
+                         "(batch, units)")], True
 
     @staticmethod
     def _state_list(initial_state):
@@ -501,7 +563,7 @@ class LSTM(Layer):
         input_gradient = check_bool(input_gradient, "input_gradient")
         record = self._peek_record()
         cache = record.cache
-        batch, timesteps, units = cache.batch, cache.timesteps, cache.units
+        batch, timesteps, units = cache.batch, cache.timesteps, self.output_units
         if self.return_state:
             if not isinstance(dy, (list, tuple)) or len(dy) != 3:
                 raise ValueError(f"dy must be a list [d_output, d_h, d_c] (entries may be "
@@ -514,7 +576,7 @@ class LSTM(Layer):
         output_shape = (batch, timesteps, units) if self.return_sequences else (batch, units)
         d_output = self._optional_grad(d_output, output_name, output_shape)
         d_h = self._optional_grad(d_h, "dy[1] (d_h)", (batch, units))
-        d_c = self._optional_grad(d_c, "dy[2] (d_c)", (batch, units))
+        d_c = self._optional_grad(d_c, "dy[2] (d_c)", (batch, self.units))
 
         grad_outputs = None
         if self.return_sequences:
@@ -544,7 +606,8 @@ class LSTM(Layer):
     @property
     def kernel_weights(self):
         """``(kernel, recurrent_kernel, bias)`` as the functional doors take
-        them (the layer's own arrays; bias None without one)."""
+        them (the layer's own arrays; bias None without one). A projected
+        layer's ``projection_kernel`` is in ``params``."""
         return self._params["kernel"], self._params["recurrent_kernel"], self._params.get("bias")
 
     def dropout_masks(self, batch, training):
@@ -555,8 +618,9 @@ class LSTM(Layer):
         draw = training and self.dropout
         input_dropout = (dropout_mask(self._dropout_rng, (batch, self.input_dim), self.dropout,
                                       self.dtype) if draw else None)
-        recurrent = (dropout_mask(self._dropout_rng, (batch, self.units), self.recurrent_dropout,
-                                  self.dtype) if training and self.recurrent_dropout else None)
+        recurrent = (dropout_mask(self._dropout_rng, (batch, self.output_units),
+                                  self.recurrent_dropout, self.dtype)
+                     if training and self.recurrent_dropout else None)
         return input_dropout, recurrent
 
     def take_gradients(self, grads):
@@ -567,6 +631,8 @@ class LSTM(Layer):
         self._grads["recurrent_kernel"] = grads.recurrent_kernel
         if self.use_bias:
             self._grads["bias"] = grads.bias
+        if self.proj_units is not None:
+            self._grads[_PROJECTION] = grads.projection_kernel
 
     def _optional_grad(self, value, name, shape):
         return None if value is None else self._grad_array(value, name, shape)

@@ -28,7 +28,8 @@ _IN_STACK = ("this layer last ran inside a pipelined stack of LSTM layers of its
 def _stacks(layer):
     """Whether ``layer`` can be a member LSTM of a pipelined stack."""
     return (isinstance(layer, LSTM) and not layer.stateful and not layer.return_state
-            and not layer._zero_output_for_mask and not layer.quantization_mode)
+            and not layer._zero_output_for_mask and not layer.quantization_mode
+            and layer.proj_units is None)
 
 
 def _run_end(layers, i):

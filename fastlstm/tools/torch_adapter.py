@@ -15,6 +15,11 @@ run: their quotient is the adapter's overhead. The packed batch is the padded
 one with its padding dropped, so the adapter's packed time over its padded
 time is what skipping the padding saves. As in the main benchmark, both
 modules' outputs and gradients are compared before anything is timed.
+
+A projected LSTM (``proj_size = hidden_size / 2``) has a row of its own at
+:data:`PROJECTION_SIZES`: the same training step of both modules on the
+padded batch, since ``torch.nn.LSTM(proj_size=...)`` runs PyTorch's own
+loop (oneDNN has no projection).
 """
 import sys
 
@@ -43,6 +48,11 @@ TARGET_PACKED_SPEEDUP = 3.0
 TARGET_PACKED_OVER_PADDED = 0.75
 
 _STEPS = ("functional", "adapter", "torch", "adapter packed", "torch packed")
+
+# The projected LSTM's row: its sizes, and its target, the adapter's time at
+# most this fraction of torch.nn.LSTM(proj_size=hidden_size // 2)'s.
+PROJECTION_SIZES = ("medium",)
+TARGET_PROJECTION = 0.67
 
 
 def _modules(kernel, recurrent_kernel, bias, dtype):
@@ -148,6 +158,57 @@ def _bench_size(shape, dtype, rounds, packed_torch_rounds, burst):
     }
 
 
+def _bench_projection(shape, dtype, rounds, burst):
+    """A training step of fastlstm.torch.LSTM and torch.nn.LSTM, both with
+    ``proj_size = units // 2``, on the padded batch of ``shape``."""
+    import torch
+    import fastlstm.torch
+
+    batch, timesteps, input_dim, units = shape
+    x = bench._inputs(*shape, dtype)[0]
+    torch_dtype = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    reference = torch.nn.LSTM(input_dim, units, proj_size=units // 2, batch_first=True,
+                              dtype=torch_dtype)
+    adapter = fastlstm.torch.LSTM(input_dim, units, proj_size=units // 2, batch_first=True,
+                                  dtype=torch_dtype)
+    adapter.load_state_dict(reference.state_dict())
+    x_tensor = torch.from_numpy(x).requires_grad_(True)
+    steps, checks = {}, {}
+    for name, module in (("adapter", adapter), ("torch", reference)):
+        steps[name], checks[name] = _training_step(module, x_tensor)
+    bad = bench._mismatch(checks["adapter"](), checks["torch"](), np.dtype(dtype))
+    if bad:
+        return {"median_ms": {}, "ratios": {},
+                "errors": [f"fastlstm.torch.LSTM(proj_size) disagrees with "
+                           f"torch.nn.LSTM(proj_size): {'; '.join(bad)}"]}
+    medians, times = bench.interleaved_medians(steps, {name: rounds for name in steps}, burst,
+                                                bench.PAUSE_SECONDS)
+    return {"proj_size": units // 2, "rounds": rounds, "burst": burst, "median_ms": medians,
+            "times_ms": times,
+            "ratios": {"adapter_over_torch": medians["adapter"] / medians["torch"]},
+            "errors": []}
+
+
+def _print_projection(name, shape, result, file):
+    batch, timesteps, input_dim, units = shape
+    print(f"\n{name}, projected: B={batch} T={timesteps} I={input_dim} H={units} "
+          f"proj_size={units // 2}, training step (forward, output.sum().backward())",
+          file=file)
+    for error in result["errors"]:
+        print(f"  ERROR: {error}; not timed", file=file)
+    if result["errors"]:
+        return
+    medians, ratio = result["median_ms"], result["ratios"]["adapter_over_torch"]
+    print(f"  {'median ms':<44}{'padded':>10}", file=file)
+    print(f"  {'fastlstm.torch.LSTM(proj_size)':<44}{bench._ms(medians['adapter']):>10}",
+          file=file)
+    print(f"  {'torch.nn.LSTM(proj_size)':<44}{bench._ms(medians['torch']):>10}", file=file)
+    print(f"  {'ratio':<44}{'value':>10}   target", file=file)
+    verdict = "met" if ratio <= TARGET_PROJECTION else "MISSED"
+    print(f"  {'projected  adapter / torch.nn.LSTM':<44}{ratio:>10.2f}   "
+          f"<= {TARGET_PROJECTION:<6} {verdict}", file=file)
+
+
 def _print_size(name, shape, result, file):
     batch, timesteps, input_dim, units = shape
     print(f"\n{name}: B={batch} T={timesteps} I={input_dim} H={units}, training step "
@@ -209,8 +270,9 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None, graph
     Returns
     -------
     dict
-        Per size: median times of the five steps, ratios, errors; with
-        ``graphs``, its results under ``"graphs"``.
+        Per size: median times of the five steps, ratios, errors; under
+        ``"projection"``, the projected LSTM's row at :data:`PROJECTION_SIZES`;
+        with ``graphs``, its results under ``"graphs"``.
     """
     import torch
 
@@ -238,6 +300,12 @@ def run(sizes=None, repeat=None, dtype="float32", threads=None, file=None, graph
         results["sizes"][name] = result
         _print_size(name, SIZES[name], result, file)
         file.flush()
+        if name in PROJECTION_SIZES:
+            projected = _bench_projection(SIZES[name], dtype, rounds,
+                                          min(rounds, bench.BURST[name]))
+            results.setdefault("projection", {})[name] = projected
+            _print_projection(name, SIZES[name], projected, file)
+            file.flush()
     if graphs:
         from . import torch_graphs
 
