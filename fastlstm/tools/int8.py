@@ -138,7 +138,7 @@ def run(sizes=None, repeat=None, threads=None, json_path=None, file=None):
                "cpu": platform.processor() or platform.machine(), "sizes": {}}
     print(f"fastlstm {__version__} int8 inference, build {results['build']}, integer "
           f"products on {results['int8_path']}, {threads} thread(s)", file=file)
-    print(f"{'size':8s} {'B,T,I,H':>18s} {'float32':>9s} {'int8':>9s} {'ORT int8':>9s} "
+    print(f"{'size':8s} {'B,T,I,H':>18s} {'f32 ms':>9s} {'int8 ms':>9s} {'ORT8 ms':>9s} "
           f"{'int8/f32':>8s} {'int8/ORT':>8s}  max |int8 - f32| (fastlstm, ORT)", file=file)
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
@@ -149,8 +149,8 @@ def run(sizes=None, repeat=None, threads=None, json_path=None, file=None):
             errors = result["max_abs_difference_from_float32"]
             shape = ",".join(str(v) for v in SIZES[name])
             ort = ms.get("ort_int8")
-            print(f"{name:8s} {shape:>18s} {ms['float32']:8.2f}m {ms['int8']:8.2f}m "
-                  f"{'-' if ort is None else f'{ort:8.2f}m':>9s} "
+            print(f"{name:8s} {shape:>18s} {ms['float32']:9.2f} {ms['int8']:9.2f} "
+                  f"{'-' if ort is None else f'{ort:9.2f}':>9s} "
                   f"{_mark(result['int8_over_float32'], float_target)} "
                   f"{_mark(result['int8_over_ort_int8'], TARGET_INT8_OVER_ORT)}  "
                   f"{errors['int8']:.1e}, "
@@ -158,7 +158,8 @@ def run(sizes=None, repeat=None, threads=None, json_path=None, file=None):
                   file=file)
             if result["note"]:
                 print(f"  {result['note']}", file=file)
-    print(f"Times are medians in ms; '!' marks a ratio above its target (int8/f32 <= "
+    print(f"Times are medians in ms (ORT8: ONNX Runtime on the model quantized by "
+          f"quantize_dynamic); '!' marks a ratio above its target (int8/f32 <= "
           f"{TARGET_INT8_OVER_FLOAT} at {' and '.join(FLOAT_TARGET_SIZES)}, int8/ORT <= "
           f"{TARGET_INT8_OVER_ORT} everywhere).", file=file)
     if json_path is not None:
