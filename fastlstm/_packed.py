@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _config, _kernels, _plan
+from . import _config, _kernels, _plan, _sequences
 from ._engine import ForwardWorkspace, kernel_copy
 from .functional import _check_weights, check_sizes
 from ._validation import (as_mask, as_real_array, as_sequences, as_state, as_step_states,
@@ -165,7 +165,16 @@ class PackedLSTM:
         """The call on checked arguments: ``x`` of the weights' dtype, ``h``
         and ``c`` C-contiguous arrays the kernel overwrites with the final
         states, ``mask`` a boolean (batch, timesteps) array or None."""
-        batch, timesteps, _ = x.shape
+        batch, timesteps, input_dim = x.shape
+        lengths = _sequences.serves_mask(mask, input_dim, self.units, False, training=False)
+        if lengths is not None:
+            # A trailing padding the planner packs: the rows sorted by length
+            # skip it (the weights are packed by that call, not kept).
+            outputs, h[...], c[...], _ = _sequences.padded_forward(
+                x, lengths, self.kernel, self.recurrent_kernel,
+                self._bias if self.use_bias else None, h, c, go_backwards, False,
+                self.activation, self.recurrent_activation)
+            return outputs, h, c
         x = np.ascontiguousarray(x)
         mask_bytes = None if mask is None else np.ascontiguousarray(mask).view(np.uint8)
         plan = self._plan(batch, timesteps)

@@ -50,6 +50,11 @@ SPAN_ROWS = 16
 # none padded, and a batch 0.6 valid took 0.65 to 0.78 of the masked time.
 PACKED_MAX_VALID = 0.75
 
+# An inference call (no record kept) also needs each thread's rows times the
+# units to be at least this: a forward pass alone gains less from the rows it
+# skips, and at 1,024 to 2,048 its packed and masked times were equal.
+PACKED_INFERENCE_MIN_ROW_UNITS = 4096
+
 
 @dataclass(frozen=True)
 class ForwardPlan:
@@ -132,14 +137,18 @@ def stack_span(batch, timesteps):
     return max(1, min(timesteps, -(-SPAN_ROWS // batch)))
 
 
-def pack_masked_batch(batch, timesteps, input_dim, units, valid_steps):
+def pack_masked_batch(batch, timesteps, input_dim, units, valid_steps, training=True):
     """Whether a masked call whose mask is a trailing padding, ``valid_steps``
     of its ``batch * timesteps`` steps kept, runs on the packed kernels:
     when at most ``PACKED_MAX_VALID`` of the steps are valid, the call is
     large enough for two threads, and the masked kernels would not split
     each step's units (a few sequences, where the packed kernels, which
-    split the sequences, gained nothing)."""
+    split the sequences, gained nothing). A call that keeps no record for a
+    backward pass (not ``training``) also needs each thread's rows times
+    the units to reach ``PACKED_INFERENCE_MIN_ROW_UNITS``."""
     flops = forward_flops((batch, timesteps, input_dim), units)
+    threads = call_threads(flops)[0]
     return (valid_steps <= PACKED_MAX_VALID * batch * timesteps
             and flops >= PARALLEL_MIN_FLOPS
-            and not split_units(batch, units, call_threads(flops)[0]))
+            and not split_units(batch, units, threads)
+            and (training or -(-batch // threads) * units >= PACKED_INFERENCE_MIN_ROW_UNITS))

@@ -162,17 +162,18 @@ class PaddedRecord:
     lengths: np.ndarray
 
 
-def serves_mask(mask, input_dim, units, has_dropout):
+def serves_mask(mask, input_dim, units, has_dropout, training=True):
     """Each row's length if a masked call runs on the packed kernels, else
     None: when ``mask`` keeps a prefix of at least one step of every row (a
     trailing padding), without recurrent dropout, where the planner says
-    it pays (:func:`fastlstm._plan.pack_masked_batch`)."""
+    it pays for a call that keeps a record for the backward pass
+    (``training``) or not (:func:`fastlstm._plan.pack_masked_batch`)."""
     if mask is None or has_dropout:
         return None
     batch, timesteps = mask.shape
     lengths = trailing_lengths(mask)
     if (lengths is None or lengths.min() < 1 or not _plan.pack_masked_batch(
-            batch, timesteps, input_dim, units, int(lengths.sum()))):
+            batch, timesteps, input_dim, units, int(lengths.sum()), training)):
         return None
     return lengths
 

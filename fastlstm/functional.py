@@ -249,9 +249,9 @@ def run_lstm_forward(backend, x, kernel, recurrent_kernel, bias, initial_state, 
     and the sizes within :func:`check_sizes`.
     """
     lengths = None
-    if backend == "fast" and return_cache and projection_kernel is None:
+    if backend == "fast" and projection_kernel is None:
         lengths = _sequences.serves_mask(mask, x.shape[2], recurrent_kernel.shape[0],
-                                         recurrent_dropout_mask is not None)
+                                         recurrent_dropout_mask is not None, return_cache)
     if lengths is not None:
         # A trailing padding: the rows sorted by length and packed skip it.
         outputs, h, c, state = _sequences.padded_forward(
