@@ -231,6 +231,17 @@ def _trailing_mask(lengths, timesteps):
     return np.arange(timesteps)[None, :] < np.asarray(lengths)[:, None]
 
 
+def _masked_call_inputs(rng, dtype):
+    """x, the weights (Keras' layout) and the initial states of a call over
+    len(LENGTHS) sequences."""
+    batch, units = len(LENGTHS), HIDDEN_SIZE
+    x = rng.standard_normal((batch, TIMESTEPS, INPUT_SIZE)).astype(dtype)
+    weights = [(rng.standard_normal(shape) * 0.4).astype(dtype) for shape in
+               ((INPUT_SIZE, 4 * units), (units, 4 * units), (4 * units,))]
+    state = [rng.standard_normal((batch, units)).astype(dtype) for _ in range(2)]
+    return x, weights, state
+
+
 def _functional_step(x, weights, state, mask, go_backwards, upstream):
     outputs, h, c, cache = fastlstm.lstm_forward(x, *weights, initial_state=state, mask=mask,
                                                  go_backwards=go_backwards, return_cache=True)
@@ -246,10 +257,7 @@ def test_trailing_mask_runs_packed_and_matches_masked_kernels(kernel_build, go_b
 
     rng = np.random.default_rng(2)
     batch, units = len(LENGTHS), HIDDEN_SIZE
-    x = rng.standard_normal((batch, TIMESTEPS, INPUT_SIZE)).astype(dtype)
-    weights = [(rng.standard_normal(shape) * 0.4).astype(dtype) for shape in
-               ((INPUT_SIZE, 4 * units), (units, 4 * units), (4 * units,))]
-    state = [rng.standard_normal((batch, units)).astype(dtype) for _ in range(2)]
+    x, weights, state = _masked_call_inputs(rng, dtype)
     upstream = [rng.standard_normal(shape).astype(dtype)
                 for shape in ((batch, TIMESTEPS, units), (batch, units), (batch, units))]
     mask = _trailing_mask(LENGTHS, TIMESTEPS)
@@ -337,12 +345,7 @@ def test_inference_with_trailing_mask_runs_packed_as_the_masked_kernels(kernel_b
     # outputs at every step, kept or masked, and final states.
     from fastlstm import _plan
 
-    rng = np.random.default_rng(4)
-    batch, units = len(LENGTHS), HIDDEN_SIZE
-    x = rng.standard_normal((batch, TIMESTEPS, INPUT_SIZE)).astype(dtype)
-    weights = [(rng.standard_normal(shape) * 0.4).astype(dtype) for shape in
-               ((INPUT_SIZE, 4 * units), (units, 4 * units), (4 * units,))]
-    state = [rng.standard_normal((batch, units)).astype(dtype) for _ in range(2)]
+    x, weights, state = _masked_call_inputs(np.random.default_rng(4), dtype)
     mask = _trailing_mask(LENGTHS, TIMESTEPS)
     served = fastlstm.PackedLSTM(*weights)
     calls = []
