@@ -89,6 +89,24 @@ _NO_DOUBLE_BACKWARD = (
     "Use torch.nn.LSTM for the part of the model that needs second-order gradients")
 
 
+def _first_order(grads, tensors):
+    """The gradients ``grads`` (a list, None where not needed) of a kernel's
+    backward pass, as they are unless autograd is recording them
+    (``create_graph=True``) and one of ``tensors`` (what they were computed
+    from) requires grad. Then they are right, but the kernels' backward pass
+    has no derivative of its own: they are returned behind a node that raises
+    if anything differentiates through them, rather than as constants that
+    would silently drop a second-order term (a gradient penalty, say).
+    ``torch.autograd.function.once_differentiable`` does the same, but looks
+    only at the incoming gradients."""
+    if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad
+                                              for t in tensors):
+        return list(grads)
+    error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(grads))
+    return list(error(*[None if g is None else g.detach().requires_grad_(True)
+                        for g in grads]))
+
+
 def _describe(value):
     if isinstance(value, torch.Tensor):
         return (f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype} on device "
@@ -314,19 +332,8 @@ def _stack_gradients(ctx, grad_outputs, grad_h, grad_c, _grad_handle):
         grads = _lstm_stack_backward(handle, grad_outputs, grad_h, grad_c, x, h0, c0, weights,
                                      ctx.has_bias, mask, dropout, ctx.reverse, needs_x)
     needed = [needs_x, needs_h0, needs_c0, *needs_weights]
-    grads = [g if need else None for g, need in zip(grads, needed)]
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (*ctx.saved_tensors, grad_outputs, grad_h, grad_c)):
-        # The gradients are right, but the kernels' backward pass has no
-        # derivative of its own: with create_graph=True they lead to a node
-        # that raises if anything differentiates through them, rather than
-        # to constants that would silently drop a second-order term (a
-        # gradient penalty, say). torch.autograd.function.once_differentiable
-        # does the same, but looks only at the incoming gradients.
-        error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(grads))
-        grads = error(*[None if g is None else g.detach().requires_grad_(True)
-                        for g in grads])
+    grads = _first_order([g if need else None for g, need in zip(grads, needed)],
+                         (*ctx.saved_tensors, grad_outputs, grad_h, grad_c))
     dx, dh0, dc0, *dweights = grads
     return dx, dh0, dc0, list(dweights), None, None, None, None, None, None, None
 
@@ -451,16 +458,8 @@ def _packed_gradients(ctx, grad_outputs, grad_h, grad_c, _grad_handle):
                                       grad_c.contiguous(), data, batch_sizes, h0, c0, weights,
                                       ctx.has_bias, ctx.reverse, needs_data)
     needed = [needs_data, needs_h0, needs_c0, *needs_weights]
-    grads = [g if need else None for g, need in zip(grads, needed)]
-    if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (*ctx.saved_tensors, grad_outputs, grad_h, grad_c)):
-        # As for the padded operator above: the kernels' backward pass has
-        # no derivative, so create_graph=True leads to a
-        # node that raises if anything differentiates through it.
-        error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(grads))
-        grads = error(*[None if g is None else g.detach().requires_grad_(True)
-                        for g in grads])
+    grads = _first_order([g if need else None for g, need in zip(grads, needed)],
+                         (*ctx.saved_tensors, grad_outputs, grad_h, grad_c))
     dx, dh0, dc0, *dweights = grads
     return dx, None, dh0, dc0, list(dweights), None, None, None
 
@@ -564,13 +563,7 @@ class _ProjectedLSTM(torch.autograd.Function):
         result = [None if grads.x is None else torch.from_numpy(grads.x),
                   torch.from_numpy(grads.h0) if needs_h0 else None,
                   torch.from_numpy(grads.c0) if needs_c0 else None, *dweights]
-        if torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (x, h0, c0, *weights, *incoming)):
-            # As for the unprojected operator: a node that raises if anything
-            # differentiates through these gradients, never silent constants.
-            error = torch._C._functions.DelayedError(_NO_DOUBLE_BACKWARD, len(result))
-            result = list(error(*[None if g is None else g.detach().requires_grad_(True)
-                                  for g in result]))
+        result = _first_order(result, (x, h0, c0, *weights, *incoming))
         dx, dh0, dc0, *dweights = result
         if not has_bias:
             dweights = [dweights[0], dweights[1], None, None, dweights[2]]
